@@ -1,0 +1,1 @@
+"""Cluster backends (etcd, Kafka, Cassandra) behind node.ports interfaces."""

@@ -1,0 +1,1 @@
+"""HTTP API: health, metrics, later the portal."""

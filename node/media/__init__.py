@@ -1,0 +1,1 @@
+"""Sans-I/O media: RTP packets, G.711, DTMF."""

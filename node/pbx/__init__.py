@@ -1,0 +1,1 @@
+"""PBX application: registrar, B2BUA call control, CDRs."""

@@ -1,0 +1,1 @@
+"""asyncio RTP relay: port pool and per-call anchored media."""

@@ -1,0 +1,1 @@
+"""Process runtime: config, lifecycle, wiring of the node application."""

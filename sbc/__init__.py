@@ -1,0 +1,1 @@
+"""The SBC: the edge that faces the internet."""
