@@ -1,0 +1,145 @@
+"""Registrar (RFC 3261 §10.3) for tenant extensions.
+
+Theory of operation: the tenant is the domain of the To URI; the extension is the To
+user. Every REGISTER must carry digest credentials for that very extension (an extension
+cannot register another one, and nothing crosses tenants: lookups are keyed by tenant id).
+An unknown tenant or extension is challenged exactly like a known one and then refused
+with the same 403 as a wrong password, so a scanner learns nothing (no enumeration).
+The source address and transport of the REGISTER are stored with the binding: calls to the
+extension go back there (symmetric signalling through NAT, RFC 3581).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from node.model import Binding
+from node.pbx.authn import Authenticator, AuthOutcome
+from node.ports import ConfigStore, LocationStore
+from node.sip.errors import RemoteProtocolError
+from node.sip.flow import Flow
+from node.sip.message import Request, Response, make_response
+from node.sip.uri import NameAddr
+
+log = logging.getLogger("hivepbx.registrar")
+
+
+class Registrar:
+    def __init__(
+        self,
+        config: ConfigStore,
+        locations: LocationStore,
+        auth: Authenticator,
+        *,
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+        node_id: str = "local",
+        metrics=None,
+    ) -> None:
+        self.config = config
+        self.locations = locations
+        self.auth = auth
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = default_expires
+        self.node_id = node_id
+        self.metrics = metrics
+
+    async def handle(self, req: Request, flow: Flow, to_tag: str) -> Response:
+        """The final response to a REGISTER (the caller sends it)."""
+        try:
+            return await self._handle(req, flow, to_tag)
+        except RemoteProtocolError as e:
+            return make_response(req, e.status_hint, None, to_tag=to_tag, headers=[("Warning", f'399 hivepbx "{e.reason}"')])
+
+    async def _handle(self, req: Request, flow: Flow, to_tag: str) -> Response:
+        now = time.time()
+        to_uri = req.to.uri
+        domain = to_uri.host_bare
+        ext_number = to_uri.user_unescaped or ""
+        realm = domain
+        tenant = await self.config.tenant_by_domain(domain)
+        ext = await self.config.get_extension(tenant.id, ext_number) if tenant else None
+
+        outcome, username = self.auth.check(req, realm, ext.password if ext else None, now)
+        if outcome is AuthOutcome.MISSING or outcome is AuthOutcome.STALE:
+            return make_response(
+                req, 401, None, to_tag=to_tag,
+                headers=self.auth.challenge_headers(realm, now, stale=outcome is AuthOutcome.STALE),
+            )
+        if outcome is not AuthOutcome.OK or ext is None or tenant is None or username != ext.number:
+            # one answer for every failure: wrong password, unknown user, foreign tenant
+            if self.metrics:
+                self.metrics.auth_failure("register")
+            log.info("REGISTER refused for %s@%s from %s:%s (%s)", ext_number, domain, *flow.remote, outcome.name)
+            return make_response(req, 403, "Forbidden", to_tag=to_tag)
+
+        # RFC 3261 §10.3 step 6: the Contact list
+        header_expires = req.expires
+        if req.contact_star:
+            if header_expires != 0 or len(req.get_all("Contact")) != 1:
+                return make_response(req, 400, "Bad Request (Contact * needs Expires: 0)", to_tag=to_tag)
+            await self.locations.remove_all(tenant.id, ext.number)
+            return await self._ok(req, tenant.id, ext.number, now, to_tag)
+
+        contacts: list[NameAddr] = req.contacts
+        for c in contacts:
+            exp = _contact_expires(c, header_expires, self.default_expires)
+            if 0 < exp < self.min_expires:
+                return make_response(
+                    req, 423, None, to_tag=to_tag, headers=[("Min-Expires", str(self.min_expires))]
+                )
+        call_id = req.call_id
+        cseq = req.cseq.seq
+        current = {b.contact: b for b in await self.locations.lookup(tenant.id, ext.number, now)}
+        ua = req.get("User-Agent") or ""
+        for c in contacts:
+            exp = min(_contact_expires(c, header_expires, self.default_expires), self.max_expires)
+            key = str(c.uri)
+            old = current.get(key)
+            # §10.3 step 7: same Call-ID with a CSeq not higher is a stale or reordered request
+            if old is not None and old.call_id == call_id and cseq <= old.cseq:
+                continue
+            if exp == 0:
+                await self.locations.remove(tenant.id, ext.number, key)
+                continue
+            q = _q(c)
+            await self.locations.save(
+                Binding(
+                    tenant_id=tenant.id, extension=ext.number, contact=key,
+                    source_host=flow.remote[0], source_port=flow.remote[1], transport=flow.transport,
+                    expires_at=now + exp, call_id=call_id, cseq=cseq, user_agent=ua, q=q, node_id=self.node_id,
+                )
+            )
+        return await self._ok(req, tenant.id, ext.number, now, to_tag)
+
+    async def _ok(self, req: Request, tenant_id: int, ext: str, now: float, to_tag: str) -> Response:
+        bindings = await self.locations.lookup(tenant_id, ext, now)
+        headers = [("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}") for b in bindings]
+        headers.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))))
+        return make_response(req, 200, None, to_tag=to_tag, headers=headers)
+
+
+def _contact_expires(c: NameAddr, header_expires: int | None, default: int) -> int:
+    v = c.params.get("expires")
+    if v is not None:
+        v = v.strip()
+        if not v.isdigit():
+            raise RemoteProtocolError(f"bad expires parameter {v!r}")
+        return int(v)
+    return default if header_expires is None else header_expires
+
+
+def _q(c: NameAddr) -> float:
+    v = c.params.get("q")
+    if v is None:
+        return 1.0
+    try:
+        q = float(v)
+    except ValueError:
+        raise RemoteProtocolError(f"bad q parameter {v!r}") from None
+    if not 0.0 <= q <= 1.0:
+        raise RemoteProtocolError(f"q parameter out of range {v!r}")
+    return q

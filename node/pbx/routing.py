@@ -1,0 +1,139 @@
+"""Where a call goes: extension, outbound trunk, or a DID's destination, inside one tenant.
+
+The plan is data: a list of attempts, each a group of targets rung in parallel. An
+extension with three registered phones is one group of three (forking); outbound routes
+are one group each, tried in order when a trunk fails (5xx, 408), like an LCR list.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from node.model import Binding, Extension, Tenant, Trunk
+from node.ports import ConfigStore, LocationStore
+from node.sip.flow import Flow
+
+
+@dataclass(slots=True)
+class Target:
+    #: 'extension' or 'trunk'
+    kind: str
+    #: Request-URI of the outgoing INVITE
+    ruri: str
+    #: transport and address to send it to
+    transport: str
+    host: str
+    port: int
+    #: To header value (no tag)
+    to_value: str
+    trunk: Trunk | None = None
+    binding: Binding | None = None
+    flow: Flow | None = None
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    tenant: Tenant
+    #: 'internal', 'outbound', 'inbound'
+    direction: str
+    #: the number or extension dialled, after DID translation
+    callee: str
+    #: attempts tried in order; targets inside one attempt ring in parallel
+    attempts: list[list[Target]] = field(default_factory=list)
+    #: when no attempt is possible: the status to answer with
+    fail_status: int = 0
+    fail_reason: str = ""
+    #: counts against the tenant's max external calls
+    external: bool = False
+    callee_ext: Extension | None = None
+
+
+async def extension_targets(
+    tenant: Tenant, ext: Extension, domain: str, locations: LocationStore
+) -> list[Target]:
+    bindings = await locations.lookup(tenant.id, ext.number, time.time())
+    return [
+        Target(
+            kind="extension",
+            ruri=b.contact,
+            transport=b.transport,
+            host=b.source_host,
+            port=b.source_port,
+            to_value=f"<sip:{ext.number}@{domain}>",
+            binding=b,
+        )
+        for b in bindings
+    ]
+
+
+async def plan_from_extension(
+    tenant: Tenant, dialled: str, config: ConfigStore, locations: LocationStore
+) -> RoutePlan:
+    """A call placed by an extension of ``tenant``: another extension, else an outbound route."""
+    ext = await config.get_extension(tenant.id, dialled)
+    if ext is not None:
+        plan = RoutePlan(tenant, "internal", dialled, callee_ext=ext)
+        targets = await extension_targets(tenant, ext, tenant.domain, locations)
+        if targets:
+            plan.attempts.append(targets)
+        else:
+            plan.fail_status, plan.fail_reason = 480, "Temporarily Unavailable (not registered)"
+        return plan
+    plan = RoutePlan(tenant, "outbound", dialled, external=True)
+    for route, trunk in await config.match_routes(tenant.id, dialled):
+        number = route.prepend + dialled[route.strip :]
+        if not number:
+            continue
+        hostport = trunk.host if trunk.port == 5060 else f"{trunk.host}:{trunk.port}"
+        if ":" in trunk.host and not trunk.host.startswith("["):
+            hostport = f"[{trunk.host}]" if trunk.port == 5060 else f"[{trunk.host}]:{trunk.port}"
+        tparam = ";transport=tcp" if trunk.transport == "tcp" else ""
+        plan.attempts.append(
+            [
+                Target(
+                    kind="trunk",
+                    ruri=f"sip:{number}@{hostport}{tparam}",
+                    transport=trunk.transport,
+                    host=trunk.host,
+                    port=trunk.port,
+                    to_value=f"<sip:{number}@{hostport}>",
+                    trunk=trunk,
+                )
+            ]
+        )
+    if not plan.attempts:
+        plan.fail_status, plan.fail_reason = 404, "Not Found (no such extension and no route)"
+    return plan
+
+
+async def plan_from_trunk(
+    trunks: list[Trunk], dialled: str, config: ConfigStore, locations: LocationStore
+) -> RoutePlan | None:
+    """A call from a carrier: the dialled DID must belong to the tenant of a trunk the call came
+    from, otherwise the call is refused (a carrier of tenant A cannot reach tenant B)."""
+    did = await config.did_by_number(dialled)
+    if did is None and dialled.startswith("+"):
+        did = await config.did_by_number(dialled[1:])
+    elif did is None:
+        did = await config.did_by_number("+" + dialled)
+    if did is None or not any(t.tenant_id == did.tenant_id for t in trunks):
+        return None
+    tenant = await config.get_tenant(did.tenant_id)
+    if tenant is None:
+        return None
+    plan = RoutePlan(tenant, "inbound", did.dest_value, external=True)
+    if did.dest_type != "extension":
+        plan.fail_status, plan.fail_reason = 404, f"Not Found (DID destination {did.dest_type} unsupported)"
+        return plan
+    ext = await config.get_extension(tenant.id, did.dest_value)
+    if ext is None:
+        plan.fail_status, plan.fail_reason = 404, "Not Found"
+        return plan
+    plan.callee_ext = ext
+    targets = await extension_targets(tenant, ext, tenant.domain, locations)
+    if targets:
+        plan.attempts.append(targets)
+    else:
+        plan.fail_status, plan.fail_reason = 480, "Temporarily Unavailable (not registered)"
+    return plan

@@ -1,0 +1,363 @@
+"""The PBX as a transaction user: routes each SIP event to the registrar or to a call.
+
+Theory of operation: the endpoint delivers transaction events synchronously. Responses
+and in-dialog requests are handled at once (their context hangs off ``txn.tu`` or the
+dialog table, no lookups in a store). A new REGISTER or INVITE needs the tenant's
+configuration, so it is handled in a task; whatever arrives for it meanwhile (a CANCEL)
+finds its server transaction marked and the task honours that when it resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from node.pbx.authn import Authenticator, AuthOutcome
+from node.pbx.call import Call, Caller, CallState, Forwarded, Leg
+from node.pbx.registrar import Registrar
+from node.pbx.routing import RoutePlan, Target, plan_from_extension, plan_from_trunk
+from node.ports import CdrStore, ConfigStore, LocationStore
+from node.runtime.config import NodeConfig
+from node.sip.errors import SipError
+from node.sip.flow import Flow
+from node.sip.ids import new_tag
+from node.sip.message import Request, Response, make_response
+from node.sip.transaction import (
+    RequestReceived,
+    ResponseReceived,
+    TransactionTimedOut,
+)
+from node.transport.endpoint import SipEndpoint
+from observability import logging as olog
+from observability import metrics as M
+
+log = logging.getLogger("hivepbx.pbx")
+
+_SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, REGISTER"
+_IN_DIALOG_ONLY = frozenset(("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER"))
+
+
+class PbxService:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        endpoint: SipEndpoint,
+        config: ConfigStore,
+        locations: LocationStore,
+        cdrs: CdrStore,
+        auth: Authenticator,
+        media_factory,
+        t1: float = 0.5,
+        t2: float = 4.0,
+    ) -> None:
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.config = config
+        self.locations = locations
+        self.cdrs = cdrs
+        self.auth = auth
+        self.media_factory = media_factory
+        self.loop = asyncio.get_event_loop()
+        self.t1 = t1
+        self.t2 = t2
+        self.registrar = Registrar(
+            config, locations, auth,
+            min_expires=cfg.min_expires, max_expires=cfg.max_expires,
+            default_expires=cfg.default_expires, node_id=cfg.node_id, metrics=M,
+        )
+        self.calls: dict[str, Call] = {}
+        self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._external: dict[int, int] = {}
+        self.draining = False
+
+    # ------------------------------------------------------------------ event entry
+    def on_event(self, ev) -> None:
+        if type(ev) is ResponseReceived:
+            self._on_response(ev.response, ev.transaction)
+        elif type(ev) is RequestReceived:
+            self._on_request(ev.request, ev.flow, ev.transaction)
+        elif type(ev) is TransactionTimedOut:
+            tu = getattr(ev.transaction, "tu", None)
+            if isinstance(tu, Leg):
+                tu.call.on_leg_timeout(tu)
+            elif isinstance(tu, Forwarded):
+                tu.call.on_forwarded_timeout(tu)
+
+    def _on_response(self, resp: Response, txn) -> None:
+        M.sip_response_in(resp.status)
+        tu = getattr(txn, "tu", None) if txn is not None else None
+        if isinstance(tu, Leg):
+            tu.call.on_leg_response(tu, resp)
+            return
+        if isinstance(tu, Forwarded):
+            tu.call.on_forwarded_response(tu, resp)
+            return
+        if txn is None and 200 <= resp.status < 300 and resp.cseq.method == "INVITE":
+            # a 2xx retransmission after the transaction ended: re-ACK it (§13.2.2.4)
+            entry = self._dialogs.get((resp.call_id, resp.from_.tag or ""))
+            if entry is not None:
+                call, _ = entry
+                leg = call.answered_leg
+                if leg is not None and leg.ack is not None:
+                    self.endpoint.send_stateless(leg.ack, leg.flow)
+
+    def _on_request(self, req: Request, flow: Flow, txn) -> None:
+        method = req.method
+        M.sip_request_in(method)
+        try:
+            to_tag = req.to.tag
+        except SipError as e:
+            if method != "ACK":
+                self.endpoint.send_response(make_response(req, e.status_hint, _clean(e.reason)))
+            return
+        if method == "ACK":
+            if to_tag:
+                entry = self._dialogs.get((req.call_id, to_tag))
+                if entry is not None:
+                    entry[0].on_request(entry[1], req, None)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, txn)
+            return
+        unsupported = self._unsupported(req)
+        if unsupported:
+            # RFC 3261 §8.2.2.3
+            self.endpoint.send_response(
+                make_response(req, 420, None, to_tag=new_tag(), headers=[("Unsupported", ", ".join(unsupported))])
+            )
+            return
+        mf = self._max_forwards(req)
+        if mf is not None and mf <= 0 and method != "OPTIONS":
+            self.endpoint.send_response(make_response(req, 483, None, to_tag=new_tag()))
+            return
+        if to_tag:
+            entry = self._dialogs.get((req.call_id, to_tag))
+            if entry is None:
+                self.endpoint.send_response(make_response(req, 481, None))
+                return
+            call, side = entry
+            with olog.bind(call_id=call.invite.call_id, tenant=call.tenant.name):
+                call.on_request(side, req, txn)
+            return
+        if method == "INVITE":
+            if self.draining:
+                self.endpoint.send_response(
+                    make_response(req, 503, None, to_tag=new_tag(), headers=[("Retry-After", "5")])
+                )
+                return
+            self._spawn(self._new_invite(req, flow, txn))
+        elif method == "REGISTER":
+            self._spawn(self._register(req, flow))
+        elif method == "OPTIONS":
+            self.endpoint.send_response(
+                make_response(req, 200, None, to_tag=new_tag(), headers=[("Allow", _ALLOW), ("Accept", "application/sdp")])
+            )
+        elif method in _IN_DIALOG_ONLY:
+            self.endpoint.send_response(make_response(req, 481, None, to_tag=new_tag()))
+        elif method in ("SUBSCRIBE", "PUBLISH", "MESSAGE"):
+            self.endpoint.send_response(
+                make_response(req, 489 if method == "SUBSCRIBE" else 405, None, to_tag=new_tag(), headers=[("Allow", _ALLOW)])
+            )
+        else:
+            self.endpoint.send_response(make_response(req, 501, None, to_tag=new_tag(), headers=[("Allow", _ALLOW)]))
+
+    @staticmethod
+    def _max_forwards(req: Request) -> int | None:
+        try:
+            return req.max_forwards
+        except SipError:
+            return None
+
+    @staticmethod
+    def _unsupported(req: Request) -> list[str]:
+        vals = req.get_all("Require")
+        if not vals or req.method == "ACK":
+            return []
+        return [v for v in vals if v.lower() not in _SUPPORTED_EXTENSIONS]
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handler failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------ REGISTER
+    async def _register(self, req: Request, flow: Flow) -> None:
+        try:
+            resp = await self.registrar.handle(req, flow, new_tag())
+        except Exception:
+            log.exception("registrar failed")
+            resp = make_response(req, 500, None, to_tag=new_tag())
+        self.endpoint.send_response(resp)
+        if resp.status == 200:
+            M.registrations_changed()
+
+    # ------------------------------------------------------------------ INVITE
+    def _on_cancel(self, req: Request, txn) -> None:
+        inv_txn = self.endpoint.layer.find_invite_server(req)
+        if inv_txn is None:
+            self.endpoint.send_response(make_response(req, 481, None))
+            return
+        self.endpoint.send_response(make_response(req, 200, None))
+        tu = getattr(inv_txn, "tu", None)
+        if isinstance(tu, Call):
+            tu.on_cancel()
+        else:
+            # still routing: the INVITE task sees this and answers 487
+            inv_txn.tu = "cancelled"
+
+    async def _new_invite(self, req: Request, flow: Flow, txn) -> None:
+        try:
+            await self._route_invite(req, flow, txn)
+        except SipError as e:
+            self._reject(req, txn, e.status_hint, _clean(e.reason))
+        except Exception:
+            log.exception("INVITE handling failed")
+            self._reject(req, txn, 500, None)
+
+    def _reject(self, req: Request, txn, status: int, reason: str | None, headers=None) -> None:
+        if getattr(txn, "tu", None) == "cancelled":
+            status, reason = 487, None
+        if isinstance(getattr(txn, "tu", None), Call):
+            return
+        self.endpoint.send_response(make_response(req, status, reason, to_tag=new_tag(), headers=headers))
+
+    async def _route_invite(self, req: Request, flow: Flow, txn) -> None:
+        now = time.time()
+        dialled = req.uri.user_unescaped or ""
+        if not dialled:
+            self._reject(req, txn, 404, "Not Found (no user in Request-URI)")
+            return
+        plan: RoutePlan | None = None
+        caller: Caller
+        trunks = await self.config.trunks_by_address(flow.remote[0])
+        if trunks:
+            plan = await plan_from_trunk(trunks, dialled, self.config, self.locations)
+            if plan is None:
+                M.call_attempt("rejected")
+                self._reject(req, txn, 404, "Not Found")
+                return
+            frm = req.from_
+            caller = Caller(frm.uri.user_unescaped or "anonymous", frm.display or "", plan.tenant.domain)
+        else:
+            domain = req.from_.uri.host_bare
+            tenant = await self.config.tenant_by_domain(domain)
+            user = req.from_.uri.user_unescaped or ""
+            ext = await self.config.get_extension(tenant.id, user) if tenant else None
+            outcome, username = self.auth.check(req, domain, ext.password if ext else None, now, proxy=True)
+            if outcome is AuthOutcome.MISSING or outcome is AuthOutcome.STALE:
+                self._reject(req, txn, 407, None, self.auth.challenge_headers(domain, now, outcome is AuthOutcome.STALE, proxy=True))
+                return
+            if outcome is not AuthOutcome.OK or ext is None or tenant is None or username != ext.number:
+                M.auth_failure("invite")
+                M.call_attempt("rejected")
+                self._reject(req, txn, 403, "Forbidden")
+                return
+            caller = Caller(ext.number, ext.display_name, tenant.domain, ext)
+            plan = await plan_from_extension(tenant, dialled, self.config, self.locations)
+        tenant = plan.tenant
+        with olog.bind(call_id=req.call_id, tenant=tenant.name):
+            if getattr(txn, "tu", None) == "cancelled":
+                self._reject(req, txn, 487, None)
+                return
+            if plan.external and tenant.max_calls and self._external.get(tenant.id, 0) >= tenant.max_calls:
+                M.call_attempt("rejected")
+                self._reject(req, txn, 503, "Service Unavailable (tenant call limit reached)", [("Retry-After", "30")])
+                return
+            media = None
+            if req.body:
+                if req.content_type != "application/sdp":
+                    self._reject(req, txn, 415, None, [("Accept", "application/sdp")])
+                    return
+                media = await self.media_factory(req.call_id, tenant.name)
+                try:
+                    media.check_offer(req.body)
+                except SipError as e:
+                    media.close()
+                    self._reject(req, txn, 488 if e.status_hint < 400 else e.status_hint, _clean(e.reason))
+                    return
+            elif not plan.fail_status:
+                media = await self.media_factory(req.call_id, tenant.name)
+            call = Call(self, req, txn, flow, plan, caller, media)
+            txn.tu = call
+            self.calls[call.id] = call
+            if plan.external:
+                self._external[tenant.id] = self._external.get(tenant.id, 0) + 1
+            M.call_started()
+            log.info("call %s → %s (%s)", caller.number, plan.callee, plan.direction)
+            call.start_routing()
+
+    # ------------------------------------------------------------------ call host API
+    def flow_for(self, target: Target) -> Flow:
+        transports = self.endpoint.transports
+        assert transports is not None
+        return transports.flow_to(target.transport, target.host, target.port)
+
+    def trunk_credentials(self, trunk, resp: Response, invite: Request | None):
+        if invite is None:
+            return None
+        return self.auth.answer(resp, invite, trunk.username, trunk.password)
+
+    def register_dialog(self, call_id: str, local_tag: str, call: Call, side: str) -> None:
+        self._dialogs[(call_id, local_tag)] = (call, side)
+
+    def call_answered(self, call: Call) -> None:
+        M.call_answered()
+
+    def call_ended(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        for key in call.dialogs:
+            self._dialogs.pop(key, None)
+        if call.plan.external:
+            n = self._external.get(call.tenant.id, 1) - 1
+            if n > 0:
+                self._external[call.tenant.id] = n
+            else:
+                self._external.pop(call.tenant.id, None)
+        M.call_ended(call.disposition)
+        cdr = call.cdr()
+        self._spawn(self._write_cdr(cdr))
+
+    async def _write_cdr(self, cdr) -> None:
+        # a CDR is billing data: retry rather than lose it
+        delay = 0.2
+        for _ in range(8):
+            try:
+                await self.cdrs.write(cdr)
+                return
+            except Exception:
+                log.exception("CDR write failed; retrying")
+                await asyncio.sleep(delay)
+                delay *= 2
+        log.error("CDR lost after retries: %s", cdr)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Stop taking calls, give calls ``timeout`` to finish, then hang up the rest."""
+        self.draining = True
+        deadline = self.loop.time() + timeout
+        while self.calls and self.loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for call in list(self.calls.values()):
+            call.hangup_both("shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+
+    def health(self) -> dict:
+        return {
+            "active_calls": len(self.calls),
+            "dialogs": len(self._dialogs),
+            "transactions": self.endpoint.layer.transaction_count,
+            "draining": self.draining,
+        }
+
+
+def _clean(reason: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in reason)[:120]

@@ -1,0 +1,175 @@
+"""Wires one node together and runs it: store, SIP sockets, transaction layer, PBX, RTP relay,
+HTTP. Startup and shutdown follow aiohttp's order: stop taking new work, drain calls,
+then close in reverse order of opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from node.api.http import start_http
+from node.embedded import open_embedded, provision_demo
+from node.pbx.authn import Authenticator
+from node.pbx.media import MediaAnchors
+from node.pbx.service import PbxService
+from node.rtp_engine.relay import PortPool, RtpRelay
+from node.runtime.config import NodeConfig
+from node.sip.transaction import TransactionLayer
+from node.transport.endpoint import SipEndpoint
+from node.transport.sockets import SipTransports
+from observability import logging as olog
+from observability import metrics as M
+
+log = logging.getLogger("hivepbx.node")
+
+
+def _node_secret(data_dir: Path) -> bytes:
+    """Digest nonce key, kept in the data dir so nonces survive a restart."""
+    p = data_dir / "nonce.key"
+    if p.exists():
+        return p.read_bytes()
+    key = secrets.token_bytes(32)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+class Node:
+    """A running node; ``async with Node(cfg) as node`` in tests, ``run(cfg)`` from the CLI."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.backend = None
+        self.transports: SipTransports | None = None
+        self.endpoint: SipEndpoint | None = None
+        self.service: PbxService | None = None
+        self.relay: RtpRelay | None = None
+        self.http_runner = None
+        self.http_port: int | None = None
+        self.demo: dict | None = None
+        self._expiry_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = open_embedded(cfg.data_dir)
+        if cfg.demo:
+            self.demo = await provision_demo(self.backend.config)
+        layer = TransactionLayer()
+        self.endpoint = SipEndpoint(layer, advertise_address=cfg.advertise_address, on_parse_error=M.parse_error)
+        self.transports = SipTransports(self.endpoint.message_received, cfg.max_message_size)
+        self.endpoint.transports = self.transports
+        self.relay = RtpRelay(PortPool(cfg.rtp_port_min, cfg.rtp_port_max), cfg.rtp_bind)
+        anchors = MediaAnchors(self.relay, cfg.advertise_address)
+        self.service = PbxService(
+            cfg, self.endpoint, self.backend.config, self.backend.locations, self.backend.cdrs,
+            Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl), anchors.open,
+        )
+        self.endpoint.on_event = self.service.on_event
+        await self.transports.start(cfg.listens)
+        self.http_runner, self.http_port = await start_http(cfg.http_host, cfg.http_port, self.health)
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        M.registrations_set(len(await self.backend.locations.list(None, time.time())))
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                n = await self.backend.locations.expire(time.time())
+                if n:
+                    log.info("%d registrations expired", n)
+                M.registrations_set(len(await self.backend.locations.list(None, time.time())))
+            except Exception:
+                log.exception("registration expiry failed")
+
+    async def health(self) -> dict:
+        svc = self.service
+        return {"status": "ok" if svc and not svc.draining else "degraded", **(svc.health() if svc else {})}
+
+    @property
+    def sip_port(self) -> int:
+        assert self.transports is not None
+        b = self.transports.bound("udp") or self.transports.bound("tcp")
+        return b[1] if b else 0
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        if self.service is not None:
+            await self.service.drain(drain_timeout)
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        if self.transports is not None:
+            await self.transports.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.relay is not None:
+            self.relay.close()
+        if self.backend is not None:
+            self.backend.close()
+
+    async def __aenter__(self) -> "Node":
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(0)
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+def _banner(node: Node) -> str:
+    cfg = node.cfg
+    lines = [
+        "hivepbx node running",
+        f"  data directory : {cfg.data_dir}",
+        "  SIP            : " + ", ".join(f"{l.transport}:{l.host}:{l.port}" for l in node.transports.listens),
+        f"  RTP ports      : {cfg.rtp_port_min}-{cfg.rtp_port_max}",
+        f"  HTTP           : http://{cfg.http_host}:{node.http_port}/metrics  /health",
+    ]
+    if node.demo:
+        d = node.demo
+        lines.append(f"  demo tenant    : {d['tenant']}  SIP domain {d['domain']}")
+        for ext in d["extensions"]:
+            lines.append(f"    extension {ext['number']}  password {ext['password']}")
+        lines.append(
+            f"  register a softphone as <ext>@{d['domain']} with this host as outbound proxy / registrar"
+        )
+    return "\n".join(lines)
+
+
+async def serve(cfg: NodeConfig) -> None:
+    olog.setup_logging(cfg.log_level)
+    node = Node(cfg)
+    await node.start()
+    print(_banner(node), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await node.stop(5.0)
+
+
+def run(cfg: NodeConfig) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(serve(cfg))
+    else:
+        uvloop.run(serve(cfg))
+    return 0

@@ -1,0 +1,63 @@
+"""The node's configuration: one frozen dataclass, filled from CLI flags and environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.transport.sockets import Listen
+
+
+def default_data_dir() -> Path:
+    """Where the embedded node keeps SQLite and prompts; ``HIVEPBX_DATA_DIR`` overrides."""
+    env = os.environ.get("HIVEPBX_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "hivepbx"
+
+
+def default_listens(port: int = 5060) -> tuple[Listen, ...]:
+    return (
+        Listen("udp", "0.0.0.0", port),
+        Listen("tcp", "0.0.0.0", port),
+        Listen("udp", "::", port),
+        Listen("tcp", "::", port),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    #: directory holding hivepbx.db (config, registrations, CDRs)
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: SIP sockets; default UDP and TCP on 5060 of all IPv4 and IPv6 addresses
+    listens: tuple[Listen, ...] = field(default_factory=default_listens)
+    #: address put in Via/Contact/SDP when a socket is bound to a wildcard; None = detect
+    advertise_address: str | None = None
+    #: HTTP for /metrics and /health
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    #: RTP relay port range (inclusive, even ports used for RTP)
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 30000
+    #: address RTP sockets bind to ('' = same family wildcard)
+    rtp_bind: str = "0.0.0.0"
+    #: identifies this node in registrations and CDRs
+    node_id: str = "local"
+    #: registrar bounds (RFC 3261 §10.3: 423 below min)
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    #: digest nonce lifetime, seconds; an older nonce gets stale=true
+    nonce_ttl: int = 300
+    #: refuse SIP messages larger than this (bytes)
+    max_message_size: int = 65535
+    #: seconds before an unanswered outbound leg gets 480 when the tenant has no own value
+    ring_timeout: int = 30
+    #: backend name for config/location/CDR stores ('embedded' is built in)
+    backend: str = "embedded"
+    #: log level name
+    log_level: str = "INFO"
+    #: create the demo tenant on start when the store has no tenant
+    demo: bool = False

@@ -1,0 +1,25 @@
+"""Identifiers the core mints: Via branches (RFC 3261 §8.1.1.7), tags (§19.3), Call-IDs (§8.1.1.4)."""
+
+from __future__ import annotations
+
+import os
+from base64 import b32encode
+
+#: RFC 3261 §8.1.1.7: branch IDs of compliant elements start with this cookie
+MAGIC_COOKIE = "z9hG4bK"
+
+
+def _rand(nbytes: int) -> str:
+    return b32encode(os.urandom(nbytes)).decode("ascii").rstrip("=").lower()
+
+
+def new_branch() -> str:
+    return MAGIC_COOKIE + _rand(10)
+
+
+def new_tag() -> str:
+    return _rand(8)
+
+
+def new_call_id() -> str:
+    return _rand(15)
