@@ -72,7 +72,8 @@ class Registrar:
         if outcome is not AuthOutcome.OK or ext is None or tenant is None or username != ext.number:
             # one answer for every failure: wrong password, unknown user, foreign tenant
             if self.metrics:
-                self.metrics.auth_failure("register")
+                reason = "unknown_user" if ext is None else "bad_response"
+                self.metrics.auth_failure(reason)
             log.info("REGISTER refused for %s@%s from %s:%s (%s)", ext_number, domain, *flow.remote, outcome.name)
             return make_response(req, 403, "Forbidden", to_tag=to_tag)
 

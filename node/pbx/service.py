@@ -256,7 +256,7 @@ class PbxService:
                 self._reject(req, txn, 407, None, self.auth.challenge_headers(domain, now, outcome is AuthOutcome.STALE, proxy=True))
                 return
             if outcome is not AuthOutcome.OK or ext is None or tenant is None or username != ext.number:
-                M.auth_failure("invite")
+                M.auth_failure("unknown_user" if ext is None else "bad_response")
                 M.call_attempt("rejected")
                 self._reject(req, txn, 403, "Forbidden")
                 return

@@ -71,9 +71,10 @@ class Node:
         anchors = MediaAnchors(self.relay, cfg.advertise_address)
         self.service = PbxService(
             cfg, self.endpoint, self.backend.config, self.backend.locations, self.backend.cdrs,
-            Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl), anchors.open,
+            Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl, cfg.digest_algorithms), anchors.open,
         )
         self.endpoint.on_event = self.service.on_event
+        M.track_transactions(lambda: layer.transaction_count)
         await self.transports.start(cfg.listens)
         self.http_runner, self.http_port = await start_http(cfg.http_host, cfg.http_port, self.health)
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
@@ -135,7 +136,10 @@ def _banner(node: Node) -> str:
     lines = [
         "hivepbx node running",
         f"  data directory : {cfg.data_dir}",
-        "  SIP            : " + ", ".join(f"{l.transport}:{l.host}:{l.port}" for l in node.transports.listens),
+        "  SIP            : " + ", ".join(
+            f"{l.transport}:[{l.host}]:{l.port}" if ":" in l.host else f"{l.transport}:{l.host}:{l.port}"
+            for l in node.transports.listens
+        ),
         f"  RTP ports      : {cfg.rtp_port_min}-{cfg.rtp_port_max}",
         f"  HTTP           : http://{cfg.http_host}:{node.http_port}/metrics  /health",
     ]

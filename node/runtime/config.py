@@ -51,6 +51,10 @@ class NodeConfig:
     default_expires: int = 3600
     #: digest nonce lifetime, seconds; an older nonce gets stale=true
     nonce_ttl: int = 300
+    #: digest algorithms offered, in this order (RFC 8760 §2.4: UACs take the first they
+    #: support). MD5 first because many deployed phones, SIPp and baresip 1.0 read only the
+    #: first challenge; put SHA-256 first where every phone supports it.
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     #: refuse SIP messages larger than this (bytes)
     max_message_size: int = 65535
     #: seconds before an unanswered outbound leg gets 480 when the tenant has no own value

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from node.sip.message import Message
+
 
 class SipError(Exception):
     """Base of every SIP-core error. ``status_hint`` is the response code to send back."""
@@ -16,7 +21,15 @@ class SipError(Exception):
 
 
 class RemoteProtocolError(SipError):
-    """The peer sent something that breaks the protocol (malformed, missing header, ...)."""
+    """The peer sent something that breaks the protocol (malformed, missing header, ...).
+
+    ``message`` is the request or response as far as it parsed when its start line and
+    headers could be read, so the caller can still answer a bad request (400, 505, 513 need
+    its Via, From, To, Call-ID and CSeq, RFC 3261 §8.2.6). It is None when the bytes were not
+    recognisably SIP: those are dropped, never answered. Its typed views may raise.
+    """
+
+    message: "Message | None" = None
 
 
 class LocalProtocolError(SipError):

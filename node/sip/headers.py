@@ -6,8 +6,27 @@ Everything else stays raw text: a B2BUA or proxy passes unknown headers through 
 
 from __future__ import annotations
 
+import re
+
 from node.sip.errors import RemoteProtocolError
-from node.sip.uri import _parse_params, _split_hostport, format_params
+from node.sip.uri import (
+    GENVAL_C,
+    HOST,
+    HOSTNAME,
+    IPV6REF,
+    TOKEN_C,
+    _ipv6_ok,
+    _parse_params,
+    _params_fast,
+    _split_hostport,
+    format_params,
+    parse_generic_params,
+)
+
+__all__ = [
+    "COMPACT", "LIST_HEADERS", "SINGLE_HEADERS", "CSeq", "Via", "canonical_name", "is_token",
+    "_parse_params", "_split_hostport", "format_params",
+]
 
 # RFC 3261 §7.3.3 and later RFCs: compact forms
 COMPACT = {
@@ -33,19 +52,36 @@ COMPACT = {
 }
 
 _KNOWN = [
-    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
-    "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact", "Content-Disposition",
-    "Content-Encoding", "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
-    "Error-Info", "Event", "Expires", "From", "In-Reply-To", "Max-Forwards", "Min-Expires",
-    "MIME-Version", "Organization", "P-Asserted-Identity", "P-Preferred-Identity", "Path",
-    "Priority", "Privacy", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
-    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reply-To", "Replaces", "Require",
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow",
+    "Allow-Events", "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length", "Content-Type",
+    "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "Identity", "In-Reply-To",
+    "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "P-Asserted-Identity",
+    "P-Preferred-Identity", "Path", "Priority", "Privacy", "Proxy-Authenticate",
+    "Proxy-Authorization", "Proxy-Require", "RAck", "Reason", "Record-Route", "Refer-To",
+    "Referred-By", "Reject-Contact", "Reply-To", "Replaces", "Request-Disposition", "Require",
     "Retry-After", "Route", "RSeq", "Server", "Session-Expires", "Min-SE", "Subject",
     "Subscription-State", "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via",
     "Warning", "WWW-Authenticate",
 ]
 _CANON = {n.lower(): n for n in _KNOWN}
 _CANON.update(COMPACT)
+KNOWN_NAMES = frozenset(_KNOWN)
+
+#: every spelling seen on the wire that maps without lower-casing: canonical, lower, upper
+#: and compact forms. The parser's hot loop is one lookup here per header line.
+NAMES: dict[str, str] = {}
+for _n in _KNOWN:
+    NAMES[_n] = NAMES[_n.lower()] = NAMES[_n.upper()] = _n
+for _c, _n in COMPACT.items():
+    NAMES[_c] = NAMES[_c.upper()] = _n
+NAMES["Call-Id"] = "Call-ID"
+NAMES["Cseq"] = "CSeq"
+NAMES["Content-length"] = "Content-Length"
+NAMES["Content-type"] = "Content-Type"
+NAMES["Max-forwards"] = "Max-Forwards"
+NAMES["Record-route"] = "Record-Route"
+NAMES["User-agent"] = "User-Agent"
 
 #: headers whose value is a comma-separated list (RFC 3261 §7.3.1)
 LIST_HEADERS = frozenset(
@@ -55,50 +91,101 @@ LIST_HEADERS = frozenset(
      "Warning", "Reason", "P-Asserted-Identity"]
 )
 
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+#: headers that may appear once only (RFC 3261 §7.3.1, §20; RFC 4475 §3.3.8 multi01, §3.3.9 mcl01)
+SINGLE_HEADERS = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type")
+
+_TOKEN = re.compile(f"[{TOKEN_C}]++")
+
+
+def is_token(text: str) -> bool:
+    return _TOKEN.fullmatch(text) is not None
 
 
 def canonical_name(name: str) -> str:
     """Canonical spelling of a header name; unknown names keep the peer's spelling."""
+    c = NAMES.get(name)
+    if c is not None:
+        return c
     c = _CANON.get(name.lower())
     if c is not None:
         return c
-    if not name or any(ch not in _TOKEN_CHARS for ch in name):
+    if _TOKEN.fullmatch(name) is None:
         raise RemoteProtocolError(f"bad header name {name!r}")
     return name
+
+
+# via-parm = sent-protocol LWS sent-by *( SEMI via-params )
+# sent-protocol = protocol-name SLASH protocol-version SLASH transport ; SLASH = SWS "/" SWS
+# sent-by = host [ COLON port ]
+_VIA_FAST = re.compile(
+    rf"(?i:SIP)/2\.0/([{TOKEN_C}]++) ({HOSTNAME}|{IPV6REF})(?::([0-9]{{1,5}}))?"
+    rf"((?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+)"
+)
+_VIA_SLOW = re.compile(
+    rf"[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)"
+    rf"[ \t]++({HOST})(?:[ \t]*+:[ \t]*+([0-9]{{1,5}}))?[ \t]*+"
+)
+_VIA_NEEDS_VALUE = ("branch", "received", "maddr", "ttl")
 
 
 class Via:
     """``SIP/2.0/UDP host:port;branch=...;rport`` (RFC 3261 §20.42, RFC 3581)."""
 
-    __slots__ = ("transport", "host", "port", "params")
+    __slots__ = ("transport", "host", "port", "params", "version")
 
-    def __init__(self, transport: str, host: str, port: int | None, params: dict[str, str | None]) -> None:
+    def __init__(
+        self, transport: str, host: str, port: int | None, params: dict[str, str | None], version: str = "2.0"
+    ) -> None:
         self.transport = transport
         self.host = host
         self.port = port
         self.params = params
+        self.version = version
 
     @classmethod
     def parse(cls, text: str) -> "Via":
-        # via-parm = sent-protocol LWS sent-by *( SEMI via-params )
-        # sent-protocol = protocol-name SLASH protocol-version SLASH transport (LWS allowed around SLASH)
-        proto, sep, rest = text.partition(";")
-        ptext = rest if sep else ""
-        parts = proto.split("/")
-        if len(parts) != 3:
-            raise RemoteProtocolError(f"bad Via sent-protocol in {text!r}")
-        name = parts[0].strip()
-        version = parts[1].strip()
-        tail = parts[2].strip().split(None, 1)
-        if name.upper() != "SIP" or len(tail) != 2:
-            raise RemoteProtocolError(f"bad Via {text!r}")
-        if version != "2.0":
-            raise RemoteProtocolError(f"unsupported SIP version in Via {text!r}", 505)
-        transport, sent_by = tail[0].upper(), tail[1].replace(" ", "").replace("\t", "")
-        host, port = _split_hostport(sent_by)
-        params = _parse_params(ptext) if ptext else {}
-        return cls(transport, host, port, params)
+        """One via-parm (split a Via header's list first: ``split_list_strict``)."""
+        m = _VIA_FAST.fullmatch(text)
+        if m is not None:
+            transport, host, port, ptext = m.groups()
+            version = "2.0"
+            params = _params_fast(ptext) if ptext else {}
+        else:
+            m = _VIA_SLOW.match(text)
+            if m is None:
+                raise RemoteProtocolError(f"bad Via sent-protocol or sent-by in {text!r}")
+            name, version, transport, host, port = m.groups()
+            if name.upper() != "SIP":
+                raise RemoteProtocolError(f"Via protocol is not SIP in {text!r}")
+            rest = text[m.end() :]
+            if rest and rest[0] != ";":
+                raise RemoteProtocolError(f"unexpected {rest[:20]!r} in Via {text!r}")
+            try:
+                params = parse_generic_params(rest)
+            except RemoteProtocolError as e:
+                raise RemoteProtocolError(f"{e.reason} in Via {text!r}") from None
+        if host[0] == "[" and not _ipv6_ok(host):
+            raise RemoteProtocolError(f"bad IPv6 reference in Via {text!r}")
+        v = cls.__new__(cls)
+        if port is not None:
+            p = int(port)
+            if p > 65535:
+                raise RemoteProtocolError(f"port {p} out of range in Via {text!r}")
+            v.port = p
+        else:
+            v.port = None
+        if None in params.values() or "rport" in params:
+            for key, val in params.items():
+                if val is None:
+                    if key in _VIA_NEEDS_VALUE:
+                        raise RemoteProtocolError(f"Via parameter {key!r} needs a value in {text!r}")
+                elif key == "rport" and not (val.isascii() and val.isdigit() and len(val) <= 5):
+                    raise RemoteProtocolError(f"bad rport value in Via {text!r}")
+        v.transport = transport if transport.isupper() else transport.upper()
+        v.host = host
+        v.params = params
+        v.version = version
+        return v
 
     @property
     def branch(self) -> str | None:
@@ -111,7 +198,19 @@ class Via:
 
     def __str__(self) -> str:
         hp = self.host if self.port is None else f"{self.host}:{self.port}"
-        return f"SIP/2.0/{self.transport} {hp}{format_params(self.params)}"
+        return f"SIP/{self.version}/{self.transport} {hp}{format_params(self.params)}"
+
+    def __repr__(self) -> str:
+        return f"Via({str(self)!r})"
+
+
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+_CSEQ = re.compile(rf"([0-9]++)[ \t]++([{TOKEN_C}]++)")
+_COMMON_METHODS = frozenset(
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "MESSAGE",
+     "REFER", "PUBLISH", "SUBSCRIBE", "NOTIFY", "INFO"]
+)
+CSEQ_LIMIT = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
 
 
 class CSeq:
@@ -123,14 +222,21 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> "CSeq":
-        parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise RemoteProtocolError(f"bad CSeq {text!r}")
-        seq = int(parts[0])
-        # RFC 3261 §8.1.1.5: MUST be less than 2**31
-        if seq >= 2**31:
-            raise RemoteProtocolError(f"CSeq number too large {text!r}")
-        return cls(seq, parts[1])
+        digits, sp, method = text.partition(" ")
+        if not (sp and digits.isdigit() and digits.isascii() and method in _COMMON_METHODS):
+            m = _CSEQ.fullmatch(text.strip(" \t"))
+            if m is None:
+                raise RemoteProtocolError(f"bad CSeq {text[:60]!r} (RFC 3261 §20.16: number and method)")
+            digits, method = m.groups()
+        if len(digits) > 10 or int(digits) >= CSEQ_LIMIT:
+            raise RemoteProtocolError(f"CSeq number {digits[:24]} is not below 2**31 (RFC 3261 §8.1.1.5)")
+        c = cls.__new__(cls)
+        c.seq = int(digits)
+        c.method = method
+        return c
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
+
+    def __repr__(self) -> str:
+        return f"CSeq({self.seq}, {self.method!r})"

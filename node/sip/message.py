@@ -1,32 +1,144 @@
 """SIP requests and responses (RFC 3261 §7).
 
 Theory of operation: a message is a start line, an ordered list of ``(name, value)``
-header pairs with canonical names, and a body. The parser stores raw header text; the
-typed views the core needs (Via, CSeq, From/To, Contact, ...) are parsed on first use
-and cached, so a message that is only relayed never pays for parsing headers it does not
-read. Any mutation through ``set``/``add``/``remove`` drops the cache.
+header pairs with canonical names (unknown names keep the peer's spelling and are matched
+case-insensitively), and a body. Header values are stored unfolded and stripped, so they
+serialise back as received.
+
+The typed views (``call_id``, ``cseq``, ``vias``, ``from_``, ``to``, ``contacts``,
+``max_forwards``, ``routes``, ``record_routes``, ``content_type``, ``uri``) are cached. The
+parser fills that cache while it validates, so on a parsed message they never raise and
+cost an attribute lookup; on a message built in code they are parsed on first use. The
+cached objects are shared: change a message through ``set``/``add``/``remove`` (which drop
+the cache), not by mutating what a view returned. ``expires`` stays lazy and may raise
+(RFC 4475 §3.1.2.4: a bad Expires alone need not fail the request).
 """
 
 from __future__ import annotations
 
-from node.sip.errors import RemoteProtocolError
-from node.sip.headers import LIST_HEADERS, CSeq, Via, canonical_name
-from node.sip.uri import NameAddr, Uri, split_header_list
+import re
+
+from node.sip.errors import LocalProtocolError, RemoteProtocolError
+from node.sip.headers import KNOWN_NAMES, LIST_HEADERS, CSeq, Via, canonical_name
+from node.sip.uri import TOKEN_C, NameAddr, Uri, parse_generic_params, split_header_list, split_list_strict
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
-    183: "Session Progress", 200: "OK", 202: "Accepted", 302: "Moved Temporarily",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
+    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 412: "Conditional Request Failed",
     413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme", 420: "Bad Extension", 423: "Interval Too Brief",
+    416: "Unsupported URI Scheme", 417: "Unknown Resource-Priority", 420: "Bad Extension",
+    421: "Extension Required", 422: "Session Interval Too Small", 423: "Interval Too Brief",
+    428: "Use Identity Header", 429: "Provide Referrer Identity", 430: "Flow Failed",
+    433: "Anonymity Disallowed", 439: "First Hop Lacks Outbound Support", 470: "Consent Needed",
     480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
-    483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here", 487: "Request Terminated",
-    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 500: "Server Internal Error",
+    483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 494: "Security Agreement Required", 500: "Server Internal Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
-    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
-    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    505: "Version Not Supported", 513: "Message Too Large", 580: "Precondition Failure",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
+
+#: methods defined by RFC 3261 and the extensions in common use (RFC 3262, 3311, 3428, 3515,
+#: 3903, 6086, 6665). An unknown method is still a valid request: the TU answers 501.
+METHODS = frozenset(
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "MESSAGE",
+     "REFER", "PUBLISH", "SUBSCRIBE", "NOTIFY", "INFO"]
+)
+
+# --- value parsers shared by the views and the parser ----------------------------------
+# callid = word [ "@" word ] ; word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`"
+#   / "'" / "~" / "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}")
+# (several "@" are tolerated: some stacks send them and nothing depends on the split)
+_CALL_ID = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}@]++")
+# media-type = m-type SLASH m-subtype *(SEMI m-parameter)
+_MEDIA_TYPE = re.compile(rf"([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)[ \t]*+")
+_MISSING = object()
+
+
+def parse_call_id(value: str) -> str:
+    if _CALL_ID.fullmatch(value) is None:
+        if not value:
+            raise RemoteProtocolError("empty Call-ID")
+        raise RemoteProtocolError(f"bad Call-ID {value[:60]!r} (RFC 3261 §25.1 callid)")
+    return value
+
+
+def parse_vias(values: list[str]) -> list[Via]:
+    if len(values) == 1 and "," not in values[0]:
+        return [Via.parse(values[0])]
+    vias: list[Via] = []
+    for value in values:
+        for elem in split_list_strict(value, "Via"):
+            vias.append(Via.parse(elem))
+    if not vias:
+        raise RemoteProtocolError("missing Via header")
+    return vias
+
+
+def parse_name_addr(value: str, name: str) -> NameAddr:
+    try:
+        return NameAddr.parse(value)
+    except RemoteProtocolError as e:
+        raise RemoteProtocolError(f"bad {name} header: {e.reason}") from None
+
+
+def parse_name_addrs(values: list[str], name: str) -> list[NameAddr]:
+    out: list[NameAddr] = []
+    try:
+        for value in values:
+            for elem in split_list_strict(value, name):
+                out.append(NameAddr.parse(elem))
+    except RemoteProtocolError as e:
+        raise RemoteProtocolError(f"bad {name} header: {e.reason}") from None
+    return out
+
+
+def parse_contacts(values: list[str]) -> list[NameAddr]:
+    """Contact values; a lone ``*`` (REGISTER, RFC 3261 §10.2.2) gives an empty list."""
+    if len(values) == 1 and values[0] == "*":
+        return []
+    return parse_name_addrs(values, "Contact")
+
+
+def parse_max_forwards(value: str) -> int:
+    # Max-Forwards = 1*DIGIT, 0-255 (RFC 3261 §20.22)
+    if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 255:
+        raise RemoteProtocolError(f"bad Max-Forwards {value[:20]!r} (0 to 255)")
+    return int(value)
+
+
+def parse_content_type(value: str) -> str:
+    """The media type, lower-cased, without parameters (RFC 3261 §20.15)."""
+    c = _CT_SEEN.get(value)
+    if c is not None:
+        return c
+    m = _MEDIA_TYPE.match(value)
+    if m is None:
+        raise RemoteProtocolError(f"bad Content-Type {value[:60]!r} (type/subtype)")
+    rest = value[m.end() :]
+    if rest:
+        try:
+            parse_generic_params(rest)
+        except RemoteProtocolError as e:
+            raise RemoteProtocolError(f"bad Content-Type {value[:60]!r}: {e.reason}") from None
+    c = f"{m.group(1)}/{m.group(2)}".lower()
+    if len(_CT_SEEN) >= 256:
+        _CT_SEEN.clear()
+    _CT_SEEN[value] = c
+    return c
+
+
+_CT_SEEN: dict[str, str] = {}  # valid Content-Type values seen → media type (few distinct ones)
+
+
+def _same_name(stored: str, key: str, low: str | None) -> bool:
+    return stored == key or (low is not None and stored.lower() == low)
 
 
 class Message:
@@ -38,88 +150,97 @@ class Message:
         self._cache: dict[str, object] = {}
 
     # --- raw header access -------------------------------------------------
+    @staticmethod
+    def _key(name: str) -> tuple[str, str | None]:
+        key = canonical_name(name)
+        # unknown names are stored as the peer spelt them: compare those case-insensitively
+        return key, (None if key in KNOWN_NAMES else key.lower())
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of header ``name`` (any spelling)."""
-        name = canonical_name(name)
+        key, low = self._key(name)
         for n, v in self.headers:
-            if n == name:
+            if n == key or (low is not None and n.lower() == low):
                 return v
         return default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, comma-separated lists split for list headers."""
-        name = canonical_name(name)
-        vals = [v for n, v in self.headers if n == name]
-        if name in LIST_HEADERS:
+        key, low = self._key(name)
+        vals = [v for n, v in self.headers if _same_name(n, key, low)]
+        if key in LIST_HEADERS:
             out: list[str] = []
             for v in vals:
                 out.extend(split_header_list(v))
             return out
         return vals
 
+    def _values(self, key: str) -> list[str]:
+        """Raw values of a known header (no list splitting)."""
+        return [v for n, v in self.headers if n == key]
+
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` header by one with ``value`` (in the first one's place)."""
-        name = canonical_name(name)
+        key, low = self._key(name)
         self._cache.clear()
         for i, (n, _) in enumerate(self.headers):
-            if n == name:
-                self.headers[i] = (name, value)
-                self.headers[i + 1 :] = [h for h in self.headers[i + 1 :] if h[0] != name]
+            if _same_name(n, key, low):
+                self.headers[i] = (key, value)
+                self.headers[i + 1 :] = [h for h in self.headers[i + 1 :] if not _same_name(h[0], key, low)]
                 return
-        self.headers.append((name, value))
+        self.headers.append((key, value))
 
     def add(self, name: str, value: str, first: bool = False) -> None:
         """Add a header; ``first`` puts it before any same-named one (e.g. a new top Via)."""
-        name = canonical_name(name)
+        key, low = self._key(name)
         self._cache.clear()
         if first:
             for i, (n, _) in enumerate(self.headers):
-                if n == name:
-                    self.headers.insert(i, (name, value))
+                if _same_name(n, key, low):
+                    self.headers.insert(i, (key, value))
                     return
-        self.headers.append((name, value))
+        self.headers.append((key, value))
 
     def remove(self, name: str) -> None:
-        name = canonical_name(name)
+        key, low = self._key(name)
         self._cache.clear()
-        self.headers = [h for h in self.headers if h[0] != name]
+        self.headers = [h for h in self.headers if not _same_name(h[0], key, low)]
 
     def __contains__(self, name: str) -> bool:
         return self.get(name) is not None
 
-    # --- typed views (lazy) -------------------------------------------------
+    # --- typed views (cached) ------------------------------------------------
     def _required(self, name: str) -> str:
-        v = self.get(name)
-        if v is None:
+        vals = self._values(name)
+        if not vals:
             raise RemoteProtocolError(f"missing {name} header")
-        return v
+        if len(vals) > 1:
+            raise RemoteProtocolError(f"{len(vals)} {name} headers where one is allowed")
+        return vals[0]
 
     @property
     def call_id(self) -> str:
-        c = self._cache.get("call_id")
-        if c is None:
-            c = self._required("Call-ID").strip()
-            if not c:
-                raise RemoteProtocolError("empty Call-ID")
-            self._cache["call_id"] = c
-        return c  # type: ignore[return-value]
+        try:
+            return self._cache["call_id"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["call_id"] = parse_call_id(self._required("Call-ID"))
+            return c
 
     @property
     def cseq(self) -> CSeq:
-        c = self._cache.get("cseq")
-        if c is None:
+        try:
+            return self._cache["cseq"]  # type: ignore[return-value]
+        except KeyError:
             c = self._cache["cseq"] = CSeq.parse(self._required("CSeq"))
-        return c  # type: ignore[return-value]
+            return c
 
     @property
     def vias(self) -> list[Via]:
-        c = self._cache.get("vias")
-        if c is None:
-            vals = self.get_all("Via")
-            if not vals:
-                raise RemoteProtocolError("missing Via header")
-            c = self._cache["vias"] = [Via.parse(v) for v in vals]
-        return c  # type: ignore[return-value]
+        try:
+            return self._cache["vias"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["vias"] = parse_vias(self._values("Via"))
+            return c
 
     @property
     def top_via(self) -> Via:
@@ -127,75 +248,92 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        c = self._cache.get("from")
-        if c is None:
-            c = self._cache["from"] = NameAddr.parse(self._required("From"))
-        return c  # type: ignore[return-value]
+        try:
+            return self._cache["from"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["from"] = parse_name_addr(self._required("From"), "From")
+            return c
 
     @property
     def to(self) -> NameAddr:
-        c = self._cache.get("to")
-        if c is None:
-            c = self._cache["to"] = NameAddr.parse(self._required("To"))
-        return c  # type: ignore[return-value]
+        try:
+            return self._cache["to"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["to"] = parse_name_addr(self._required("To"), "To")
+            return c
 
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; a lone ``*`` (REGISTER) is returned as an empty list — see ``contact_star``."""
-        c = self._cache.get("contacts")
-        if c is None:
-            vals = self.get_all("Contact")
-            c = [] if vals == ["*"] else [NameAddr.parse(v) for v in vals]
-            self._cache["contacts"] = c
-        return c  # type: ignore[return-value]
+        try:
+            return self._cache["contacts"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["contacts"] = parse_contacts(self._values("Contact"))
+            return c
 
     @property
     def contact_star(self) -> bool:
         return [v.strip() for v in self.get_all("Contact")] == ["*"]
 
-    def _int_header(self, name: str) -> int | None:
-        v = self.get(name)
-        if v is None:
-            return None
-        v = v.strip()
-        if not v.isdigit():
-            raise RemoteProtocolError(f"bad {name} value {v!r}")
-        return int(v)
-
     @property
     def max_forwards(self) -> int | None:
-        return self._int_header("Max-Forwards")
+        c = self._cache.get("max_forwards", _MISSING)
+        if c is _MISSING:
+            vals = self._values("Max-Forwards")
+            if len(vals) > 1:
+                raise RemoteProtocolError(f"{len(vals)} Max-Forwards headers where one is allowed")
+            c = self._cache["max_forwards"] = parse_max_forwards(vals[0]) if vals else None
+        return c  # type: ignore[return-value]
 
     @property
     def expires(self) -> int | None:
-        return self._int_header("Expires")
+        v = self.get("Expires")
+        if v is None:
+            return None
+        if not (v.isascii() and v.isdigit()):
+            raise RemoteProtocolError(f"bad Expires value {v[:20]!r}")
+        return int(v)
 
     @property
     def routes(self) -> list[NameAddr]:
-        return [NameAddr.parse(v) for v in self.get_all("Route")]
+        try:
+            return self._cache["routes"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["routes"] = parse_name_addrs(self._values("Route"), "Route")
+            return c
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return [NameAddr.parse(v) for v in self.get_all("Record-Route")]
+        try:
+            return self._cache["record_routes"]  # type: ignore[return-value]
+        except KeyError:
+            c = self._cache["record_routes"] = parse_name_addrs(self._values("Record-Route"), "Record-Route")
+            return c
 
     @property
     def content_type(self) -> str | None:
-        v = self.get("Content-Type")
-        return None if v is None else v.split(";", 1)[0].strip().lower()
+        """Media type, lower-cased and without parameters (``application/sdp``), or None."""
+        c = self._cache.get("content_type", _MISSING)
+        if c is _MISSING:
+            v = self.get("Content-Type")
+            c = self._cache["content_type"] = None if v is None else parse_content_type(v)
+        return c  # type: ignore[return-value]
 
     # --- serialisation ---------------------------------------------------------
     def _start_line(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
+        """The wire form, always with a Content-Length that matches the body (RFC 3261 §18.3)."""
         lines = [self._start_line()]
-        for n, v in self.headers:
-            if n != "Content-Length":
-                lines.append(f"{n}: {v}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("\r\n")
-        head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-        return head + self.body if self.body else head
+        lines += [f"{n}: {v}" for n, v in self.headers if n != "Content-Length"]
+        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        head = "\r\n".join(lines)
+        # a CR or LF inside a value would start a header of its own (header injection)
+        if head.count("\n") != len(lines) + 1 or head.count("\r") != len(lines) + 1:
+            raise LocalProtocolError("CR or LF inside the start line or a header value")
+        data = head.encode("utf-8", "surrogateescape")
+        return data + self.body if self.body else data
 
     __bytes__ = to_bytes
 
@@ -218,10 +356,18 @@ class Request(Message):
 
     @property
     def uri(self) -> Uri:
+        """The Request-URI, parsed from ``uri_text`` (re-parsed if ``uri_text`` was changed)."""
+        text = self.uri_text
         c = self._cache.get("uri")
-        if c is None:
-            c = self._cache["uri"] = Uri.parse(self.uri_text)
-        return c  # type: ignore[return-value]
+        if c is not None and c[0] is text:  # type: ignore[index]
+            u = c[1]  # type: ignore[index]
+            if type(u) is tuple:  # checked by the parser, built on first use
+                u = Uri._from_parts(u)
+                self._cache["uri"] = (text, u)
+            return u  # type: ignore[return-value]
+        u = Uri.parse(text)
+        self._cache["uri"] = (text, u)
+        return u
 
     @uri.setter
     def uri(self, value: str | Uri) -> None:

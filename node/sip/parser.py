@@ -1,194 +1,522 @@
 """Bytes → Request/Response (RFC 3261 §7, §25), for datagrams and for TCP streams (§18.3).
 
-The parser checks only what every element needs: the start line, header syntax, the
-mandatory headers and Content-Length. It leaves typed header parsing to the lazy views
-of ``node.sip.message`` so the hot path stays a split and a scan. Every failure raises
-``RemoteProtocolError`` whose ``status_hint`` is the response to send (400, 505, 413).
+What a parsed message guarantees: its start line, every header line, and the headers the
+core routes on (Via, From, To, Call-ID, CSeq, Contact, Route, Record-Route, Max-Forwards,
+Content-Type, Content-Length, the Request-URI) are syntactically valid, the single-valued
+ones appear once, and their typed views are already cached — so they never raise later and
+cost nothing on the hot path. Other headers are kept as raw text, unvalidated beyond "no
+control characters", and passed through.
+
+Failures raise ``RemoteProtocolError`` whose ``status_hint`` is the response to send and
+whose ``message`` is the message as far as it parsed (None when the bytes are not SIP: drop
+them). Decisions on RFC 4475's invalid messages, where the RFC lets the receiver choose:
+
+* tolerated (liberal, nothing ambiguous, and our serialisation never repeats the fault):
+  extra SP in the request line (§3.1.2.9 lwsstart), trailing SP (§3.1.2.10 trws), spaces
+  inside ``< >`` (§3.1.2.14 badaspec), a non-GMT Date (§3.1.2.12 baddate: never read);
+* refused with 400: LWS inside the Request-URI (§3.1.2.8), a Request-URI in ``< >``
+  (§3.1.2.7), headers in a Request-URI (§3.1.2.11 escruri), an unbracketed URI with
+  headers (§3.1.2.13 regbadct), unquoted non-token display names (§3.1.2.15 baddn);
+* a CSeq method that differs from an unknown request method gets 501 (§3.1.2.18 prefers it).
+
+Sizes: a message longer than ``max_size`` is refused with 513 Message Too Large (RFC 3261
+§21.5.14 — the limit is on the whole message, so 513 rather than 413, which is about a body
+the server will not process).
 """
 
 from __future__ import annotations
 
-from node.sip.errors import RemoteProtocolError
-from node.sip.headers import canonical_name
-from node.sip.message import Message, Request, Response
+import re
 
-_CRLF2 = b"\r\n\r\n"
-_MANDATORY = ("To", "From", "CSeq", "Call-ID", "Via")
-_METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~")
+from node.sip.errors import RemoteProtocolError
+from node.sip.headers import NAMES, SINGLE_HEADERS, CSeq, canonical_name, is_token
+from node.sip.message import (
+    METHODS,
+    Message,
+    Request,
+    Response,
+    parse_call_id,
+    parse_contacts,
+    parse_content_type,
+    parse_max_forwards,
+    parse_name_addr,
+    parse_name_addrs,
+    parse_vias,
+)
+from node.sip.uri import _SIP_URI, Uri, check_uri_parts
+
 DEFAULT_MAX_SIZE = 65535
 
-
-def _split_head(data: bytes) -> tuple[bytes, int]:
-    """(head bytes, body offset). Tolerates bare-LF senders."""
-    end = data.find(_CRLF2)
-    if end >= 0:
-        return data[:end], end + 4
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], end + 2
-    # a message without body and without the blank line: accept over UDP
-    return data.rstrip(b"\r\n"), len(data)
-
-
-def _parse_start_line(line: str) -> Message:
-    if line.startswith("SIP/"):
-        # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        parts = line.split(" ", 2)
-        if len(parts) < 2:
-            raise RemoteProtocolError(f"bad status line {line!r}")
-        version, code = parts[0], parts[1]
-        if version.upper() != "SIP/2.0":
-            raise RemoteProtocolError(f"unsupported version {version!r}", 505)
-        if len(code) != 3 or not code.isdigit() or code[0] == "0":
-            raise RemoteProtocolError(f"bad status code {code!r}")
-        return Response(int(code), parts[2] if len(parts) == 3 else "", version="SIP/2.0")
-    # Request-Line = Method SP Request-URI SP SIP-Version CRLF (single SPs, §25.1)
-    parts = line.split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise RemoteProtocolError(f"malformed request line {line!r}")
-    method, uri, version = parts
-    if not method or any(c not in _METHOD_CHARS for c in method):
-        raise RemoteProtocolError(f"bad method {method!r}")
-    if not version.upper().startswith("SIP/"):
-        raise RemoteProtocolError(f"malformed request line {line!r}")
-    if version.upper() != "SIP/2.0":
-        raise RemoteProtocolError(f"unsupported version {version!r}", 505)
-    if ":" not in uri:
-        raise RemoteProtocolError(f"bad Request-URI {uri!r}")
-    return Request(method, uri, version="SIP/2.0")
+_E = RemoteProtocolError
+_CRLF2 = b"\r\n\r\n"
+_MANDATORY = ("To", "From", "CSeq", "Call-ID", "Via")  # RFC 3261 §8.1.1
+# headers the parser validates and caches (the rest stay raw)
+_EAGER = frozenset(
+    ["Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
+     "Content-Type", "Route", "Record-Route"]
+)
+# control characters, CR and LF (HTAB excluded): counting them finds stray ones in one pass
+_CTL_CRLF = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FOLD = re.compile(r"\n[ \t]++")  # LWS: a line fold is one SP (RFC 3261 §7.3.1)
+_VERSION = re.compile(r"(?i:SIP)/[0-9]++\.[0-9]++")
+_VERSION_B = re.compile(rb"(?i:SIP)/[0-9]++\.[0-9]++")
 
 
-def parse_head(head: bytes) -> Message:
-    """Parse start line and headers; the body is attached by the caller."""
-    try:
-        text = head.decode("utf-8", "surrogateescape")
-    except Exception as e:  # pragma: no cover - surrogateescape decodes anything
-        raise RemoteProtocolError("undecodable header bytes") from e
-    lines = text.replace("\r\n", "\n").split("\n")
-    msg = _parse_start_line(lines[0])
-    headers = msg.headers
-    for line in lines[1:]:
-        if not line:
-            continue
-        if line[0] in " \t":
-            # folded continuation line (§7.3.1): replace the fold by a single SP
-            if not headers:
-                raise RemoteProtocolError("continuation line before any header")
-            n, v = headers[-1]
-            headers[-1] = (n, f"{v} {line.strip()}")
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise RemoteProtocolError(f"malformed header line {line[:60]!r}")
-        name = line[:colon].rstrip(" \t")
-        headers.append((canonical_name(name), line[colon + 1 :].strip()))
+class _Reframe(Exception):
+    """The head given to ``_parse_head`` holds a blank line: the caller split it wrongly."""
+
+
+# --- head: start line and header lines --------------------------------------------------
+def _new_request(method: str, uri_text: str) -> Request:
+    msg = Request.__new__(Request)
+    msg.headers = []
+    msg.body = b""
+    msg._cache = {}
+    msg.method = method
+    msg.uri_text = uri_text
+    msg.version = "SIP/2.0"
     return msg
 
 
-def _check(msg: Message) -> None:
-    for name in _MANDATORY:
-        if msg.get(name) is None:
-            raise RemoteProtocolError(f"missing {name} header")
-    cseq = msg.cseq
-    if isinstance(msg, Request):
-        if cseq.method != msg.method:
-            # RFC 4475 §3.1.2.16 mismatch01: CSeq method must equal the request method
-            raise RemoteProtocolError(f"CSeq method {cseq.method} does not match request method {msg.method}")
-        mf = msg.get("Max-Forwards")
-        if mf is not None:
-            mf = mf.strip()
-            if not mf.isdigit() or int(mf) > 255:
-                raise RemoteProtocolError(f"bad Max-Forwards {mf!r}")
+def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
+    """Raises only when ``line`` is not recognisably SIP; else returns the message and the
+    first problem found in it (reported once the headers are read, with the message)."""
+    parts = line.split(" ")
+    if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in METHODS:
+        # the common case: a standard method, single SPs
+        uri_text = parts[1]
+        m = _SIP_URI.fullmatch(uri_text)
+        if m is not None and m.group(7) is None:
+            msg = _new_request(parts[0], uri_text)
+            uparts = m.groups()
+            try:
+                check_uri_parts(uparts, uri_text)
+            except RemoteProtocolError as e:
+                return msg, _E(f"bad Request-URI: {e.reason}")
+            msg._cache["uri"] = (uri_text, uparts)
+            return msg, None
+    if line.startswith("SIP/"):
+        return _status_line(line)
+    # Request-Line = Method SP Request-URI SP SIP-Version CRLF
+    if len(parts) != 3 or not (parts[0] and parts[1] and parts[2]):
+        # RFC 4475 §3.1.2.9 lwsstart and §3.1.2.10 trws: extra SP tolerated (never re-sent)
+        parts = [p for p in parts if p]
+        if len(parts) < 3:
+            raise _E(f"malformed request line {line[:80]!r}")
+    method, version = parts[0], parts[-1]
+    if version != "SIP/2.0" and not _VERSION.fullmatch(version):
+        raise _E(f"not a SIP request line {line[:80]!r}")
+    if len(parts) > 3:
+        # RFC 4475 §3.1.2.8 lwsruri
+        msg = _new_request(method, " ".join(parts[1:-1]))
+        return msg, _E(f"whitespace inside the Request-URI {msg.uri_text[:80]!r}")
+    uri_text = parts[1]
+    msg = _new_request(method, uri_text)
+    if method not in METHODS and not is_token(method):
+        return msg, _E(f"method {method[:40]!r} is not a token")
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+        # RFC 4475 §3.1.2.16 badvers
+        return msg, _E(f"unsupported SIP version {version[:16]!r}", 505)
+    if uri_text[0] == "<":
+        # RFC 4475 §3.1.2.7 ltgtruri
+        return msg, _E(f"Request-URI must not be enclosed in <> ({uri_text[:80]!r})")
+    try:
+        uri = Uri.parse(uri_text)
+    except RemoteProtocolError as e:
+        return msg, _E(f"bad Request-URI: {e.reason}")
+    if uri.headers:
+        # RFC 3261 §19.1.1 (no headers in a Request-URI); RFC 4475 §3.1.2.11 escruri
+        return msg, _E(f"header fields ('?{uri.headers[:40]}') inside the Request-URI")
+    msg._cache["uri"] = (uri_text, uri)
+    return msg, None
 
 
-def _content_length(msg: Message) -> int | None:
-    v = msg.get("Content-Length")
+def _status_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
+    # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not _VERSION.fullmatch(parts[0]):
+        raise _E(f"malformed status line {line[:80]!r}")
+    code = parts[1]
+    if not (len(code) == 3 and code.isascii() and code.isdigit()) or not "100" <= code <= "699":
+        # RFC 4475 §3.1.2.19 bigcode: a receiver drops it
+        raise _E(f"bad status code {code[:16]!r} (RFC 3261 §7.2: 100 to 699)")
+    resp = Response.__new__(Response)
+    resp.headers = []
+    resp.body = b""
+    resp._cache = {}
+    resp.status = int(code)
+    resp.reason = parts[2] if len(parts) == 3 else ""
+    resp.version = "SIP/2.0"
+    if parts[0] != "SIP/2.0" and parts[0].upper() != "SIP/2.0":
+        return resp, _E(f"unsupported SIP version {parts[0][:16]!r}", 505)
+    return resp, None
+
+
+def _header_lines(lines: list[str], headers: list[tuple[str, str]]) -> tuple[RemoteProtocolError | None, bool]:
+    """Header lines (``lines[1:]``) → ``headers``. Returns the first bad line's error and
+    whether a folded line was seen (then the caller unfolds and calls again)."""
+    names = NAMES
+    append = headers.append
+    err: RemoteProtocolError | None = None
+    it = iter(lines)
+    next(it)
+    for line in it:
+        c = line.find(":")
+        if c > 0:
+            name = names.get(line[:c])
+            if name is not None:
+                append((name, line[c + 1 :].strip(" \t")))
+                continue
+        # the slow lane: continuation, unknown or odd name, no colon
+        if not line:
+            continue
+        if line[0] == " " or line[0] == "\t":
+            if not headers:
+                err = err or _E("header section starts with a continuation line")
+                continue
+            return err, True
+        if c < 0:
+            err = err or _E(f"header line without ':' {line[:60]!r}")
+            continue
+        raw = line[:c].rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
+        try:
+            name = canonical_name(raw)
+        except RemoteProtocolError:
+            err = err or _E(f"bad header name {raw[:60]!r}")
+            continue
+        append((name, line[c + 1 :].strip(" \t")))
+    return err, False
+
+
+def _control_error(lines: list[str]) -> RemoteProtocolError | None:
+    """A control character is legal only as a quoted-pair (``\\`` + char, RFC 3261 §25.1)."""
+    for line in lines:
+        for m in _CTL.finditer(line):
+            i = m.start()
+            if i == 0 or line[i - 1] != "\\":
+                return _E(f"control character {line[i]!r} in header line {line[:40]!r}")
+    return None
+
+
+def _parse_head(head: bytes) -> tuple[Message, RemoteProtocolError | None]:
+    """Start line and header lines. Raises when the bytes are not SIP; otherwise returns the
+    message and the first problem found in it."""
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    err: RemoteProtocolError | None = None
+    # CR, LF and control characters all come in CRLF pairs in a clean head
+    if len(head) - len(head.translate(None, _CTL_CRLF)) != 2 * (len(lines) - 1):
+        norm = text.replace("\r\n", "\n")
+        if "\r" in norm:
+            raise _E("bare CR in the header section")
+        if "\n\n" in norm:
+            raise _Reframe  # a bare-LF sender's blank line ends the head earlier
+        lines = norm.split("\n")  # bare-LF line ends are tolerated
+        err = _control_error(lines)
+    if not lines[0]:
+        raise _E("empty start line")
+    msg, start_err = _start_line(lines[0])
+    line_err, folded = _header_lines(lines, msg.headers)
+    if folded:
+        msg.headers.clear()
+        unfolded = _FOLD.sub(" ", "\n".join(lines[1:])).split("\n")
+        unfolded.insert(0, lines[0])
+        line_err, _ = _header_lines(unfolded, msg.headers)
+    return msg, start_err or err or line_err
+
+
+def _collect(headers: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]] | None]:
+    """(last value of each header, every value of the validated headers — None when no
+    header name repeats, the common case)."""
+    last = dict(headers)
+    if len(last) == len(headers):
+        return last, None
+    multi: dict[str, list[str]] = {}
+    eager = _EAGER
+    for n, v in headers:
+        if n in eager:
+            vals = multi.get(n)
+            if vals is None:
+                multi[n] = [v]
+            else:
+                vals.append(v)
+    return last, multi
+
+
+def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | None) -> None:
+    """Check and cache the typed headers (RFC 3261 §8.2, §16.3 step 1: a request must be
+    well formed before anything acts on it)."""
+    if not ("To" in last and "From" in last and "CSeq" in last and "Call-ID" in last and "Via" in last):
+        missing = [n for n in _MANDATORY if n not in last]
+        raise _E(f"missing {', '.join(missing)} header{'s' if len(missing) > 1 else ''} (RFC 3261 §8.1.1)")
+    if multi is None:
+        vias: list[str] = [last["Via"]]
+        v = last.get("Contact")
+        contacts = [v] if v is not None else None
+        v = last.get("Route")
+        routes = [v] if v is not None else None
+        v = last.get("Record-Route")
+        rroutes = [v] if v is not None else None
+    else:
+        for n in SINGLE_HEADERS:
+            vals = multi.get(n)
+            if vals is not None and len(vals) > 1:
+                # RFC 4475 §3.3.8 multi01, §3.3.9 mcl01
+                raise _E(f"{len(vals)} {n} headers where one is allowed (RFC 3261 §7.3.1)")
+        vias = multi["Via"]
+        contacts = multi.get("Contact")
+        routes = multi.get("Route")
+        rroutes = multi.get("Record-Route")
+    cache = msg._cache
+    cache["call_id"] = parse_call_id(last["Call-ID"])
+    cseq = cache["cseq"] = CSeq.parse(last["CSeq"])
+    cache["vias"] = parse_vias(vias)
+    cache["from"] = parse_name_addr(last["From"], "From")
+    cache["to"] = parse_name_addr(last["To"], "To")
+    cache["contacts"] = parse_contacts(contacts) if contacts else []
+    v = last.get("Max-Forwards")
+    cache["max_forwards"] = parse_max_forwards(v) if v is not None else None
+    cache["routes"] = parse_name_addrs(routes, "Route") if routes else []
+    cache["record_routes"] = parse_name_addrs(rroutes, "Record-Route") if rroutes else []
+    v = last.get("Content-Type")
+    cache["content_type"] = parse_content_type(v) if v is not None else None
+    if type(msg) is Request and cseq.method != msg.method:
+        # RFC 4475 §3.1.2.17 mismatch01 (400); §3.1.2.18 mismatch02: 501 for an unknown method
+        raise _E(
+            f"CSeq method {cseq.method} does not match the request method {msg.method}",
+            400 if msg.method in METHODS else 501,
+        )
+
+
+def _content_length(last: dict[str, str], multi: dict[str, list[str]] | None) -> int | None:
+    v = last.get("Content-Length")
     if v is None:
         return None
-    v = v.strip()
-    if not v.isdigit() or len(v) > 9:
-        raise RemoteProtocolError(f"bad Content-Length {v!r}")
+    if multi is not None and len(multi["Content-Length"]) > 1:
+        # RFC 4475 §3.3.9 mcl01: the body cannot be framed
+        raise _E(f"{len(multi['Content-Length'])} Content-Length headers: the body cannot be delimited")
+    if not (v.isascii() and v.isdigit()) or len(v) > 10:
+        # RFC 4475 §3.1.2.3 ncl (and "Content-Length: five")
+        raise _E(f"bad Content-Length {v[:20]!r} (RFC 3261 §20.14: 1*DIGIT)")
     return int(v)
 
 
+def parse_head(head: bytes) -> Message:
+    """Start line and headers only (no body, no cross-header checks); raises the first
+    problem, with ``.message`` attached when there is one."""
+    msg, err = _parse_head(head)
+    if err is not None:
+        err.message = msg
+        raise err
+    return msg
+
+
+# --- datagrams -------------------------------------------------------------------------
+def _split_datagram(data: bytes) -> tuple[bytes, int]:
+    """(head, body offset) of a datagram. A bare-LF sender's blank line counts; a message
+    with no blank line at all (and so no body) is accepted over UDP."""
+    end = data.find(_CRLF2)
+    lf = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+    if lf >= 0:
+        return data[: lf - 1 if lf and data[lf - 1] == 13 else lf], lf + 2
+    if end >= 0:
+        return data[:end], end + 4
+    return data.rstrip(b"\r\n"), len(data)
+
+
 def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
-    """One UDP datagram → message (RFC 3261 §18.3: body length from Content-Length,
-    the whole remainder when it is absent; octets past it are discarded)."""
+    """One UDP datagram → message (RFC 3261 §18.3: the body is Content-Length octets, or the
+    rest of the datagram when the header is absent; octets past it are discarded)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if data[:2] == b"\r\n" or data[:1] == b"\n":
+        data = data.lstrip(b"\r\n")  # keep-alive CRLFs in front of a message
     if len(data) > max_size:
-        raise RemoteProtocolError(f"message of {len(data)} bytes exceeds {max_size}", 513)
-    head, off = _split_head(data)
-    msg = parse_head(head)
+        _too_large(data, max_size)
+    if not data:
+        raise _E("empty datagram")
+    end = data.find(_CRLF2)
+    if end > 0:
+        head, off = data[:end], end + 4
+        try:
+            msg, err = _parse_head(head)
+        except _Reframe:
+            head, off = _split_datagram(data)
+            msg, err = _parse_head(head)
+    else:
+        head, off = _split_datagram(data)
+        msg, err = _parse_head(head)
+    framed = False
     try:
-        _check(msg)
-        cl = _content_length(msg)
+        if err is not None:
+            raise err
+        last, multi = _collect(msg.headers)
+        cl = _content_length(last, multi)
+        framed = True
         if cl is None:
             msg.body = data[off:]
         else:
             if off + cl > len(data):
-                raise RemoteProtocolError(f"Content-Length {cl} larger than the {len(data) - off} body bytes received")
-            msg.body = data[off : off + cl]
+                # RFC 4475 §3.1.2.2 clerr
+                raise _E(f"Content-Length {cl} is larger than the {len(data) - off} body octets received")
+            msg.body = data[off : off + cl] if cl else b""
+        _validate(msg, last, multi)
     except RemoteProtocolError as e:
-        # the head parsed: keep it so the caller can still answer with a 400
-        e.message = msg  # type: ignore[attr-defined]
+        # the head parsed: keep it so the caller can still answer (400, 505, ...)
+        if not framed:
+            msg.body = data[off:]
+        e.message = msg
         raise
     return msg
 
 
+def _too_large(data: bytes, max_size: int) -> None:
+    err = _E(f"message of {len(data)} octets exceeds the limit of {max_size} (RFC 3261 §21.5.14)", 513)
+    end = data.find(_CRLF2, 0, max_size)
+    if end > 0:
+        try:
+            msg, problem = _parse_head(data[:end])
+            if problem is None:
+                err.message = msg  # enough to answer 513
+        except RemoteProtocolError:
+            pass
+    raise err
+
+
+# --- streams ---------------------------------------------------------------------------
 class StreamParser:
     """Frames SIP messages out of a TCP byte stream (RFC 3261 §18.3: Content-Length is
-    mandatory on streams). Feed bytes, then drain ``messages``; a framing error is fatal for
-    the connection (it raises) because the stream cannot be resynchronised."""
+    mandatory on streams). Feed bytes, get complete messages back.
 
-    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    A message that frames but is invalid comes back as a ``RemoteProtocolError`` item (with
+    ``.message``) and the stream stays usable. A framing error (not SIP, a bad or repeated
+    Content-Length, a message over ``max_size``) raises: the stream cannot be resynchronised,
+    the connection must close (RFC 4475 §3.1.2.3, §3.3.9); ``.message`` is set when the head
+    parsed, so a 400/513 can be sent before closing. After that every ``feed`` raises.
+
+    CRLFs between messages are skipped (§7.5); each double CRLF counts one RFC 5626 §3.5.1
+    keep-alive ping in ``pings``, for the adapter to answer with a single CRLF.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE, *, require_content_length: bool = True) -> None:
         self._buf = bytearray()
         self.max_size = max_size
+        #: a message without Content-Length is an error item (framed as if it were 0)
+        self.require_content_length = require_content_length
         #: CRLF keep-alive pings seen (RFC 5626 §3.5.1): the adapter answers each with CRLF
         self.pings = 0
+        self._crlfs = 0  # CRLFs since the last message: two make a ping
+        self._scan = 0  # where to resume looking for the end of the head
+        self._start_checked = False
+        self._pending: tuple[Message, RemoteProtocolError | None, int, int] | None = None
+        self._failed: RemoteProtocolError | None = None
+
+    def _fail(self, err: RemoteProtocolError, msg: Message | None = None) -> None:
+        if msg is not None:
+            err.message = msg
+        self._failed = err
+        self._buf.clear()
+        self._pending = None
+        raise err
+
+    def _skip_crlfs(self) -> None:
+        buf = self._buf
+        i = 0
+        n = len(buf)
+        while i < n:
+            b = buf[i]
+            if b == 13:
+                if i + 1 == n:
+                    break  # the LF is still on its way
+                if buf[i + 1] != 10:
+                    del buf[:i]
+                    self._fail(_E("bare CR between messages"))
+                i += 2
+                self._crlfs += 1
+                if self._crlfs == 2:
+                    self.pings += 1
+                    self._crlfs = 0
+            elif b == 10:
+                i += 1  # a bare LF: tolerated, not a ping
+            else:
+                break
+        if i:
+            del buf[:i]
+            self._scan = 0
+
+    def _check_start(self) -> None:
+        """Refuse garbage as soon as its first line is in, rather than after max_size."""
+        buf = self._buf
+        nl = buf.find(b"\n")
+        if nl < 0:
+            return
+        self._start_checked = True
+        line = bytes(buf[:nl]).rstrip(b"\r").rstrip(b" ")
+        if line.startswith(b"SIP/") or _VERSION_B.fullmatch(line.rpartition(b" ")[2]):
+            return
+        self._fail(_E(f"not a SIP start line {line[:60]!r}"))
 
     def feed(self, data: bytes) -> list[Message | RemoteProtocolError]:
         """Returns complete messages, or a RemoteProtocolError for a message that framed
         correctly but failed to parse (the stream stays usable). Raises when framing breaks."""
+        if self._failed is not None:
+            raise _E(f"stream already failed: {self._failed.reason}", self._failed.status_hint)
         buf = self._buf
         buf += data
         out: list[Message | RemoteProtocolError] = []
-        while True:
-            # leading CRLFs between messages are keep-alives
-            i = 0
-            while buf[i : i + 4] == b"\r\n\r\n":
-                self.pings += 1
-                i += 4
-            while buf[i : i + 2] == b"\r\n":
-                i += 2
-            if i:
-                del buf[:i]
-            if not buf:
-                break
-            end = buf.find(_CRLF2)
-            if end < 0:
+        while buf:
+            if self._pending is not None:
+                msg, err, total, off = self._pending
+                if len(buf) < total:
+                    break
+                msg.body = bytes(buf[off:total])
+                del buf[:total]
+                self._pending = None
+                self._scan = 0
+                self._start_checked = False
+                out.append(msg if err is None else err)
+                continue
+            if buf[0] == 13 or buf[0] == 10:
+                self._skip_crlfs()
+                if not buf or buf[0] == 13:
+                    break
+            self._crlfs = 0
+            end = buf.find(_CRLF2, self._scan)
+            lf = buf.find(b"\n\n", self._scan, end if end >= 0 else len(buf))
+            if lf >= 0:
+                head_end, off = (lf - 1 if buf[lf - 1] == 13 else lf), lf + 2
+            elif end >= 0:
+                head_end, off = end, end + 4
+            else:
                 if len(buf) > self.max_size:
-                    raise RemoteProtocolError("header section too large", 513)
+                    self._fail(_E(f"no end of header section within {self.max_size} octets", 513))
+                self._scan = max(0, len(buf) - 3)
+                if not self._start_checked:
+                    self._check_start()
                 break
-            head = bytes(buf[:end])
             try:
-                msg = parse_head(head)
-                cl = _content_length(msg)
-            except RemoteProtocolError:
-                # cannot know where this message ends: the connection is lost
-                raise
+                msg, err = _parse_head(bytes(buf[:head_end]))
+            except (RemoteProtocolError, _Reframe) as e:
+                self._fail(e if isinstance(e, RemoteProtocolError) else _E("blank line inside the head"))
+            last, multi = _collect(msg.headers)
+            try:
+                cl = _content_length(last, multi)
+            except RemoteProtocolError as e:
+                self._fail(e, msg)
             if cl is None:
                 cl = 0
-            total = end + 4 + cl
+                if self.require_content_length and err is None:
+                    err = _E("missing Content-Length, mandatory on a stream transport (RFC 3261 §18.3)")
+            total = off + cl
             if total > self.max_size:
-                raise RemoteProtocolError(f"message of {total} bytes exceeds {self.max_size}", 513)
-            if len(buf) < total:
-                break
-            msg.body = bytes(buf[end + 4 : total])
-            del buf[:total]
-            try:
-                _check(msg)
-            except RemoteProtocolError as e:
-                e.message = msg  # type: ignore[attr-defined]
-                out.append(e)
-                continue
-            out.append(msg)
+                self._fail(_E(f"message of {total} octets exceeds the limit of {self.max_size}", 513), msg)
+            if err is None:
+                try:
+                    _validate(msg, last, multi)
+                except RemoteProtocolError as e:
+                    err = e
+            if err is not None:
+                err.message = msg
+            self._pending = (msg, err, total, off)
         return out

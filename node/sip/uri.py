@@ -1,65 +1,239 @@
 """SIP URIs (RFC 3261 §19.1) and name-addr / addr-spec values (§20.10, §25.1).
 
-Parsed once, on demand, from header text. Unknown schemes are kept opaque (RFC 4475
-§3.1.1.13 ``unkscm``: a proxy must carry them, not reject them).
+Grammar is checked by anchored regular expressions transcribed from the §25.1 ABNF (each
+rule is quoted above its pattern). Every repetition is possessive or atomic (Python ≥ 3.11),
+so no input can make a pattern backtrack: matching is linear in the input. A value that the
+strict fast pattern rejects goes through a slower scanner whose only job is to be liberal
+where RFC 4475 allows it (spaces inside ``< >``) and to say precisely what is wrong.
+
+Unknown schemes are kept opaque (RFC 4475 §3.3.2 ``unkscm``: a parser must accept them and
+leave the 416 to the application).
 """
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+from ipaddress import IPv6Address
 from urllib.parse import unquote
 
 from node.sip.errors import RemoteProtocolError
 
 _SIP_SCHEMES = ("sip", "sips")
 
+# --- §25.1 character classes (inside [...]) ----------------------------------------------
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN_C = r"A-Za-z0-9\-.!%*_+`'~"
+# gen-value = token / host / quoted-string   (host adds ":" "[" "]" for IPv6)
+GENVAL_C = TOKEN_C + r":\[\]"
+# unreserved = alphanum / mark ; mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
+_UNRESERVED_C = r"A-Za-z0-9\-_.!~*'()"
+# user = 1*( unreserved / escaped / user-unreserved )
+# user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"
+_USER_C = _UNRESERVED_C + r"%&=+$,;?/"
+# password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
+_PASSWORD_C = _UNRESERVED_C + r"%&=+$,"
+# paramchar = param-unreserved / unreserved / escaped
+# param-unreserved = "[" / "]" / "/" / ":" / "&" / "+" / "$"
+_PARAM_C = _UNRESERVED_C + r"%\[\]/:&+$"
+# hname / hvalue = *( hnv-unreserved / unreserved / escaped )
+# hnv-unreserved = "[" / "]" / "/" / "?" / ":" / "+" / "$"
+_HNV_C = _UNRESERVED_C + r"%\[\]/?:+$"
+
+# hostname = *( domainlabel "." ) toplabel [ "." ] — relaxed: labels of alphanum and "-",
+# starting with alphanum, no empty label (IPv4address matches it too)
+HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9\-]*+(?:\.[A-Za-z0-9][A-Za-z0-9\-]*+)*+\.?"
+# IPv6reference = "[" IPv6address "]"  (the address itself is checked by ipaddress)
+IPV6REF = r"\[[0-9A-Fa-f:.]++\]"
+HOST = f"(?:{HOSTNAME}|{IPV6REF})"
+
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+# qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII ; quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]++|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"'
+
+# SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ]
+# userinfo = ( user / telephone-subscriber ) [ ":" password ] "@"
+# uri-parameters = *( ";" uri-parameter ) ; other-param = pname [ "=" pvalue ]
+# headers = "?" header *( "&" header ) ; header = hname "=" hvalue
+_SIP_URI_PARTS = (
+    r"((?i:sips?)):"
+    rf"(?:([{_USER_C}]++)(?::([{_PASSWORD_C}]*+))?@)?"
+    rf"({HOST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;[{_PARAM_C}]++(?:=[{_PARAM_C}]++)?+)*+)"
+    rf"(?:\?([{_HNV_C}]++=[{_HNV_C}]*+(?:&[{_HNV_C}]++=[{_HNV_C}]*+)*+))?"
+)
+_SIP_URI = re.compile(_SIP_URI_PARTS)
+# absoluteURI = scheme ":" ( hier-part / opaque-part )  (RFC 2396 uric characters)
+_ABS_URI = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*+):([A-Za-z0-9\-_.!~*'();/?:@&=+$,%\[\]#]++)")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+# *( SEMI generic-param ), no whitespace, no quoted values: the common case
+_GEN_PARAMS_FAST = re.compile(rf"(?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+")
+# generic-param = token [ EQUAL gen-value ] with LWS around "=" (SEMI/EQUAL = SWS ";"/"=" SWS)
+_GEN_PARAM = re.compile(rf"[ \t]*+([{TOKEN_C}]++)[ \t]*+(?:=[ \t]*+([{GENVAL_C}]++|{QUOTED})[ \t]*+)?+")
+
+# name-addr = [ display-name ] LAQUOT addr-spec RAQUOT ; display-name = *(token LWS) / quoted-string
+# (the common case: a SIP URI in <>, parameters without LWS; groups 3-9 are the URI's)
+_NAME_ADDR_FAST = re.compile(
+    rf"(?:({QUOTED})[ \t]*+|([{TOKEN_C}]++(?:[ \t]++[{TOKEN_C}]++)*+)[ \t]*+)?+"
+    rf"<{_SIP_URI_PARTS}>((?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+)"
+)
+_DISPLAY_TOKENS = re.compile(rf"[{TOKEN_C}]++(?:[ \t]++[{TOKEN_C}]++)*+")
+_QUOTED_AT = re.compile(QUOTED)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+_QUOTE_NEEDED = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+_QUOTE_ESCAPE = re.compile(r'(["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f])')
+_WS = " \t"
+
+
+@lru_cache(maxsize=1024)
+def _ipv6_ok(ref: str) -> bool:
+    try:
+        IPv6Address(ref[1:-1])
+    except ValueError:
+        return False
+    return True
+
 
 def _split_hostport(hostport: str) -> tuple[str, int | None]:
-    # host = hostname / IPv4address / IPv6reference ; IPv6reference = "[" IPv6address "]"
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
-            raise RemoteProtocolError(f"unterminated IPv6 reference in {hostport!r}")
-        host = hostport[: end + 1]
-        rest = hostport[end + 1 :]
-        if not rest:
-            return host, None
-        if rest[0] != ":":
-            raise RemoteProtocolError(f"bad host:port {hostport!r}")
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = hostport.partition(":")
-        if not sep:
-            if not host:
-                raise RemoteProtocolError("empty host")
-            return host, None
-    if not port_s.isdigit() or len(port_s) > 5 or int(port_s) > 65535:
-        raise RemoteProtocolError(f"bad port in {hostport!r}")
-    if not host:
-        raise RemoteProtocolError("empty host")
-    return host, int(port_s)
+    """``host[:port]`` → (host, port); LWS around ":" is allowed (Via sent-by, §25.1 COLON)."""
+    m = _HOSTPORT.fullmatch(hostport)
+    if m is None:
+        raise RemoteProtocolError(f"bad host[:port] {hostport!r}")
+    host, port = m.group(1), m.group(2)
+    if host[0] == "[" and not _ipv6_ok(host):
+        raise RemoteProtocolError(f"bad IPv6 reference {host!r}")
+    if port is None:
+        return host, None
+    p = int(port)
+    if p > 65535:
+        raise RemoteProtocolError(f"port {p} out of range in {hostport!r}")
+    return host, p
+
+
+_HOSTPORT = re.compile(rf"[ \t]*+({HOST})(?:[ \t]*+:[ \t]*+([0-9]{{1,5}}))?[ \t]*+")
+
+
+def _params_fast(text: str) -> dict[str, str | None]:
+    """``;a=b;c`` already validated by a pattern: split, lower-case the names, refuse repeats."""
+    params: dict[str, str | None] = {}
+    for part in text[1:].split(";"):
+        name, sep, value = part.partition("=")
+        name = name.lower()
+        if name in params:
+            raise RemoteProtocolError(f"parameter {name!r} appears twice")
+        params[name] = value if sep else None
+    return params
+
+
+def parse_generic_params(text: str) -> dict[str, str | None]:
+    """``*( SEMI generic-param )`` starting at the first ';' (or empty), LWS allowed.
+
+    Names are lower-cased; values are kept as received (quoted strings keep their quotes),
+    so the parameters serialise back unchanged.
+    """
+    if not text:
+        return {}
+    if _GEN_PARAMS_FAST.fullmatch(text):
+        return _params_fast(text)
+    params: dict[str, str | None] = {}
+    n = len(text)
+    pos = 0
+    while True:
+        while pos < n and text[pos] in _WS:
+            pos += 1
+        if pos == n:
+            return params
+        if text[pos] != ";":
+            raise RemoteProtocolError(f"expected ';' before {text[pos:pos + 20]!r}")
+        m = _GEN_PARAM.match(text, pos + 1)
+        if m is None:
+            bad = text[pos + 1 : pos + 21].strip(_WS)
+            raise RemoteProtocolError("empty parameter" if not bad or bad[0] in ";," else f"malformed parameter {bad!r}")
+        name = m.group(1).lower()
+        if name in params:
+            raise RemoteProtocolError(f"parameter {name!r} appears twice")
+        params[name] = m.group(2)
+        pos = m.end()
+        if pos < n and text[pos] == "=":
+            raise RemoteProtocolError(f"empty value for parameter {name!r}")
 
 
 def _parse_params(text: str) -> dict[str, str | None]:
-    """``;a=b;c`` (leading ';' already stripped) → ordered dict, names lower-cased."""
-    params: dict[str, str | None] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        params[name.strip().lower()] = value.strip() if sep else None
-    return params
+    """``a=b;c`` (leading ';' already stripped) → ordered dict (kept for older callers)."""
+    return parse_generic_params(";" + text) if text else {}
 
 
 def format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
+def unquote_string(quoted: str) -> str:
+    """The content of a quoted-string (with its quotes), quoted-pairs resolved."""
+    inner = quoted[1:-1]
+    return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
+
+
+def quote_string(text: str) -> str:
+    """``text`` as a quoted-string; CR and LF cannot be escaped (§25.1) and become spaces."""
+    if _QUOTE_NEEDED.search(text):
+        text = text.replace("\r", " ").replace("\n", " ")
+        text = _QUOTE_ESCAPE.sub(r"\\\1", text)
+    return f'"{text}"'
+
+
+def _why_bad_sip_uri(text: str) -> str:
+    """Human reason for a SIP URI the strict pattern refused (never raises)."""
+    if any(c in text for c in " \t\r\n"):
+        return "whitespace inside the URI"
+    if "<" in text or ">" in text or '"' in text:
+        return "'<', '>' or '\"' inside the URI"
+    rest = text.partition(":")[2]
+    m = _BAD_ESCAPE.search(rest)
+    if m:
+        return f"bad %-escape {rest[m.start():m.start() + 3]!r}"
+    user, at, hostpart = rest.rpartition("@")
+    if at and not user:
+        return "empty user part"
+    hostport = re.split(r"[;?]", hostpart, maxsplit=1)[0]
+    if not hostport:
+        return "empty host"
+    if hostport.startswith("["):
+        ref, _, port = hostport.partition("]")
+        if not _IPV6REF_RE.fullmatch(ref + "]") or not _ipv6_ok(ref + "]"):
+            return f"bad IPv6 reference {ref + ']'!r}"
+        port = port[1:] if port.startswith(":") else port
+    else:
+        host, _, port = hostport.partition(":")
+        if not re.fullmatch(HOSTNAME, host):
+            return f"bad host {host!r}"
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        return f"bad port {port[:10]!r}"
+    return "invalid character or structure (RFC 3261 §19.1.1)"
+
+
+_IPV6REF_RE = re.compile(IPV6REF)
+
+
+def check_uri_parts(parts: tuple, text: str) -> None:
+    """What ``_SIP_URI`` cannot say: escapes, port range, the IPv6 address, repeated params."""
+    if "%" in text and _BAD_ESCAPE.search(text):
+        raise RemoteProtocolError(f"malformed SIP URI {text!r}: {_why_bad_sip_uri(text)}")
+    host, port, ptext = parts[3], parts[4], parts[5]
+    if port is not None and len(port) == 5 and int(port) > 65535:
+        raise RemoteProtocolError(f"malformed SIP URI {text!r}: port {port} out of range")
+    if host[0] == "[" and not _ipv6_ok(host):
+        raise RemoteProtocolError(f"malformed SIP URI {text!r}: bad IPv6 reference {host!r}")
+    if ptext and ptext.count(";") > 1:
+        _params_fast(ptext)  # raises on a repeated name
+
+
 class Uri:
     """A SIP/SIPS URI, or any other scheme kept as ``opaque``.
 
-    ``user`` is kept percent-encoded as received so the URI serialises back byte-exact;
-    ``user_unescaped`` gives the decoded form for lookups (RFC 3261 §19.1.4 comparison).
+    ``user`` and ``params`` are kept percent-encoded as received so the URI serialises back
+    unchanged; ``user_unescaped`` gives the decoded user for lookups (§19.1.4 comparison).
+    Parameter names are lower-cased (they compare case-insensitively, §19.1.4).
     """
 
     __slots__ = ("scheme", "user", "password", "host", "port", "params", "headers", "opaque")
@@ -86,33 +260,39 @@ class Uri:
 
     @classmethod
     def parse(cls, text: str) -> "Uri":
-        text = text.strip()
-        scheme, sep, rest = text.partition(":")
-        if not sep or not scheme or not scheme[0].isalpha():
-            raise RemoteProtocolError(f"bad URI {text!r}")
-        scheme_l = scheme.lower()
-        if scheme_l not in _SIP_SCHEMES:
-            # absoluteURI of another scheme (tel:, http:, ...): keep as is
-            if any(c in rest for c in " \t<>\""):
-                raise RemoteProtocolError(f"bad URI {text!r}")
-            return cls(scheme=scheme_l, opaque=rest)
-        if any(c in rest for c in " \t\r\n<>\""):
-            raise RemoteProtocolError(f"whitespace or delimiter inside URI {text!r}")
-        headers = ""
-        qpos = rest.find("?")
-        if qpos >= 0:
-            rest, headers = rest[:qpos], rest[qpos + 1 :]
-        user = password = None
-        at = rest.rfind("@")
-        if at >= 0:
-            userinfo, rest = rest[:at], rest[at + 1 :]
-            user, psep, pw = userinfo.partition(":")
-            if psep:
-                password = pw
-        hostport, _, ptext = rest.partition(";")
-        host, port = _split_hostport(hostport)
-        params = _parse_params(ptext) if ptext else {}
-        return cls(scheme_l, user, host, port, params, headers, password)
+        text = text.strip(_WS)
+        m = _SIP_URI.fullmatch(text)
+        if m is not None:
+            parts = m.groups()
+            check_uri_parts(parts, text)
+            return cls._from_parts(parts)
+        scheme = text.partition(":")[0]
+        if scheme.lower() in _SIP_SCHEMES:
+            raise RemoteProtocolError(f"malformed SIP URI {text!r}: {_why_bad_sip_uri(text)}")
+        a = _ABS_URI.fullmatch(text)
+        if a is None:
+            raise RemoteProtocolError(f"malformed URI {text!r} (RFC 3261 §25.1 absoluteURI)")
+        return cls(scheme=a.group(1).lower(), opaque=a.group(2))
+
+    @classmethod
+    def _from_parts(cls, parts: tuple) -> "Uri":
+        """From the groups of ``_SIP_URI``, already checked by ``check_uri_parts``."""
+        scheme, user, password, host, port, ptext, headers = parts
+        u = cls.__new__(cls)
+        u.scheme = scheme if scheme == "sip" or scheme == "sips" else scheme.lower()
+        u.user = user
+        u.password = password
+        u.host = host
+        u.port = int(port) if port is not None else None
+        u.params = _params_fast(ptext) if ptext else {}
+        u.headers = headers or ""
+        u.opaque = None
+        return u
+
+    @property
+    def is_sip(self) -> bool:
+        """True for sip: and sips: (anything else is opaque: 416 territory, RFC 3261 §8.2.2.1)."""
+        return self.opaque is None
 
     @property
     def user_unescaped(self) -> str | None:
@@ -178,50 +358,128 @@ def _find_unquoted(text: str, char: str, start: int = 0) -> int:
 
 
 class NameAddr:
-    """``"Display" <uri>;params`` or ``uri;params`` (From, To, Contact, Route, ...)."""
+    """``"Display" <uri>;params`` or ``uri;params`` (From, To, Contact, Route, ...).
 
-    __slots__ = ("display", "uri", "params")
+    ``display`` is the unquoted display name (None when absent); ``params`` are the header
+    parameters (``tag``, ``expires``, ``q``...), distinct from the URI's own parameters
+    (RFC 4475 §3.3.12/§3.3.13: ``cparam01`` vs ``cparam02``).
+    """
+
+    __slots__ = ("display", "_uri", "_uri_parts", "params")
 
     def __init__(self, uri: Uri, display: str | None = None, params: dict[str, str | None] | None = None) -> None:
-        self.uri = uri
+        self._uri: Uri | None = uri
+        self._uri_parts: tuple | None = None
         self.display = display
         self.params = params if params is not None else {}
 
+    @property
+    def uri(self) -> Uri:
+        u = self._uri
+        if u is None:
+            # checked when the header was parsed; built on first use
+            u = self._uri = Uri._from_parts(self._uri_parts)  # type: ignore[arg-type]
+            self._uri_parts = None
+        return u
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self._uri_parts = None
+
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
-        text = text.strip()
-        lt = _find_unquoted(text, "<")
+        m = _NAME_ADDR_FAST.fullmatch(text)
+        if m is None:
+            text = text.strip(_WS)
+            m = _NAME_ADDR_FAST.fullmatch(text)
+            if m is None:
+                return cls._parse_slow(text)
+        g = m.groups()
+        parts = g[2:9]
+        # what the pattern cannot check (see check_uri_parts), inline: this is the hot path
+        if "%" in text or (parts[4] is not None and len(parts[4]) == 5) or parts[3][0] == "[":
+            check_uri_parts(parts, text[m.start(3) : m.start(10) - 1])
+        elif parts[5] and parts[5].count(";") > 1:
+            _params_fast(parts[5])
+        na = cls.__new__(cls)
+        na._uri = None
+        na._uri_parts = parts
+        quoted = g[0]
+        if quoted is None:
+            na.display = g[1]
+        else:
+            na.display = _QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
+        ptext = g[9]
+        if not ptext:
+            na.params = {}
+        elif ptext.count(";") == 1:
+            name, sep, value = ptext[1:].partition("=")
+            na.params = {name.lower(): value if sep else None}
+        else:
+            na.params = _params_fast(ptext)
+        return na
+
+    @classmethod
+    def _parse_slow(cls, text: str) -> "NameAddr":
+        if not text:
+            raise RemoteProtocolError("empty name-addr")
+        display: str | None = None
+        pos = 0
+        if text[0] == '"':
+            q = _QUOTED_AT.match(text)
+            if q is None:
+                raise RemoteProtocolError(f"unterminated quoted string in {text!r}")
+            display = unquote_string(q.group())
+            pos = q.end()
+            while pos < len(text) and text[pos] in _WS:
+                pos += 1
+            if pos == len(text) or text[pos] != "<":
+                raise RemoteProtocolError(f"quoted display name not followed by <URI> in {text!r}")
+            lt = pos
+        else:
+            lt = text.find("<")
+            if '"' in text[: lt if lt >= 0 else len(text)]:
+                raise RemoteProtocolError(f"misplaced '\"' in {text!r}")
+            if lt > 0:
+                words = text[:lt].strip(_WS)
+                if words:
+                    if not _DISPLAY_TOKENS.fullmatch(words):
+                        # RFC 4475 §3.1.2.15 baddn: non-token display names must be quoted
+                        raise RemoteProtocolError(f"display name {words!r} must be a quoted string")
+                    display = words
         if lt >= 0:
-            display = text[:lt].strip()
             gt = text.find(">", lt)
             if gt < 0:
                 raise RemoteProtocolError(f"unterminated '<' in {text!r}")
-            uri = Uri.parse(text[lt + 1 : gt])
-            rest = text[gt + 1 :].strip()
-            if rest and not rest.startswith(";"):
-                raise RemoteProtocolError(f"junk after '>' in {text!r}")
-            if display.startswith('"'):
-                if len(display) < 2 or not display.endswith('"'):
-                    raise RemoteProtocolError(f"unbalanced quotes in {text!r}")
-                display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-            return cls(uri, display or None, _parse_params(rest[1:]) if rest else {})
-        if '"' in text:
-            raise RemoteProtocolError(f"display name without <uri> in {text!r}")
+            # liberal (RFC 4475 §3.1.2.14 badaspec): spaces just inside the brackets are ignored
+            uri_text = text[lt + 1 : gt].strip(_WS)
+            if "<" in uri_text:
+                raise RemoteProtocolError(f"nested '<' in {text!r}")
+            uri = Uri.parse(uri_text)
+            rest = text[gt + 1 :]
+            if rest.strip(_WS) and rest.lstrip(_WS)[0] != ";":
+                raise RemoteProtocolError(f"unexpected {rest.strip(_WS)[:20]!r} after '>' in {text!r}")
+            return cls(uri, display, parse_generic_params(rest.strip(_WS)))
         # addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10)
-        uri_text, _, ptext = text.partition(";")
+        semi = text.find(";")
+        uri_text = (text if semi < 0 else text[:semi]).strip(_WS)
+        if ">" in uri_text:
+            raise RemoteProtocolError(f"'>' without '<' in {text!r}")
+        if "," in uri_text or " " in uri_text or "\t" in uri_text:
+            raise RemoteProtocolError(f"more than one value, or whitespace, in {text!r}")
         uri = Uri.parse(uri_text)
-        return cls(uri, None, _parse_params(ptext) if ptext else {})
+        if "?" in uri_text:
+            # RFC 3261 §20.10: a URI with headers (or ',' '?' ';') MUST be enclosed in <>
+            raise RemoteProtocolError(f"URI with '?' must be enclosed in <> (RFC 3261 §20.10) in {text!r}")
+        return cls(uri, None, parse_generic_params(text[semi:]) if semi >= 0 else {})
 
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
 
     def __str__(self) -> str:
-        if self.display:
-            d = self.display.replace("\\", "\\\\").replace('"', '\\"')
-            head = f'"{d}" <{self.uri}>'
-        else:
-            head = f"<{self.uri}>"
+        head = f"{quote_string(self.display)} <{self.uri}>" if self.display else f"<{self.uri}>"
         return head + format_params(self.params) if self.params else head
 
     def __repr__(self) -> str:
@@ -229,11 +487,30 @@ class NameAddr:
 
 
 def split_header_list(value: str) -> list[str]:
-    """Split a comma-separated header value, ignoring commas inside quotes or <>."""
+    """Split a comma-separated header value, ignoring commas inside quotes or <>; empty
+    elements are dropped (see ``split_list_strict`` for the validating form)."""
     if "," not in value:
         return [value.strip()]
+    return [v for v in _split(value) if v]
+
+
+def split_list_strict(value: str, what: str) -> list[str]:
+    """Like ``split_header_list`` but an empty element (``a,,b``, a trailing comma) is an
+    error: the §25.1 lists of Via, Contact, Route... have none (RFC 4475 §3.1.2.1)."""
+    if "," not in value:
+        v = value.strip(_WS)
+        if not v:
+            raise RemoteProtocolError(f"empty {what} value")
+        return [v]
+    out = _split(value)
+    if not all(out):
+        raise RemoteProtocolError(f"empty element in the {what} list {value[:80]!r}")
+    return out
+
+
+def _split(value: str) -> list[str]:
     out: list[str] = []
-    depth = 0
+    in_angle = False
     in_quote = False
     start = 0
     i = 0
@@ -249,12 +526,12 @@ def split_header_list(value: str) -> list[str]:
         elif c == '"':
             in_quote = True
         elif c == "<":
-            depth += 1
+            in_angle = True
         elif c == ">":
-            depth -= 1
-        elif c == "," and depth == 0:
-            out.append(value[start:i].strip())
+            in_angle = False
+        elif c == "," and not in_angle:
+            out.append(value[start:i].strip(_WS))
             start = i + 1
         i += 1
-    out.append(value[start:].strip())
-    return [v for v in out if v]
+    out.append(value[start:].strip(_WS))
+    return out

@@ -1,0 +1,26 @@
+# make demo   install, then run the single-node PBX with a demo tenant
+# make test   install with the test peers (SIPp, baresip, ...), then run the whole suite;
+#             a test skipped for a missing tool fails it (only the Cassandra suite may skip)
+# make bench  install with the test peers, then run the benchmarks (bench/run)
+
+SHELL := /bin/bash
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test bench
+
+install:
+	bash scripts/install-deps
+
+install-test:
+	bash scripts/install-deps --test
+
+demo: install
+	$(VENV)/bin/hivepbx run --demo
+
+# python -m pytest puts the repository root on sys.path, so tests import as tests.*
+test: install-test
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --strict-skips $(PYTEST_ARGS)
+
+bench: install-test
+	@if [ -x bench/run ]; then bench/run; else echo "make bench: no benchmarks yet (bench/run)"; fi

@@ -1,0 +1,77 @@
+"""Digest authentication of phones (as registrar and as call server) and towards trunks.
+
+The realm is the tenant's SIP domain, so credentials of one tenant are worthless in
+another. Nonces are stateless (HMAC over a timestamp, ``node.sip.auth.DigestServer``), so a
+node restart or another node in the cluster accepts them as long as the secret is shared.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+
+from node.sip.auth import DigestServer, Verdict, answer_challenge, choose_challenge, parse_credentials
+from node.sip.errors import SipError
+from node.sip.message import Request, Response
+
+
+class AuthOutcome(enum.Enum):
+    OK = "ok"
+    #: no credentials for this realm: challenge
+    MISSING = "missing"
+    #: right password on an expired nonce: challenge with stale=true
+    STALE = "stale"
+    #: anything else: refuse, with the same answer whatever the reason
+    FAILED = "failed"
+
+
+class Authenticator:
+    def __init__(self, secret: bytes, nonce_ttl: float = 300.0, algorithms: tuple[str, ...] = ("MD5", "SHA-256")) -> None:
+        self.server = DigestServer(secret, nonce_ttl, algorithms=algorithms)
+        self._nc: dict[str, int] = {}
+
+    def check(
+        self, req: Request, realm: str, password: str | None, now: float, proxy: bool = False
+    ) -> tuple[AuthOutcome, str | None]:
+        """Verify the request's credentials for ``realm``; returns (outcome, digest username)."""
+        name = "Proxy-Authorization" if proxy else "Authorization"
+        value = None
+        username = None
+        for n, v in req.headers:
+            if n != name:
+                continue
+            try:
+                cr = parse_credentials(v)
+            except SipError:
+                return AuthOutcome.FAILED, None
+            if cr.realm == realm:
+                value, username = cr, cr.username
+                break
+        if value is None:
+            return AuthOutcome.MISSING, None
+        verdict = self.server.verify(value, req.method, realm, password, now)
+        if verdict is Verdict.OK:
+            return AuthOutcome.OK, username
+        if verdict is Verdict.STALE:
+            return AuthOutcome.STALE, username
+        if verdict is Verdict.BAD_NONCE:
+            # a nonce from before a key change or a forged one: challenge afresh
+            return AuthOutcome.MISSING, username
+        return AuthOutcome.FAILED, username
+
+    def challenge_headers(self, realm: str, now: float, stale: bool = False, proxy: bool = False) -> list[tuple[str, str]]:
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        return [(name, v) for v in self.server.challenge(realm, now, stale)]
+
+    def answer(self, resp: Response, req: Request, username: str, password: str) -> tuple[str, str] | None:
+        """Credentials answering a trunk's 401/407 to ``req``, or None when we cannot."""
+        name = "Proxy-Authenticate" if resp.status == 407 else "WWW-Authenticate"
+        values = [v for n, v in resp.headers if n == name]
+        ch = choose_challenge(values)
+        if ch is None:
+            return None
+        try:
+            value = answer_challenge(ch, req.method, req.uri_text, username, password, os.urandom(8).hex(), 1, req.body)
+        except SipError:
+            return None
+        return ("Proxy-Authorization" if resp.status == 407 else "Authorization", value)

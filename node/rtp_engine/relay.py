@@ -1,0 +1,528 @@
+"""Anchored media: each call gets two legs of bound UDP sockets and packets cross between them.
+
+A session has leg ``a`` (facing the caller) and leg ``b`` (facing the callee); each leg owns
+an RTP socket on an even port and an RTCP socket on the next one. What arrives on a leg's
+socket leaves through the *other* leg's socket towards the other peer, so each phone sees
+the relay as the far end. Packets are relayed as opaque bytes: RTP, RFC 4733 events, SRTP,
+STUN and DTLS go through unchanged.
+
+Latching (symmetric RTP, RFC 4961; what rtpengine calls learning): phones behind NAT put a
+private address in their SDP, so a leg sends to the source its packets really come from.
+
+* before anything arrived, the leg sends to the SDP address (``set_remote``);
+* the first packet on a socket latches that socket's destination to the packet's source;
+* after that, packets from the latched source or from the SDP address are relayed (the
+  SDP address re-latches at once: it is what the phone itself signalled);
+* packets from any other source are dropped and counted — like rtpengine's ``strict-source``
+  flag, which rtpengine leaves off by default (it then relays such packets but still sends
+  to the learned address). Dropping is our default because a relay port is reachable by
+  anyone who scans for it and forwarding their packets injects audio into a call;
+* mobility / NAT rebinding: a new source takes over only once the latched source has been
+  silent for ``relatch_after`` seconds (rtpengine's ``media-handover``, with a guard). The
+  SSRC is not trusted for this: the far end sees it, so it is no secret.
+
+``set_remote`` with a changed address (re-INVITE moved the media) forgets the latch; with
+0.0.0.0, ``::`` or port 0 (hold, rejected stream) the leg sends nothing until it latches.
+
+Hot path: ``datagram_received`` compares the source with the latched one, bumps plain
+integer counters and calls ``sendto``; no logging, no objects, no clock. Prometheus sees
+the counters through a collector at scrape time (``node.rtp_engine.metrics``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import socket
+from dataclasses import dataclass
+
+from node.rtp_engine import metrics
+from node.rtp_engine.errors import BadRemote, RelayError
+from node.rtp_engine.port_pool import PortPool
+
+__all__ = ["PortPool", "RtpRelay", "RelaySession", "RelayLeg", "LegStats", "SessionStats"]
+
+#: bytes queued in a socket's transport before we drop instead of queueing more (~90 ms of
+#: 50 G.711 streams): a relay must not buffer its way into latency and memory growth
+_WRITE_HIGH_WATER = 64 * 1024
+_BIND_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LegStats:
+    """Counters of one leg (RTP and RTCP together, RTCP also apart). *in* is what its peer
+    sent to the relay, *out* what the relay sent to its peer."""
+
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    rtcp_packets_in: int
+    rtcp_packets_out: int
+    #: from a source that is neither latched nor the SDP address
+    dropped_source: int
+    #: arrived here but the other leg had nowhere to send (no SDP address, hold, not latched)
+    dropped_no_destination: int
+    #: the other leg's socket was congested or sendto failed
+    dropped_send: int
+    #: (host, port) the RTP socket latched to, None before the first packet
+    latched: tuple[str, int] | None
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_source + self.dropped_no_destination + self.dropped_send
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    a: LegStats
+    b: LegStats
+
+    @property
+    def dropped(self) -> int:
+        return self.a.dropped + self.b.dropped
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """One bound UDP socket of a leg (its RTP or its RTCP port)."""
+
+    __slots__ = (
+        "relay", "leg", "transport", "peer", "paused", "lost",
+        "src_host", "src_port", "sdp_host", "sdp_port", "dest",
+        "cand_host", "cand_port", "cand_since", "cand_mark",
+        "packets_in", "bytes_in", "packets_out", "bytes_out",
+        "dropped_source", "dropped_no_destination", "dropped_send", "relatches",
+    )
+
+    def __init__(self, relay: "RtpRelay") -> None:
+        self.relay = relay
+        self.leg: RelayLeg | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        #: the socket of the other leg, through which what we receive goes out
+        self.peer: _Socket = self
+        self.paused = False
+        self.lost = False
+        # latched source (None until the first packet) and the SDP address
+        self.src_host: str | None = None
+        self.src_port = -1
+        self.sdp_host: str | None = None
+        self.sdp_port = -1
+        #: where the other leg's packets go: the latched source, else the SDP address, else None
+        self.dest: tuple[str, int] | None = None
+        # a foreign source waiting to take over (see module docstring)
+        self.cand_host: str | None = None
+        self.cand_port = -1
+        self.cand_since = 0.0
+        self.cand_mark = 0
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.dropped_source = self.dropped_no_destination = self.dropped_send = self.relatches = 0
+
+    # ------------------------------------------------------------------ hot path
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        if addr[1] != self.src_port or addr[0] != self.src_host:
+            if not self._learn(addr):
+                self.dropped_source += 1
+                return
+        n = len(data)
+        self.packets_in += 1
+        self.bytes_in += n
+        peer = self.peer
+        dest = peer.dest
+        if dest is None:
+            self.dropped_no_destination += 1
+            return
+        if peer.paused:
+            peer.dropped_send += 1
+            return
+        peer.transport.sendto(data, dest)  # type: ignore[union-attr]
+        peer.packets_out += 1
+        peer.bytes_out += n
+
+    # ------------------------------------------------------------------ latching (slow path)
+    def _learn(self, addr) -> bool:
+        host, port = addr[0], addr[1]
+        if self.src_host is None or (host == self.sdp_host and port == self.sdp_port):
+            self._latch(host, port)
+            return True
+        if host != self.cand_host or port != self.cand_port:
+            self.cand_host, self.cand_port = host, port
+            self.cand_since = self.relay.loop.time()
+            self.cand_mark = self.packets_in
+            return False
+        now = self.relay.loop.time()
+        if self.packets_in != self.cand_mark:
+            # the latched source is still talking: the newcomer waits a full quiet gap again
+            self.cand_since, self.cand_mark = now, self.packets_in
+            return False
+        if now - self.cand_since >= self.relay.relatch_after:
+            self._latch(host, port)
+            return True
+        return False
+
+    def _latch(self, host: str, port: int) -> None:
+        if self.src_host is not None:
+            self.relatches += 1
+        self.src_host, self.src_port = host, port
+        self.cand_host, self.cand_port = None, -1
+        self.dest = (host, port)
+
+    def set_sdp(self, host: str | None, port: int) -> None:
+        if host == self.sdp_host and port == self.sdp_port:
+            return
+        self.sdp_host, self.sdp_port = host, port
+        # the media moved (or went on hold): what we learned no longer holds
+        self.src_host, self.src_port = None, -1
+        self.cand_host, self.cand_port = None, -1
+        self.dest = (host, port) if host is not None else None
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors and failed sends land here; media is lossy, so count and go on
+        self.dropped_send += 1
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.leg._socket_gone()  # type: ignore[union-attr]
+
+
+class RelayLeg:
+    """One side of a session: an RTP socket (``local_port``, even) and RTCP (``local_port`` + 1)."""
+
+    __slots__ = ("name", "local_port", "rtp", "rtcp", "session", "_relay", "_open")
+
+    def __init__(self, relay: "RtpRelay", name: str, port: int) -> None:
+        self.name = name
+        self.local_port = port
+        self.rtp = _Socket(relay)
+        self.rtcp = _Socket(relay)
+        self.rtp.leg = self.rtcp.leg = self
+        self.session: RelaySession | None = None
+        self._relay = relay
+        self._open = 2
+
+    def _socket_gone(self) -> None:
+        self._open -= 1
+        if self._open == 0:
+            self._relay.pool.release(self.local_port)
+            self.session._leg_gone()  # type: ignore[union-attr]
+
+    @property
+    def local_rtcp_port(self) -> int:
+        return self.local_port + 1
+
+    def set_remote(self, host: str, port: int, rtcp_port: int | None = None, rtcp_host: str | None = None) -> None:
+        """Where this leg's peer said (in SDP) it receives: RTP at ``host``:``port``, RTCP at
+        ``rtcp_host``:``rtcp_port`` (default ``host``:``port`` + 1, or a=rtcp, RFC 3605).
+
+        An unspecified host (0.0.0.0, ``::``) or port 0 means "send nothing" (hold / rejected).
+        A changed address drops what was latched. ``host`` must be an IP literal of a family
+        this relay can reach, else ``BadRemote`` (488).
+        """
+        if not 0 <= port <= 65535 or (rtcp_port is not None and not 0 <= rtcp_port <= 65535):
+            raise BadRemote(f"bad media port {port}/{rtcp_port}")
+        rtp_host = self._relay._normalize(host)
+        if rtp_host is None or port == 0:
+            self.rtp.set_sdp(None, -1)
+            self.rtcp.set_sdp(None, -1)
+            return
+        c_host = rtp_host if rtcp_host is None else self._relay._normalize(rtcp_host)
+        c_port = port + 1 if rtcp_port is None else rtcp_port
+        self.rtp.set_sdp(rtp_host, port)
+        if c_host is None or c_port == 0 or c_port > 65535:
+            self.rtcp.set_sdp(None, -1)
+        else:
+            self.rtcp.set_sdp(c_host, c_port)
+
+    @property
+    def remote(self) -> tuple[str, int] | None:
+        """Where RTP for this leg's peer goes now (latched source, else SDP address)."""
+        return self.rtp.dest
+
+    @property
+    def latched(self) -> bool:
+        return self.rtp.src_host is not None
+
+    def stats(self) -> LegStats:
+        r, c = self.rtp, self.rtcp
+        return LegStats(
+            packets_in=r.packets_in + c.packets_in,
+            bytes_in=r.bytes_in + c.bytes_in,
+            packets_out=r.packets_out + c.packets_out,
+            bytes_out=r.bytes_out + c.bytes_out,
+            rtcp_packets_in=c.packets_in,
+            rtcp_packets_out=c.packets_out,
+            dropped_source=r.dropped_source + c.dropped_source,
+            dropped_no_destination=r.dropped_no_destination + c.dropped_no_destination,
+            dropped_send=r.dropped_send + c.dropped_send,
+            latched=(r.src_host, r.src_port) if r.src_host is not None else None,
+        )
+
+
+class RelaySession:
+    """The anchored media of one call. ``close()`` is idempotent; its ports return to the
+    pool once the sockets are really closed (``await wait_closed()``)."""
+
+    __slots__ = ("id", "call_id", "tenant", "a", "b", "closed", "_relay", "_done", "_open_legs")
+
+    def __init__(self, relay: "RtpRelay", sid: int, call_id: str, tenant: str, a: RelayLeg, b: RelayLeg) -> None:
+        self.id = sid
+        self.call_id = call_id
+        self.tenant = tenant
+        self.a = a
+        self.b = b
+        self.closed = False
+        self._relay = relay
+        self._done = relay.loop.create_future()
+        self._open_legs = 2
+        a.session = b.session = self
+
+    def _leg_gone(self) -> None:
+        self._open_legs -= 1
+        if self._open_legs == 0:
+            self._relay._pending.pop(self.id, None)
+            if not self._done.done():
+                self._done.set_result(None)
+
+    def leg(self, name: str) -> RelayLeg:
+        """``'a'`` or ``'b'``."""
+        if name == "a":
+            return self.a
+        if name == "b":
+            return self.b
+        raise ValueError(f"no leg {name!r}")
+
+    def stats(self) -> SessionStats:
+        return SessionStats(self.a.stats(), self.b.stats())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._relay._close_session(self)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._done)
+
+    def __repr__(self) -> str:
+        return (f"<RelaySession {self.id} tenant={self.tenant!r} call_id={self.call_id!r} "
+                f"a={self.a.local_port} b={self.b.local_port}{' closed' if self.closed else ''}>")
+
+
+class RtpRelay:
+    """Opens and tracks the relay sessions of one node.
+
+    ``bind_host``: an IPv4 address (IPv4 only), an IPv6 address (IPv6 only), ``'::'``
+    (dual stack: IPv4 peers appear as ``::ffff:a.b.c.d``) or ``''`` (``'::'`` where the host
+    has IPv6, else ``'0.0.0.0'``).
+    """
+
+    def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, relatch_after: float = 1.0) -> None:
+        self.pool = pool
+        if bind_host == "":
+            bind_host = "::" if _has_ipv6() else "0.0.0.0"
+        self.bind_host = bind_host
+        self.family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        try:
+            socket.inet_pton(self.family, bind_host)
+        except OSError:
+            raise ValueError(f"RTP bind address must be an IP literal, not {bind_host!r}") from None
+        self.dual_stack = self.family == socket.AF_INET6 and bind_host == "::"
+        #: seconds the latched source must be silent before another source may take over
+        self.relatch_after = relatch_after
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: dict[int, RelaySession] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, RelaySession] = {}  # closed sessions whose sockets are closing
+        self.closed = False
+        #: counters of sessions already closed, folded in so totals never go down
+        self.closed_totals = _Totals()
+        self.sessions_opened = 0
+        metrics.track(self)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # ------------------------------------------------------------------ sessions
+    async def open_session(self, call_id: str, tenant: str) -> RelaySession:
+        """Bind two legs for a call. Raises ``PortsExhausted`` (503) when the pool is empty."""
+        if self.closed:
+            raise RelayError("RTP relay is closed", 503)
+        loop = self.loop
+        bound: list[tuple[int, socket.socket, socket.socket]] = []
+        try:
+            bound.append(self._bind_pair())
+            bound.append(self._bind_pair())
+        except BaseException:
+            for port, s1, s2 in bound:
+                s1.close()
+                s2.close()
+                self.pool.release(port)
+            raise
+        a, b = RelayLeg(self, "a", bound[0][0]), RelayLeg(self, "b", bound[1][0])
+        protos = [(a.rtp, bound[0][1]), (a.rtcp, bound[0][2]), (b.rtp, bound[1][1]), (b.rtcp, bound[1][2])]
+        # cross-wire before any transport exists, so no datagram can find a half-built session
+        a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
+        a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
+        session = RelaySession(self, next(self._ids), call_id, tenant, a, b)
+        created: list[_Socket] = []
+        try:
+            for proto, sock in protos:
+                await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)
+                created.append(proto)
+        except BaseException:
+            session.closed = True
+            for proto, sock in protos:
+                if proto in created:
+                    proto.transport.close()  # type: ignore[union-attr]  # → connection_lost
+                else:
+                    sock.close()
+                    proto._gone()
+            raise
+        self._sessions[session.id] = session
+        self.sessions_opened += 1
+        if self.closed:  # the relay was closed while we awaited
+            session.close()
+            raise RelayError("RTP relay is closed", 503)
+        return session
+
+    def sessions(self, tenant: str) -> list[RelaySession]:
+        """Open sessions of one tenant (never another's)."""
+        return [s for s in self._sessions.values() if s.tenant == tenant]
+
+    def find(self, tenant: str, call_id: str) -> list[RelaySession]:
+        """Open sessions of ``tenant`` for ``call_id`` (Call-IDs are unique per tenant at best)."""
+        return [s for s in self._sessions.values() if s.tenant == tenant and s.call_id == call_id]
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def close(self) -> None:
+        """Close every session and refuse new ones. Idempotent."""
+        self.closed = True
+        for s in list(self._sessions.values()):
+            s.close()
+
+    async def wait_closed(self) -> None:
+        for s in list(self._pending.values()):
+            await s.wait_closed()
+
+    def totals(self) -> "_Totals":
+        """Counters summed over every session this relay ever had (for metrics)."""
+        t = _Totals()
+        t.add_totals(self.closed_totals)
+        for s in self._sessions.values():
+            t.add(s)
+        return t
+
+    # ------------------------------------------------------------------ internals
+    def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
+        """An even port from the pool with its RTP and RTCP sockets bound. A port some other
+        process holds goes back to the end of the queue and the next one is tried."""
+        last: OSError | None = None
+        for _ in range(min(_BIND_ATTEMPTS, self.pool.capacity)):
+            port = self.pool.acquire()
+            socks: list[socket.socket] = []
+            try:
+                for p in (port, port + 1):
+                    s = socket.socket(self.family, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    if self.dual_stack:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    s.setblocking(False)
+                    s.bind((self.bind_host, p))
+                return port, socks[0], socks[1]
+            except OSError as e:
+                for s in socks:
+                    s.close()
+                self.pool.release(port)
+                if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise RelayError(f"cannot bind RTP socket on {self.bind_host}:{port}: {e}") from e
+                last = e
+        raise RelayError(f"no bindable RTP port pair on {self.bind_host}: {last}", 503)
+
+    def _close_session(self, session: RelaySession) -> None:
+        self._sessions.pop(session.id, None)
+        self.closed_totals.add(session)
+        self._pending[session.id] = session
+        for leg in (session.a, session.b):
+            for sock in (leg.rtp, leg.rtcp):
+                if sock.transport is not None:
+                    sock.transport.close()  # → connection_lost → the leg gives its port back
+
+    def _normalize(self, host: str) -> str | None:
+        """``host`` as the kernel reports sources on our sockets; None for 0.0.0.0/::."""
+        try:
+            if self.family == socket.AF_INET:
+                packed = socket.inet_pton(socket.AF_INET, host)
+                return None if packed == b"\0\0\0\0" else socket.inet_ntop(socket.AF_INET, packed)
+            if ":" not in host:
+                packed4 = socket.inet_pton(socket.AF_INET, host)
+                if packed4 == b"\0\0\0\0":
+                    return None
+                if not self.dual_stack:
+                    raise BadRemote(f"IPv4 media address {host} on an IPv6-only relay")
+                host = "::ffff:" + socket.inet_ntop(socket.AF_INET, packed4)
+            packed = socket.inet_pton(socket.AF_INET6, host)
+            return None if packed == bytes(16) else socket.inet_ntop(socket.AF_INET6, packed)
+        except OSError:
+            raise BadRemote(f"media address {host!r} is not an IP address this relay can reach") from None
+
+
+class _Totals:
+    """Counters summed over sessions (for closed ones, and at scrape time for live ones)."""
+
+    __slots__ = ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped_source",
+                 "dropped_no_destination", "dropped_send", "relatches")
+
+    def __init__(self) -> None:
+        for k in self.__slots__:
+            setattr(self, k, 0)
+
+    def add_socket(self, s: _Socket) -> None:
+        self.packets_in += s.packets_in
+        self.bytes_in += s.bytes_in
+        self.packets_out += s.packets_out
+        self.bytes_out += s.bytes_out
+        self.dropped_source += s.dropped_source
+        self.dropped_no_destination += s.dropped_no_destination
+        self.dropped_send += s.dropped_send
+        self.relatches += s.relatches
+
+    def add_totals(self, other: "_Totals") -> None:
+        for k in self.__slots__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def add(self, session: RelaySession) -> None:
+        for leg in (session.a, session.b):
+            self.add_socket(leg.rtp)
+            self.add_socket(leg.rtcp)
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,157 @@
+"""Bytes → SessionDescription (RFC 8866 §5, §9 grammar).
+
+Strict where a mistake would misroute media (o=, c=, m=, ports), liberal elsewhere: bare-LF
+line ends, blank lines, a missing s=/t= and unknown type letters are accepted (unknown
+letters are kept, not dropped, so relaying never loses what a peer said). Every failure is
+an ``SdpError`` (400) or ``SdpNotAcceptable`` (488) naming the offending line.
+"""
+
+from __future__ import annotations
+
+from node.sdp.errors import SdpError, SdpNotAcceptable
+from node.sdp.model import Attribute, Connection, Media, Origin, SessionDescription
+
+#: type letters that may only appear before the first m= line (§5)
+_SESSION_ONLY = frozenset("vosuepztr")
+_KNOWN = frozenset("vosiuepcbtrzkam")
+
+
+def parse(data: bytes | str) -> SessionDescription:
+    """Parse an SDP body. Raises ``SdpError`` (status_hint 400/488) on anything unusable."""
+    text = data.decode("utf-8", "surrogateescape") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise SdpError("empty SDP body")
+    for ln in lines:
+        if len(ln) < 2 or ln[1] != "=" or not ("a" <= ln[0] <= "z"):
+            raise SdpError(f"malformed SDP line {ln[:60]!r}")
+    if lines[0][0] != "v":
+        raise SdpError("SDP must start with v=")
+    if lines[0][2:].strip() != "0":
+        raise SdpError(f"unsupported SDP version {lines[0][2:]!r}")
+
+    origin: Origin | None = None
+    name: str | None = None
+    connection: Connection | None = None
+    timing: list[str] = []
+    attributes: list[Attribute] = []
+    other: list[tuple[str, str]] = []
+    media: list[Media] = []
+
+    i = 1
+    n = len(lines)
+    while i < n and lines[i][0] != "m":
+        letter, value = lines[i][0], lines[i][2:]
+        if letter == "v":
+            raise SdpError("more than one v= line")
+        elif letter == "o":
+            if origin is not None:
+                raise SdpError("more than one o= line")
+            origin = _origin(value)
+        elif letter == "s":
+            if name is not None:
+                raise SdpError("more than one s= line")
+            name = value
+        elif letter == "c":
+            if connection is not None:
+                raise SdpError("more than one session-level c= line")
+            connection = _connection(value)
+        elif letter == "t":
+            timing.append(value)
+        elif letter == "a":
+            attributes.append(_attribute(value))
+        else:
+            other.append((letter, value))
+        i += 1
+    if origin is None:
+        raise SdpError("SDP without o= line")
+
+    while i < n:
+        m, i = _media(lines, i)
+        media.append(m)
+
+    return SessionDescription(
+        origin=origin,
+        name="-" if name is None else name,
+        connection=connection,
+        timing=tuple(timing) or ("0 0",),
+        attributes=tuple(attributes),
+        media=tuple(media),
+        other=tuple(other),
+    )
+
+
+def _media(lines: list[str], i: int) -> tuple[Media, int]:
+    """The media section starting at ``lines[i]`` (an m= line) and the index after it."""
+    mline = lines[i][2:]
+    parts = mline.split()
+    if len(parts) < 3:
+        raise SdpError(f"malformed m= line {mline!r}")
+    mtype, portspec, proto = parts[0], parts[1], parts[2]
+    formats = tuple(parts[3:])
+    port_s, slash, count_s = portspec.partition("/")
+    port = _port(port_s, mline)
+    port_count = None
+    if slash:
+        if not count_s.isdigit() or int(count_s) < 1:
+            raise SdpError(f"bad port count in m= line {mline!r}")
+        port_count = int(count_s)
+    if not formats and port != 0:
+        raise SdpError(f"m= line without formats {mline!r}")
+    connection: Connection | None = None
+    attributes: list[Attribute] = []
+    other: list[tuple[str, str]] = []
+    i += 1
+    while i < len(lines) and lines[i][0] != "m":
+        letter, value = lines[i][0], lines[i][2:]
+        if letter == "c":
+            if connection is not None:
+                # RFC 8866 §5.7 allows several only for layered multicast, which we do not relay
+                raise SdpNotAcceptable("several c= lines in one media section")
+            connection = _connection(value)
+        elif letter == "a":
+            attributes.append(_attribute(value))
+        elif letter in _SESSION_ONLY:
+            raise SdpError(f"{letter}= line inside a media section")
+        else:
+            other.append((letter, value))
+        i += 1
+    return Media(mtype, port, proto, formats, port_count, connection, tuple(attributes), tuple(other)), i
+
+
+def _port(s: str, line: str) -> int:
+    if not s.isdigit() or int(s) > 65535:
+        raise SdpError(f"bad port in m= line {line!r}")
+    return int(s)
+
+
+def _origin(value: str) -> Origin:
+    # o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address> (§5.2)
+    parts = value.split()
+    if len(parts) != 6:
+        raise SdpError(f"malformed o= line {value!r}")
+    username, sess_id, version, nettype, addrtype, address = parts
+    if not sess_id.isdigit() or not version.isdigit():
+        raise SdpError(f"non-numeric session id or version in o= line {value!r}")
+    return Origin(username, sess_id, int(version), address, addrtype, nettype)
+
+
+def _connection(value: str) -> Connection:
+    # c=<nettype> <addrtype> <connection-address> (§5.7)
+    parts = value.split()
+    if len(parts) != 3:
+        raise SdpError(f"malformed c= line {value!r}")
+    nettype, addrtype, address = parts
+    if nettype != "IN":
+        raise SdpNotAcceptable(f"unsupported network type {nettype!r}")
+    if addrtype not in ("IP4", "IP6"):
+        raise SdpNotAcceptable(f"unsupported address type {addrtype!r}")
+    return Connection(address, addrtype, nettype)
+
+
+def _attribute(value: str) -> Attribute:
+    name, colon, v = value.partition(":")
+    if not name or " " in name:
+        raise SdpError(f"malformed a= line {value[:60]!r}")
+    return Attribute(name, v if colon else None)

@@ -1,0 +1,1 @@
+"""Real SIP peers (SIPp, baresip) driven from the tests, on loopback, always bounded in time."""
