@@ -175,6 +175,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def udp_rcvbuf_errors() -> int:
+    """Datagrams the kernel dropped because a socket's receive buffer was full (all sockets)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
 def udp_bound(host: str, port: int) -> bool:
     a = host.split(".")
     want = "".join(f"{int(x):02X}" for x in reversed(a)) + f":{port:04X}"
@@ -451,6 +458,7 @@ class Step:
     failed: int = 0
     fail_pct: float = 0.0
     retrans: int = 0
+    drops: int = 0  # kernel RcvbufErrors during the step (any UDP socket on the machine)
     cpu_pct: float = 0.0  # element, steady part of the step, % of one core
     us_per_call: float = 0.0  # element CPU over the whole step / calls created
     gen_pct: float = 0.0  # SIPp (UAC + UAS), steady part, % of one core
@@ -494,6 +502,7 @@ def run_step(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, h
     gen: list[tuple[float, float]] = []
     t0 = time.monotonic()
     c0 = cpu_seconds(pids)
+    d0 = udp_rcvbuf_errors()
     uac = PROCS.start(argv, target.work / f"{tag}.log")
     gen_pids = [uac.pid] + ([uas.pid] if uas else [])
     while uac.poll() is None:
@@ -516,6 +525,7 @@ def run_step(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, h
     s.failed = max(m - st.successful, st.failed)  # never created or unfinished: failed
     s.fail_pct = 100.0 * s.failed / m
     s.retrans = st.retransmissions
+    s.drops = udp_rcvbuf_errors() - d0
     created_by = st.created_by or seconds
     a, b = min(hold_s + 0.5, created_by / 2), created_by
     s.cpu_pct = round(100 * _window_rate(cpu, a, b), 1)
@@ -607,17 +617,22 @@ def sweep(run, rates: list[int], bisect_steps: int, repeat: bool, sw: Sweep) -> 
         if repeat:
             sw.repeat = run(best.asked)
     if not sw.limited_by:
-        top = sw.steps[-1] if sw.steps else None
-        if hi is None and top is not None:
+        fails = [s for s in sw.steps if not s.passed and s.asked > lo]
+        if hi is None:
             sw.limited_by = "the step list ended (raise the rates)"
+        elif fails and min(s.cpu_pct for s in fails) < 75:
+            f = min(fails, key=lambda s: s.asked)
+            sw.limited_by = (f"not the element's CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s, SIPp "
+                             f"{f.gen_pct:.0f} %, {f.drops} UDP drops): generator or socket buffers")
         else:
-            sw.limited_by = "the element (failed calls above 0.1 % at the next step)"
+            f = min(fails, key=lambda s: s.asked) if fails else None
+            sw.limited_by = "the element's CPU" + (f" ({f.cpu_pct:.0f} % of its core at {f.asked}/s)" if f else "")
     return sw
 
 
 def fmt_step(s: Step) -> str:
     return (f"{s.target:8} {s.test:8} asked {s.asked:6}/s offered {s.offered:8.1f}/s  ok {s.ok:6}  "
-            f"failed {s.failed:5} ({s.fail_pct:5.2f} %)  retrans {s.retrans:5}  cpu {s.cpu_pct:5.1f} %  "
+            f"failed {s.failed:5} ({s.fail_pct:5.2f} %)  retrans {s.retrans:5}  drops {s.drops:5}  cpu {s.cpu_pct:5.1f} %  "
             f"{s.us_per_call:7.1f} µs/call  sipp {s.gen_pct:5.1f} %  mem {s.mem_mib:7.1f} MiB  "
             f"{'PASS' if s.passed else 'FAIL'} {s.note}")
 
@@ -638,7 +653,7 @@ class Plan:
     mem_call_rate: int
 
 
-FULL = Plan([100, 200, 500, 1000, 2000, 4000, 8000], [250, 500, 1000, 2000, 4000, 8000, 16000],
+FULL = Plan([100, 200, 500, 1000, 2000, 4000, 8000], [250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 48000],
             10.0, 1000, 4, True, 10000, 2000, 200)
 QUICK = Plan([100, 400], [250, 1000], 3.0, 1000, 0, False, 1000, 200, 100)
 
@@ -862,9 +877,9 @@ def machine() -> dict:
 
 
 def table(sweeps: list[Sweep]) -> str:
-    lines = ["| element | test | asked /s | offered /s | ok | failed | failed % | retrans | element CPU % "
+    lines = ["| element | test | asked /s | offered /s | ok | failed | failed % | retrans | UDP drops | element CPU % "
              "| CPU µs/call | SIPp CPU % | PSS MiB | result |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for sw in sweeps:
         steps = sw.steps + ([sw.repeat] if sw.repeat else [])
         for s in steps:
@@ -872,7 +887,7 @@ def table(sweeps: list[Sweep]) -> str:
             if s.note:
                 res += f"; {s.note}"
             lines.append(f"| {s.target} | {s.test} | {s.asked} | {s.offered:.0f} | {s.ok} | {s.failed} | "
-                         f"{s.fail_pct:.2f} | {s.retrans} | {s.cpu_pct:.0f} | {s.us_per_call:.0f} | "
+                         f"{s.fail_pct:.2f} | {s.retrans} | {s.drops} | {s.cpu_pct:.0f} | {s.us_per_call:.0f} | "
                          f"{s.gen_pct:.0f} | {s.mem_mib:.0f} | {res} |")
     return "\n".join(lines)
 
@@ -880,28 +895,31 @@ def table(sweeps: list[Sweep]) -> str:
 def summary(sweeps: list[Sweep], mems: list[Memory]) -> str:
     by = {(s.target, s.test): s for s in sweeps}
     lines = ["| element | test | max rate /s (< 0.1 % failed) | CPU µs/call at max | CPU % at max | "
-             "repeat of max | limited by |", "|---|---|---:|---:|---:|---|---|"]
+             "one-core capacity 1e6/µs | repeat of max | limited by |", "|---|---|---:|---:|---:|---:|---|---|"]
     for sw in sweeps:
         if sw.error and not sw.steps:
-            lines.append(f"| {sw.target} | {sw.test} | n/a | | | | error: {sw.error.splitlines()[0][:120]} |")
+            lines.append(f"| {sw.target} | {sw.test} | n/a | | | | | error: {sw.error.splitlines()[0][:120]} |")
             continue
         rep = ""
         if sw.repeat:
             rep = (f"{'pass' if sw.repeat.passed else 'FAIL'} {sw.repeat.offered:.0f}/s, "
                    f"{sw.repeat.fail_pct:.2f} % failed, {sw.repeat.us_per_call:.0f} µs")
+        cap = f"{1e6 / sw.us_at_max:.0f}" if sw.us_at_max else ""
         lines.append(f"| {sw.target} | {sw.test} | {sw.max_rate:.0f} | {sw.us_at_max:.0f} | {sw.cpu_at_max:.0f} "
-                     f"| {rep} | {sw.limited_by}{'; ' + sw.error.splitlines()[0][:80] if sw.error else ''} |")
+                     f"| {cap} | {rep} | {sw.limited_by}{'; ' + sw.error.splitlines()[0][:80] if sw.error else ''} |")
     out = ["\n".join(lines)]
     cmp = []
     for test, frac, what in (("calls", 1 / 8, "calls/s"), ("register", 1 / 4, "digest REGISTERs/s")):
         k, h = by.get(("kamailio", test)), by.get(("hivepbx", test))
         if k and h and k.max_rate and h.max_rate:
             ratio = h.max_rate / k.max_rate
-            cpu_ratio = (k.us_at_max / h.us_at_max) if h.us_at_max else 0
-            cmp.append(f"- {what}: hivepbx {h.max_rate:.0f} vs Kamailio {k.max_rate:.0f} = 1/{1 / ratio:.1f} "
-                       f"(target ≥ 1/{1 / frac:.0f}: {'MET' if ratio >= frac else 'MISSED'}); CPU per call "
-                       f"{h.us_at_max:.0f} µs vs {k.us_at_max:.0f} µs = 1/{1 / cpu_ratio:.1f} of Kamailio's "
-                       f"efficiency" if cpu_ratio else "")
+            line = (f"- {what}: hivepbx {h.max_rate:.0f}/s vs Kamailio {k.max_rate:.0f}/s = 1/{1 / ratio:.1f} "
+                    f"(target ≥ 1/{1 / frac:.0f}: {'MET' if ratio >= frac else 'MISSED'})")
+            if h.us_at_max and k.us_at_max:
+                line += (f"; CPU per call {h.us_at_max:.0f} µs vs {k.us_at_max:.0f} µs, i.e. hivepbx needs "
+                         f"{h.us_at_max / k.us_at_max:.1f}× Kamailio's CPU (Kamailio's one-core capacity "
+                         f"≈ {1e6 / k.us_at_max:.0f}/s when SIPp is not the limit)")
+            cmp.append(line)
     for m in mems:
         if m.target != "hivepbx":
             continue
@@ -934,8 +952,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reg-rates", type=lambda v: [int(x) for x in v.split(",")])
     ap.add_argument("--step-seconds", type=float)
     ap.add_argument("--no-repeat", action="store_true")
-    ap.add_argument("--profile", choices=("calls", "register"),
-                    help="after the sweep, profile the hivepbx node with py-spy at ~80 %% of its max rate")
+    ap.add_argument("--profile", choices=("calls", "register"), action="append", default=[],
+                    help="after the sweeps, profile the hivepbx node with py-spy at ~80 %% of its max rate "
+                         "(repeatable)")
     ap.add_argument("--profile-rate", type=int, help="rate for --profile (default: 80 %% of the measured max)")
     ap.add_argument("--work-dir", help="where logs, SIPp statistics and the throwaway data dir go")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
@@ -980,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     sweeps: list[Sweep] = []
     mems: list[Memory] = []
-    profile: list[str] = []
+    profile: dict[str, list[str]] = {}
     sipp = Sipp(work)
     started = time.monotonic()
     try:
@@ -1010,15 +1029,15 @@ def main(argv: list[str] | None = None) -> int:
                     call_rate = min(plan.mem_call_rate, _nice(call.max_rate * 0.5)) if call and call.max_rate \
                         else plan.mem_call_rate
                     mems += test_memory(target, sipp, plan, reg_rate, call_rate)
-            if args.profile and isinstance(target, Hivepbx):
-                sw = next((s for s in sweeps if s.target == name and s.test == args.profile), None)
+            for ptest in args.profile if isinstance(target, Hivepbx) else ():
+                sw = next((s for s in sweeps if s.target == name and s.test == ptest), None)
                 rate = args.profile_rate or (_nice(sw.max_asked * 0.8) if sw and sw.max_asked else 100)
-                print(f"== hivepbx profile ({args.profile} at {rate}/s)", flush=True)
+                print(f"== hivepbx profile ({ptest} at {rate}/s)", flush=True)
                 try:
-                    profile = profile_calls(target, sipp, plan, rate, max(plan.step_s, 10), args.profile)
+                    profile[ptest] = profile_calls(target, sipp, plan, rate, max(plan.step_s, 10), ptest)
                 except Exception as e:
-                    profile = [f"profiling failed: {e}"]
-                print("\n".join(profile), flush=True)
+                    profile[ptest] = [f"profiling failed: {e}"]
+                print("\n".join(profile[ptest]), flush=True)
     finally:
         PROCS.stop_all()
 

@@ -49,6 +49,9 @@ class Authenticator:
                 break
         if value is None:
             return AuthOutcome.MISSING, None
+        # The digest uri is not compared with the Request-URI: SIPp and some phones put the
+        # next-hop address there (Kamailio does not check it by default either); the response
+        # hash still covers the uri they sent, the method and our nonce.
         verdict = self.server.verify(value, req.method, realm, password, now)
         if verdict is Verdict.OK:
             return AuthOutcome.OK, username

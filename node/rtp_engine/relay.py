@@ -21,8 +21,10 @@ private address in their SDP, so a leg sends to the source its packets really co
   silent for ``relatch_after`` seconds (rtpengine's ``media-handover``, with a guard). The
   SSRC is not trusted for this: the far end sees it, so it is no secret.
 
-``set_remote`` with a changed address (re-INVITE moved the media) forgets the latch; with
-0.0.0.0, ``::`` or port 0 (hold, rejected stream) the leg sends nothing until it latches.
+``set_remote`` with a changed address (re-INVITE moved the media) forgets the latch; a latch
+learned before the first ``set_remote`` is kept (the callee's RTP often beats its 200 OK).
+0.0.0.0, ``::`` or port 0 (hold, rejected stream) stops sending towards that peer until the
+next ``set_remote`` with a real address; what arrives from it is still relayed.
 
 Hot path: ``datagram_received`` compares the source with the latched one, bumps plain
 integer counters and calls ``sendto``; no logging, no objects, no clock. Prometheus sees
@@ -88,7 +90,7 @@ class _Socket(asyncio.DatagramProtocol):
     """One bound UDP socket of a leg (its RTP or its RTCP port)."""
 
     __slots__ = (
-        "relay", "leg", "transport", "peer", "paused", "lost",
+        "relay", "leg", "transport", "peer", "paused", "lost", "held",
         "src_host", "src_port", "sdp_host", "sdp_port", "dest",
         "cand_host", "cand_port", "cand_since", "cand_mark",
         "packets_in", "bytes_in", "packets_out", "bytes_out",
@@ -103,12 +105,15 @@ class _Socket(asyncio.DatagramProtocol):
         self.peer: _Socket = self
         self.paused = False
         self.lost = False
+        #: the peer signalled "send me nothing" (c=0.0.0.0 / port 0)
+        self.held = False
         # latched source (None until the first packet) and the SDP address
         self.src_host: str | None = None
         self.src_port = -1
         self.sdp_host: str | None = None
         self.sdp_port = -1
-        #: where the other leg's packets go: the latched source, else the SDP address, else None
+        #: where the other leg's packets go: None when held, else the latched source, else the
+        #: SDP address, else None
         self.dest: tuple[str, int] | None = None
         # a foreign source waiting to take over (see module docstring)
         self.cand_host: str | None = None
@@ -165,16 +170,23 @@ class _Socket(asyncio.DatagramProtocol):
             self.relatches += 1
         self.src_host, self.src_port = host, port
         self.cand_host, self.cand_port = None, -1
-        self.dest = (host, port)
+        self.dest = None if self.held else (host, port)
 
     def set_sdp(self, host: str | None, port: int) -> None:
-        if host == self.sdp_host and port == self.sdp_port:
+        if host is None:
+            # hold or rejected stream: keep what we know, send nothing
+            self.held = True
+            self.dest = None
             return
+        moved = self.sdp_host is not None and (host != self.sdp_host or port != self.sdp_port)
         self.sdp_host, self.sdp_port = host, port
-        # the media moved (or went on hold): what we learned no longer holds
-        self.src_host, self.src_port = None, -1
-        self.cand_host, self.cand_port = None, -1
-        self.dest = (host, port) if host is not None else None
+        self.held = False
+        if moved:
+            # a re-INVITE moved the media elsewhere: what we learned no longer holds. (A latch
+            # learned before the first SDP is kept: the phone's packets beat its 200 OK.)
+            self.src_host, self.src_port = None, -1
+            self.cand_host, self.cand_port = None, -1
+        self.dest = (self.src_host, self.src_port) if self.src_host is not None else (host, port)
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -229,8 +241,8 @@ class RelayLeg:
         """Where this leg's peer said (in SDP) it receives: RTP at ``host``:``port``, RTCP at
         ``rtcp_host``:``rtcp_port`` (default ``host``:``port`` + 1, or a=rtcp, RFC 3605).
 
-        An unspecified host (0.0.0.0, ``::``) or port 0 means "send nothing" (hold / rejected).
-        A changed address drops what was latched. ``host`` must be an IP literal of a family
+        An unspecified host (0.0.0.0, ``::``) or port 0 means "send nothing" (hold / rejected)
+        until a real address is set again. A changed address drops what was latched. ``host`` must be an IP literal of a family
         this relay can reach, else ``BadRemote`` (488).
         """
         if not 0 <= port <= 65535 or (rtcp_port is not None and not 0 <= rtcp_port <= 65535):

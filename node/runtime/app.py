@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from pathlib import Path
 
 from node.api.http import start_http
 from node.embedded import open_embedded, provision_demo
 from node.pbx.authn import Authenticator
+from node.pbx.keepalive import NatKeepalive
 from node.pbx.media import MediaAnchors
 from node.pbx.service import PbxService
 from node.rtp_engine.relay import PortPool, RtpRelay
@@ -42,6 +45,17 @@ def _node_secret(data_dir: Path) -> bytes:
     return key
 
 
+def _rtp_wildcard() -> str:
+    """'::' (dual-stack: IPv4 and IPv6 phones) where the host has IPv6, else '0.0.0.0'."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+        return "::"
+    except OSError:
+        return "0.0.0.0"
+
+
 class Node:
     """A running node; ``async with Node(cfg) as node`` in tests, ``run(cfg)`` from the CLI."""
 
@@ -55,7 +69,8 @@ class Node:
         self.http_runner = None
         self.http_port: int | None = None
         self.demo: dict | None = None
-        self._expiry_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.keepalive: NatKeepalive | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -67,7 +82,7 @@ class Node:
         self.endpoint = SipEndpoint(layer, advertise_address=cfg.advertise_address, on_parse_error=M.parse_error)
         self.transports = SipTransports(self.endpoint.message_received, cfg.max_message_size)
         self.endpoint.transports = self.transports
-        self.relay = RtpRelay(PortPool(cfg.rtp_port_min, cfg.rtp_port_max), cfg.rtp_bind)
+        self.relay = RtpRelay(PortPool(cfg.rtp_port_min, cfg.rtp_port_max), cfg.rtp_bind or _rtp_wildcard())
         anchors = MediaAnchors(self.relay, cfg.advertise_address)
         self.service = PbxService(
             cfg, self.endpoint, self.backend.config, self.backend.locations, self.backend.cdrs,
@@ -77,7 +92,11 @@ class Node:
         M.track_transactions(lambda: layer.transaction_count)
         await self.transports.start(cfg.listens)
         self.http_runner, self.http_port = await start_http(cfg.http_host, cfg.http_port, self.health)
-        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._expire_loop()))
+        if cfg.nat_ping_interval > 0:
+            self.keepalive = NatKeepalive(self.backend.locations, self.endpoint, cfg.nat_ping_interval)
+            self._tasks.append(loop.create_task(self.keepalive.run()))
         M.registrations_set(len(await self.backend.locations.list(None, time.time())))
 
     async def _expire_loop(self) -> None:
@@ -104,10 +123,11 @@ class Node:
     async def stop(self, drain_timeout: float = 2.0) -> None:
         if self.service is not None:
             await self.service.drain(drain_timeout)
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
+                await task
+        self._tasks.clear()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         if self.transports is not None:
@@ -158,6 +178,11 @@ async def serve(cfg: NodeConfig) -> None:
     olog.setup_logging(cfg.log_level)
     node = Node(cfg)
     await node.start()
+    # long-lived objects made at startup need no more scanning; calls and transactions are
+    # short-lived and numerous, so collect the young generation less often
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     print(_banner(node), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

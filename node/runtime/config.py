@@ -41,14 +41,16 @@ class NodeConfig:
     #: RTP relay port range (inclusive, even ports used for RTP)
     rtp_port_min: int = 20000
     rtp_port_max: int = 30000
-    #: address RTP sockets bind to ('' = same family wildcard)
-    rtp_bind: str = "0.0.0.0"
+    #: address RTP sockets bind to; '' = '::' dual-stack where IPv6 works, else '0.0.0.0'
+    rtp_bind: str = ""
     #: identifies this node in registrations and CDRs
     node_id: str = "local"
     #: registrar bounds (RFC 3261 §10.3: 423 below min)
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
+    #: seconds between OPTIONS keep-alives to UDP phones behind NAT (0 = off)
+    nat_ping_interval: float = 20.0
     #: digest nonce lifetime, seconds; an older nonce gets stale=true
     nonce_ttl: int = 300
     #: digest algorithms offered, in this order (RFC 8760 §2.4: UACs take the first they

@@ -99,6 +99,19 @@ def parse_name_addrs(values: list[str], name: str) -> list[NameAddr]:
     return out
 
 
+def check_name_addrs(values: "list[str] | tuple[str, ...]", name: str) -> None:
+    """Validate without building objects (the parser's check for Contact, Route...)."""
+    try:
+        for value in values:
+            if "," in value:
+                for elem in split_list_strict(value, name):
+                    NameAddr.check(elem)
+            else:
+                NameAddr.check(value)
+    except RemoteProtocolError as e:
+        raise RemoteProtocolError(f"bad {name} header: {e.reason}") from None
+
+
 def parse_contacts(values: list[str]) -> list[NameAddr]:
     """Contact values; a lone ``*`` (REGISTER, RFC 3261 §10.2.2) gives an empty list."""
     if len(values) == 1 and values[0] == "*":
@@ -361,8 +374,8 @@ class Request(Message):
         c = self._cache.get("uri")
         if c is not None and c[0] is text:  # type: ignore[index]
             u = c[1]  # type: ignore[index]
-            if type(u) is tuple:  # checked by the parser, built on first use
-                u = Uri._from_parts(u)
+            if type(u) is not Uri:  # a match checked by the parser, built on first use
+                u = Uri._from_parts(u.groups())
                 self._cache["uri"] = (text, u)
             return u  # type: ignore[return-value]
         u = Uri.parse(text)

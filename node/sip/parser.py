@@ -29,21 +29,19 @@ from __future__ import annotations
 import re
 
 from node.sip.errors import RemoteProtocolError
-from node.sip.headers import NAMES, SINGLE_HEADERS, CSeq, canonical_name, is_token
+from node.sip.headers import NAMES, SINGLE_HEADERS, CSeq, Via, canonical_name, is_token
 from node.sip.message import (
     METHODS,
     Message,
     Request,
     Response,
+    check_name_addrs,
     parse_call_id,
-    parse_contacts,
     parse_content_type,
     parse_max_forwards,
-    parse_name_addr,
-    parse_name_addrs,
     parse_vias,
 )
-from node.sip.uri import _SIP_URI, Uri, check_uri_parts
+from node.sip.uri import _SIP_URI, NameAddr, Uri, check_uri_match
 
 DEFAULT_MAX_SIZE = 65535
 
@@ -89,12 +87,11 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
         m = _SIP_URI.fullmatch(uri_text)
         if m is not None and m.group(7) is None:
             msg = _new_request(parts[0], uri_text)
-            uparts = m.groups()
             try:
-                check_uri_parts(uparts, uri_text)
+                check_uri_match(m)
             except RemoteProtocolError as e:
                 return msg, _E(f"bad Request-URI: {e.reason}")
-            msg._cache["uri"] = (uri_text, uparts)
+            msg._cache["uri"] = (uri_text, m)  # the Uri is built on first use
             return msg, None
     if line.startswith("SIP/"):
         return _status_line(line)
@@ -162,12 +159,11 @@ def _header_lines(lines: list[str], headers: list[tuple[str, str]]) -> tuple[Rem
     it = iter(lines)
     next(it)
     for line in it:
-        c = line.find(":")
-        if c > 0:
-            name = names.get(line[:c])
-            if name is not None:
-                append((name, line[c + 1 :].strip(" \t")))
-                continue
+        name, sep, value = line.partition(":")
+        key = names.get(name)
+        if key is not None and sep:
+            append((key, value.strip(" \t")))
+            continue
         # the slow lane: continuation, unknown or odd name, no colon
         if not line:
             continue
@@ -176,16 +172,16 @@ def _header_lines(lines: list[str], headers: list[tuple[str, str]]) -> tuple[Rem
                 err = err or _E("header section starts with a continuation line")
                 continue
             return err, True
-        if c < 0:
+        if not sep:
             err = err or _E(f"header line without ':' {line[:60]!r}")
             continue
-        raw = line[:c].rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
+        raw = name.rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
         try:
-            name = canonical_name(raw)
+            key = canonical_name(raw)
         except RemoteProtocolError:
             err = err or _E(f"bad header name {raw[:60]!r}")
             continue
-        append((name, line[c + 1 :].strip(" \t")))
+        append((key, value.strip(" \t")))
     return err, False
 
 
@@ -246,47 +242,62 @@ def _collect(headers: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, 
 
 def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | None) -> None:
     """Check and cache the typed headers (RFC 3261 §8.2, §16.3 step 1: a request must be
-    well formed before anything acts on it)."""
-    if not ("To" in last and "From" in last and "CSeq" in last and "Call-ID" in last and "Via" in last):
+    well formed before anything acts on it). Written for speed: this runs on every message."""
+    get = last.get
+    via = get("Via")
+    frm = get("From")
+    to = get("To")
+    call_id = get("Call-ID")
+    cseq_v = get("CSeq")
+    if via is None or frm is None or to is None or call_id is None or cseq_v is None:
         missing = [n for n in _MANDATORY if n not in last]
         raise _E(f"missing {', '.join(missing)} header{'s' if len(missing) > 1 else ''} (RFC 3261 §8.1.1)")
-    if multi is None:
-        vias: list[str] = [last["Via"]]
-        v = last.get("Contact")
-        contacts = [v] if v is not None else None
-        v = last.get("Route")
-        routes = [v] if v is not None else None
-        v = last.get("Record-Route")
-        rroutes = [v] if v is not None else None
-    else:
+    if multi is not None:
         for n in SINGLE_HEADERS:
             vals = multi.get(n)
             if vals is not None and len(vals) > 1:
                 # RFC 4475 §3.3.8 multi01, §3.3.9 mcl01
                 raise _E(f"{len(vals)} {n} headers where one is allowed (RFC 3261 §7.3.1)")
-        vias = multi["Via"]
-        contacts = multi.get("Contact")
-        routes = multi.get("Route")
-        rroutes = multi.get("Record-Route")
     cache = msg._cache
-    cache["call_id"] = parse_call_id(last["Call-ID"])
-    cseq = cache["cseq"] = CSeq.parse(last["CSeq"])
-    cache["vias"] = parse_vias(vias)
-    cache["from"] = parse_name_addr(last["From"], "From")
-    cache["to"] = parse_name_addr(last["To"], "To")
-    cache["contacts"] = parse_contacts(contacts) if contacts else []
-    v = last.get("Max-Forwards")
+    cache["call_id"] = parse_call_id(call_id)
+    cseq = cache["cseq"] = CSeq.parse(cseq_v)
+    if multi is None and "," not in via:
+        cache["vias"] = [Via.parse(via)]
+    else:
+        cache["vias"] = parse_vias(multi["Via"] if multi is not None else [via])
+    try:
+        cache["from"] = NameAddr.parse(frm)
+    except RemoteProtocolError as e:
+        raise _E(f"bad From header: {e.reason}") from None
+    try:
+        cache["to"] = NameAddr.parse(to)
+    except RemoteProtocolError as e:
+        raise _E(f"bad To header: {e.reason}") from None
+    # Contact, Route, Record-Route: checked now, built on first use (often never read)
+    for name, key in _NAME_ADDR_LISTS:
+        v = get(name)
+        if v is None:
+            cache[key] = []
+        elif multi is None:
+            if v != "*" or name != "Contact":
+                check_name_addrs((v,), name)
+        else:
+            vals = multi[name]
+            if not (name == "Contact" and len(vals) == 1 and v == "*"):
+                check_name_addrs(vals, name)
+    v = get("Max-Forwards")
     cache["max_forwards"] = parse_max_forwards(v) if v is not None else None
-    cache["routes"] = parse_name_addrs(routes, "Route") if routes else []
-    cache["record_routes"] = parse_name_addrs(rroutes, "Record-Route") if rroutes else []
-    v = last.get("Content-Type")
+    v = get("Content-Type")
     cache["content_type"] = parse_content_type(v) if v is not None else None
-    if type(msg) is Request and cseq.method != msg.method:
+    if type(msg) is Request and cseq.method != msg.method:  # type: ignore[attr-defined]
         # RFC 4475 §3.1.2.17 mismatch01 (400); §3.1.2.18 mismatch02: 501 for an unknown method
         raise _E(
-            f"CSeq method {cseq.method} does not match the request method {msg.method}",
-            400 if msg.method in METHODS else 501,
+            f"CSeq method {cseq.method} does not match the request method {msg.method}",  # type: ignore[attr-defined]
+            400 if msg.method in METHODS else 501,  # type: ignore[attr-defined]
         )
+
+
+_NAME_ADDR_LISTS = (("Contact", "contacts"), ("Route", "routes"), ("Record-Route", "record_routes"))
 
 
 def _content_length(last: dict[str, str], multi: dict[str, list[str]] | None) -> int | None:

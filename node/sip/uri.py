@@ -215,6 +215,17 @@ def _why_bad_sip_uri(text: str) -> str:
 _IPV6REF_RE = re.compile(IPV6REF)
 
 
+def check_uri_match(m: re.Match[str]) -> None:
+    """``check_uri_parts`` for a ``_SIP_URI`` match of a whole string."""
+    port = m.group(5)
+    if "%" in m.string or m.string[m.start(4)] == "[" or (port is not None and len(port) == 5):
+        check_uri_parts(m.groups(), m.string)
+    else:
+        ptext = m.group(6)
+        if ptext and ptext.count(";") > 1:
+            _params_fast(ptext)
+
+
 def check_uri_parts(parts: tuple, text: str) -> None:
     """What ``_SIP_URI`` cannot say: escapes, port range, the IPv6 address, repeated params."""
     if "%" in text and _BAD_ESCAPE.search(text):
@@ -369,7 +380,7 @@ class NameAddr:
 
     def __init__(self, uri: Uri, display: str | None = None, params: dict[str, str | None] | None = None) -> None:
         self._uri: Uri | None = uri
-        self._uri_parts: tuple | None = None
+        self._uri_parts: re.Match[str] | None = None  # a checked match, until the Uri is built
         self.display = display
         self.params = params if params is not None else {}
 
@@ -378,7 +389,7 @@ class NameAddr:
         u = self._uri
         if u is None:
             # checked when the header was parsed; built on first use
-            u = self._uri = Uri._from_parts(self._uri_parts)  # type: ignore[arg-type]
+            u = self._uri = Uri._from_parts(self._uri_parts.groups()[2:9])  # type: ignore[union-attr]
             self._uri_parts = None
         return u
 
@@ -395,22 +406,19 @@ class NameAddr:
             m = _NAME_ADDR_FAST.fullmatch(text)
             if m is None:
                 return cls._parse_slow(text)
-        g = m.groups()
-        parts = g[2:9]
+        quoted, tokens, _, _, _, host, port, uparams, _, ptext = m.groups()
         # what the pattern cannot check (see check_uri_parts), inline: this is the hot path
-        if "%" in text or (parts[4] is not None and len(parts[4]) == 5) or parts[3][0] == "[":
-            check_uri_parts(parts, text[m.start(3) : m.start(10) - 1])
-        elif parts[5] and parts[5].count(";") > 1:
-            _params_fast(parts[5])
+        if "%" in text or host[0] == "[" or (port is not None and len(port) == 5):
+            check_uri_parts(m.groups()[2:9], text[m.start(3) : m.start(10) - 1])
+        elif uparams and uparams.count(";") > 1:
+            _params_fast(uparams)
         na = cls.__new__(cls)
         na._uri = None
-        na._uri_parts = parts
-        quoted = g[0]
+        na._uri_parts = m
         if quoted is None:
-            na.display = g[1]
+            na.display = tokens
         else:
             na.display = _QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
-        ptext = g[9]
         if not ptext:
             na.params = {}
         elif ptext.count(";") == 1:
@@ -419,6 +427,22 @@ class NameAddr:
         else:
             na.params = _params_fast(ptext)
         return na
+
+    @classmethod
+    def check(cls, text: str) -> None:
+        """Raise if ``text`` is not a valid name-addr / addr-spec with parameters."""
+        m = _NAME_ADDR_FAST.fullmatch(text)
+        if m is None:
+            cls._parse_slow(text.strip(_WS))
+            return
+        if "%" in text or m.string[m.start(6)] == "[" or (m.group(7) is not None and len(m.group(7)) == 5):
+            check_uri_parts(m.groups()[2:9], text[m.start(3) : m.start(10) - 1])
+        ptext = m.group(10)
+        if ptext and ptext.count(";") > 1:
+            _params_fast(ptext)
+        uparams = m.group(8)
+        if uparams and uparams.count(";") > 1:
+            _params_fast(uparams)
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":

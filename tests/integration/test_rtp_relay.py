@@ -208,6 +208,19 @@ async def test_changed_sdp_address_forgets_the_latch(relay: RtpRelay) -> None:
     a.close(), b.close(), moved.close()
 
 
+async def test_latch_learned_before_the_sdp_is_kept(relay: RtpRelay) -> None:
+    s = await relay.open_session("c", "acme")
+    a, b = await phone(), await phone()
+    s.a.set_remote(a.host, a.port)
+    b.send(rtp(1), s.b.local_port)  # the callee's first packet beats its 200 OK
+    assert (await a.recv())[0] == rtp(1)
+    s.b.set_remote("127.0.0.1", 9)  # its SDP names a private address we cannot reach
+    a.send(rtp(2), s.a.local_port)
+    assert (await b.recv())[0] == rtp(2)
+    assert s.b.remote == (b.host, b.port)
+    a.close(), b.close()
+
+
 async def test_rtcp_is_relayed_on_port_plus_one_with_its_own_latch(relay: RtpRelay) -> None:
     s, a, b = await call(relay)
     a_rtcp, b_rtcp = await phone(), await phone()
@@ -270,9 +283,12 @@ async def test_hold_address_sends_nothing_and_resume_sends_again(relay: RtpRelay
     assert b.queue.empty()
     b.send(rtp(3), s.b.local_port)  # b still sends (music on hold): relayed to a, and b latches
     assert (await a.recv())[0] == rtp(3)
+    assert s.b.remote is None  # b latched, but it is still on hold
     s.b.set_remote(b.host, b.port)  # resume
     a.send(rtp(4), s.a.local_port)
     assert (await b.recv())[0] == rtp(4)
+    s.b.set_remote(b.host, 0)  # port 0: stream rejected
+    assert s.b.remote is None
     a.close(), b.close()
 
 

@@ -210,6 +210,21 @@ async def test_call_expecting_an_error(peers, uas_scenario, keys, expected, ok) 
         assert f"final response {expected}" in uac.logs
 
 
+async def test_call_expecting_an_error_after_a_challenge(peers) -> None:
+    """The error block after the authenticated re-INVITE: a wrong password ends in 403."""
+    uas = await peers.sipp_uas("uas_auth_answer", timeout=10,
+                               keys={"auth_user": "1001", "auth_pass": "s3cret", "domain": DOMAIN})
+    uac = await peers.sipp("uac_call_expect_error", uas.address, service="1002", domain=DOMAIN,
+                           auth_user="1001", auth_password="wrong", variables={"expected": 403},
+                           timeout=5).run()
+    await uas.stop(grace=1.0)
+    uac.assert_ok()
+    first, second = uac.sent("INVITE")
+    acks = uac.sent("ACK")
+    assert [branch(a) for a in acks] == [branch(first), branch(second)]  # RFC 3261 §17.1.1.3
+    assert second.header("Proxy-Authorization") or second.header("Authorization")
+
+
 async def test_cancel_while_ringing(peers) -> None:
     uas = await peers.sipp_uas("uas_noanswer", timeout=15)
     uac = await peers.sipp("uac_cancel", uas.address, service="1002", domain=DOMAIN,
@@ -252,7 +267,7 @@ async def test_hold_is_refused_by_a_callee_that_cannot_hold(peers) -> None:
 
 
 async def test_callee_hangs_up(peers) -> None:
-    uas = await peers.sipp_uas("uas_answer_hangup", timeout=15, duration_ms=200)
+    uas = await peers.sipp_uas("uas_answer_hangup", timeout=15, variables={"hangup_ms": 300})
     uac = await peers.sipp("uac_call_remote_bye", uas.address, service="1002", domain=DOMAIN,
                            timeout=15).run()
     server = await uas.wait()
@@ -263,6 +278,8 @@ async def test_callee_hangs_up(peers) -> None:
     assert bye.header("Call-ID") == invite.header("Call-ID")
     contact = re.search(r"<([^>]+)>", invite.header("Contact") or "").group(1)  # type: ignore[union-attr]
     assert bye.first_line.split()[1] == contact
+    gap = bye.at - uac.sent("ACK")[0].at
+    assert gap >= 0.25, f"callee hung up {gap:.3f}s after the ACK, hangup_ms was 300"
 
 
 # -- registration ----------------------------------------------------------------------------
@@ -306,6 +323,22 @@ async def test_registered_sipp_phone_receives_a_call(peers, registrar) -> None:
     assert registrar.log[-1] == ("1002", "unregistered", 0)
 
 
+async def test_registered_sipp_phone_hangs_up(peers, registrar) -> None:
+    """-set reaches the out-of-call scenario: the phone hangs up after hangup_ms."""
+    phone = await peers.sipp_phone(registrar.address, user="1002", password="other", domain=DOMAIN,
+                                   registered_ms=1500, answer_with="uas_answer_hangup",
+                                   variables={"hangup_ms": 300})
+    for _ in range(100):
+        if ("1002", "registered", 3600) in registrar.log:
+            break
+        await asyncio.sleep(0.05)
+    uac = await peers.sipp("uac_call_remote_bye", phone.address, service="1002", domain=DOMAIN,
+                           timeout=10).run()
+    uac.assert_ok()
+    (await phone.wait()).assert_ok()
+    assert uac.received("BYE")[0].at - uac.sent("ACK")[0].at >= 0.25
+
+
 def test_message_log_parser() -> None:
     log = (
         "----------------------------------------------- 2026-01-01 00:00:00.000000\n"
@@ -315,6 +348,7 @@ def test_message_log_parser() -> None:
     )
     first, second = parse_message_log(log)
     assert (first.direction, first.status, first.method) == ("received", 180, "INVITE")
+    assert second.at - first.at == pytest.approx(1e-6, abs=1e-7)
     assert (second.direction, second.status, second.method) == ("sent", None, "BYE")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import shutil
 import signal
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.peers import procs
 from tests.peers.audio import write_tone
 from tests.peers.net import LOOPBACK, free_port
 
@@ -58,6 +58,7 @@ class Baresip:
         regint: int = 3600,
         tone_seconds: float = 120.0,
         timeout: float = 10.0,
+        lifetime: float = 300.0,
     ) -> None:
         if "@" not in account:
             raise ValueError(f"account must be user@domain, got {account!r}")
@@ -69,6 +70,7 @@ class Baresip:
         self.transport = transport
         self.regint = regint if registrar else 0
         self.timeout = timeout  # default for every wait_* and for commands
+        self.lifetime = lifetime  # baresip is killed after this long, whatever happens
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="baresip-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.recordings_dir = self.workdir / "rec"
@@ -144,12 +146,13 @@ class Baresip:
         (self.workdir / "contacts").write_text("")
         self._log_f = open(self.log_path, "wb")
         self._proc = await asyncio.create_subprocess_exec(
-            BARESIP, "-f", str(self.workdir),
+            "timeout", "--kill-after=5", f"{self.lifetime:g}", BARESIP, "-f", str(self.workdir),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_f,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
+        procs.track(self._proc.pid)
         try:
             await self._connect()
             await self.command("uanew", self.account_line())
@@ -338,12 +341,10 @@ class Baresip:
                     await asyncio.wait_for(proc.wait(), grace)
                     break
                 except asyncio.TimeoutError:
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
-                        break
+                    procs.kill_group(proc.pid, sig)
             if proc.returncode is None:
                 await proc.wait()
+            procs.untrack(proc.pid)
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import re
 import shutil
 import signal
@@ -20,8 +19,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+from tests.peers import procs
 from tests.peers.net import LOOPBACK, free_port
 
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -29,7 +30,7 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "interop" / "sipp"
 
 #: seconds a SIPp run may outlive its own -timeout before it is killed
 _GRACE = 5.0
-_LOG_SEPARATOR = re.compile(r"^-{20,} \d{4}-\d\d-\d\d[^\n]*\n", re.MULTILINE)
+_LOG_SEPARATOR = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)[^\n]*\n", re.MULTILINE)
 _LOG_HEAD = re.compile(r"^(\w+) message (sent|received)\b")
 
 
@@ -50,6 +51,7 @@ class TracedMessage:
     direction: str  # "sent" or "received"
     transport: str  # "UDP", "TCP", ...
     text: str
+    at: float = 0.0  # when SIPp logged it (POSIX time, local clock)
 
     @property
     def first_line(self) -> str:
@@ -92,12 +94,15 @@ class TracedMessage:
 def parse_message_log(text: str) -> list[TracedMessage]:
     """The messages of a -trace_msg log, in order (other trace entries are skipped)."""
     out: list[TracedMessage] = []
-    for chunk in _LOG_SEPARATOR.split(text.replace("\r\n", "\n")):
+    parts = _LOG_SEPARATOR.split(text.replace("\r\n", "\n"))
+    # parts: [preamble, stamp, chunk, stamp, chunk, ...]
+    for stamp, chunk in zip(parts[1::2], parts[2::2]):
         head, _, rest = chunk.partition("\n")
         m = _LOG_HEAD.match(head.strip())
         if not m:
             continue
-        out.append(TracedMessage(m.group(2), m.group(1), rest.strip("\n") + "\n"))
+        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f" if "." in stamp else "%Y-%m-%d %H:%M:%S")
+        out.append(TracedMessage(m.group(2), m.group(1), rest.strip("\n") + "\n", at.timestamp()))
     return out
 
 
@@ -192,9 +197,11 @@ class Sipp:
     ``target`` ("host:port") makes it a caller (UAC); without it SIPp waits for calls on
     ``local_port`` (UAS).  Scenario keys ``user``, ``domain``, ``expires``, ``auth_user``,
     ``auth_pass``, ``reject_code`` and ``reject_reason`` always get a value (see defaults
-    below); ``keys`` adds or overrides -key values, ``variables`` sets -set globals.
-    ``duration_ms`` is -d: the length of every ``<pause/>`` in our scenarios (hold time,
-    ring time before CANCEL, time to stay registered).
+    below); ``keys`` adds or overrides -key values (and fills ``{{key}}`` placeholders of
+    template scenarios such as uas_reject.xml), ``variables`` sets -set globals the scenario
+    declares (``expected``, ``hangup_ms``).  ``duration_ms`` is -d: the length of every
+    ``<pause/>`` in our scenarios (hold time, ring time before CANCEL, time to stay
+    registered).  ``media_port`` (-mp) is what the SDP offers/answers as m=audio.
     """
 
     def __init__(
@@ -349,6 +356,7 @@ class Sipp:
             cwd=self.workdir,
             start_new_session=True,
         )
+        procs.track(self._proc.pid)
         return self
 
     async def wait_listening(self, timeout: float = 5.0) -> None:
@@ -409,10 +417,7 @@ class Sipp:
     async def _kill(self) -> None:
         assert self._proc is not None
         if self._proc.returncode is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            procs.kill_group(self._proc.pid)
             await self._proc.wait()
 
     async def __aenter__(self) -> Sipp:
@@ -441,19 +446,23 @@ class Sipp:
                 cwd=self.workdir,
                 start_new_session=True,
             )
+            procs.track(proc.pid)
             try:
                 rc: int | None = proc.wait(self.timeout + _GRACE)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
+                procs.kill_group(proc.pid)
                 proc.wait()
                 rc = None
+            finally:
+                procs.untrack(proc.pid)
         return self._collect(rc, timed_out)
 
     # -- result ----------------------------------------------------------------------------
 
     def _finish(self, timed_out: bool) -> SippResult:
         assert self._proc is not None
+        procs.untrack(self._proc.pid)
         for f in (self._stdout_f, self._stderr_f):
             if f is not None:
                 f.close()

@@ -268,3 +268,74 @@ async def test_unknown_did_from_trunk_is_refused(pbx, tmp_path):
                         user="447700900123", domain="carrier.example", local_ip="127.0.0.3",
                         variables={"expected": 404}).run()
     caller.assert_ok()
+
+
+async def _metric(pbx, name: str, **labels) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{pbx.node.http_port}/metrics") as r:
+            text = await r.text()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+async def test_call_over_tcp_and_metrics(pbx, tmp_path):
+    t = await _tenant(pbx)
+    answered0 = await _metric(pbx, "hivepbx_call_attempts_total", outcome="answered")
+    invites0 = await _metric(pbx, "hivepbx_sip_requests_total", method="INVITE", direction="in")
+    callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer.xml", transport="t1")
+    try:
+        assert (await pbx.locations.lookup(t.id, "1002", time.time()))[0].transport == "tcp"
+        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "c", service="1002",
+                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
+                            duration_ms=300, transport="t1").run()
+        caller.assert_ok()
+    finally:
+        cres = await callee.stop()
+    assert "SIP/2.0/TCP" in cres.received("INVITE")[0].header("Via")
+    cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+    assert cdr.disposition == "answered"
+    assert await _metric(pbx, "hivepbx_call_attempts_total", outcome="answered") == answered0 + 1
+    assert await _metric(pbx, "hivepbx_sip_requests_total", method="INVITE", direction="in") >= invites0 + 2
+    assert await _metric(pbx, "hivepbx_registrations") >= 0
+
+
+async def test_ipv6_register_and_call(tmp_path):
+    from node.runtime.app import Node
+    from node.transport.sockets import Listen
+    from tests.interop.conftest import RunningNode, node_config
+    from tests.peers.net import free_port
+
+    port = free_port("::1")
+    cfg = node_config(tmp_path, port)
+    cfg = type(cfg)(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                       "listens": (Listen("udp", "::1", port),), "rtp_bind": "::"})
+    async with Node(cfg) as node:
+        pbx = RunningNode(node, port)
+        t = await _tenant(pbx)
+        target = f"[::1]:{port}"
+        phone = Sipp("uas_register_then_answer.xml", target, workdir=tmp_path / "p", user="1002", domain=DOMAIN,
+                     auth_user="1002", auth_password=PW2, ooc_scenario="uas_answer.xml", duration_ms=8000,
+                     local_ip="::1", timeout=30)
+        await phone.start()
+        try:
+            assert await pbx.wait_registered(t.id, "1002")
+            b = (await pbx.locations.lookup(t.id, "1002", time.time()))[0]
+            assert b.source_host == "::1"
+            caller = await Sipp("uac_call.xml", target, workdir=tmp_path / "c", service="1002", user="1001",
+                                domain=DOMAIN, auth_user="1001", auth_password=PW1, duration_ms=300,
+                                local_ip="::1").run()
+            caller.assert_ok()
+        finally:
+            pres = await phone.stop()
+        invite = pres.received("INVITE")[0]
+        assert "[::1]" in invite.header("Via")
+        assert "c=IN IP6 ::1" in invite.body
+        cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+        assert cdr.disposition == "answered"
