@@ -85,6 +85,8 @@ class PbxService:
                 tu.call.on_leg_timeout(tu)
             elif isinstance(tu, Forwarded):
                 tu.call.on_forwarded_timeout(tu)
+            elif tu is not None and hasattr(tu, "on_sip_timeout"):
+                tu.on_sip_timeout(ev.transaction)
 
     def _on_response(self, resp: Response, txn) -> None:
         M.sip_response_in(resp.status)
@@ -94,6 +96,10 @@ class PbxService:
             return
         if isinstance(tu, Forwarded):
             tu.call.on_forwarded_response(tu, resp)
+            return
+        if tu is not None and hasattr(tu, "on_sip_response"):
+            # other clients of the PBX (trunk registrations, ...) own their transactions
+            tu.on_sip_response(resp, txn)
             return
         if txn is None and 200 <= resp.status < 300 and resp.cseq.method == "INVITE":
             # a 2xx retransmission after the transaction ended: re-ACK it (§13.2.2.4)

@@ -135,7 +135,7 @@ class Media:
     port_count: int | None = None
     connection: Connection | None = None
     attributes: tuple[Attribute, ...] = ()
-    #: i=, b=, k= and unknown lines as (letter, value), in the order received
+    #: i=, b=, k= and unknown lines as (letter, value), in RFC 8866 order (as received within a letter)
     other: tuple[tuple[str, str], ...] = ()
 
     # --- attribute views
@@ -212,7 +212,8 @@ class SessionDescription:
     timing: tuple[str, ...] = ("0 0",)
     attributes: tuple[Attribute, ...] = ()
     media: tuple[Media, ...] = ()
-    #: i=, u=, e=, p=, b=, r=, z=, k= and unknown lines as (letter, value), in the order received
+    #: i=, u=, e=, p=, b=, r=, z=, k= and unknown lines as (letter, value), in RFC 8866 order
+    #: (as received within a letter)
     other: tuple[tuple[str, str], ...] = ()
     version: int = 0
 

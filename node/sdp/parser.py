@@ -9,7 +9,7 @@ an ``SdpError`` (400) or ``SdpNotAcceptable`` (488) naming the offending line.
 from __future__ import annotations
 
 from node.sdp.errors import SdpError, SdpNotAcceptable
-from node.sdp.model import Attribute, Connection, Media, Origin, SessionDescription
+from node.sdp.model import MEDIA_ORDER, SESSION_ORDER, Attribute, Connection, Media, Origin, SessionDescription
 
 #: type letters that may only appear before the first m= line (§5)
 _SESSION_ONLY = frozenset("vosuepztr")
@@ -78,8 +78,15 @@ def parse(data: bytes | str) -> SessionDescription:
         timing=tuple(timing) or ("0 0",),
         attributes=tuple(attributes),
         media=tuple(media),
-        other=tuple(other),
+        other=_in_order(other, SESSION_ORDER),
     )
+
+
+def _in_order(lines: list[tuple[str, str]], order: str) -> tuple[tuple[str, str], ...]:
+    """``lines`` in the order serialization writes them (RFC 8866 §5; stable within a letter),
+    so that parse(serialize(sd)) == sd even for a peer that sent lines out of order."""
+    rank = {letter: i for i, letter in enumerate(order)}
+    return tuple(sorted(lines, key=lambda kv: rank.get(kv[0], len(order))))
 
 
 def _media(lines: list[str], i: int) -> tuple[Media, int]:
@@ -117,7 +124,7 @@ def _media(lines: list[str], i: int) -> tuple[Media, int]:
         else:
             other.append((letter, value))
         i += 1
-    return Media(mtype, port, proto, formats, port_count, connection, tuple(attributes), tuple(other)), i
+    return Media(mtype, port, proto, formats, port_count, connection, tuple(attributes), _in_order(other, MEDIA_ORDER)), i
 
 
 def _port(s: str, line: str) -> int:

@@ -14,6 +14,7 @@ from node.sip.uri import (
     HOST,
     HOSTNAME,
     IPV6REF,
+    PORT,
     TOKEN_C,
     _ipv6_ok,
     _parse_params,
@@ -118,12 +119,12 @@ def canonical_name(name: str) -> str:
 # sent-protocol = protocol-name SLASH protocol-version SLASH transport ; SLASH = SWS "/" SWS
 # sent-by = host [ COLON port ]
 _VIA_FAST = re.compile(
-    rf"(?i:SIP)/2\.0/([{TOKEN_C}]++) ({HOSTNAME}|{IPV6REF})(?::([0-9]{{1,5}}))?"
+    rf"(?i:SIP)/2\.0/([{TOKEN_C}]++) ({HOSTNAME}|{IPV6REF})(?::({PORT}))?"
     rf"((?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+)"
 )
 _VIA_SLOW = re.compile(
     rf"[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)"
-    rf"[ \t]++({HOST})(?:[ \t]*+:[ \t]*+([0-9]{{1,5}}))?[ \t]*+"
+    rf"[ \t]++({HOST})(?:[ \t]*+:[ \t]*+({PORT}))?[ \t]*+"
 )
 _VIA_NEEDS_VALUE = ("branch", "received", "maddr", "ttl")
 
@@ -167,13 +168,7 @@ class Via:
         if host[0] == "[" and not _ipv6_ok(host):
             raise RemoteProtocolError(f"bad IPv6 reference in Via {text!r}")
         v = cls.__new__(cls)
-        if port is not None:
-            p = int(port)
-            if p > 65535:
-                raise RemoteProtocolError(f"port {p} out of range in Via {text!r}")
-            v.port = p
-        else:
-            v.port = None
+        v.port = int(port) if port is not None else None  # range checked by the pattern
         if None in params.values() or "rport" in params:
             for key, val in params.items():
                 if val is None:
@@ -228,10 +223,11 @@ class CSeq:
             if m is None:
                 raise RemoteProtocolError(f"bad CSeq {text[:60]!r} (RFC 3261 §20.16: number and method)")
             digits, method = m.groups()
-        if len(digits) > 10 or int(digits) >= CSEQ_LIMIT:
+        seq = int(digits) if len(digits) <= 10 else CSEQ_LIMIT
+        if seq >= CSEQ_LIMIT:
             raise RemoteProtocolError(f"CSeq number {digits[:24]} is not below 2**31 (RFC 3261 §8.1.1.5)")
         c = cls.__new__(cls)
-        c.seq = int(digits)
+        c.seq = seq
         c.method = method
         return c
 

@@ -121,9 +121,10 @@ def parse_contacts(values: list[str]) -> list[NameAddr]:
 
 def parse_max_forwards(value: str) -> int:
     # Max-Forwards = 1*DIGIT, 0-255 (RFC 3261 §20.22)
-    if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 255:
+    n = int(value) if value.isdigit() and value.isascii() and len(value) <= 5 else 256
+    if n > 255:
         raise RemoteProtocolError(f"bad Max-Forwards {value[:20]!r} (0 to 255)")
-    return int(value)
+    return n
 
 
 def parse_content_type(value: str) -> str:

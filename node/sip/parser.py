@@ -159,6 +159,11 @@ def _header_lines(lines: list[str], headers: list[tuple[str, str]]) -> tuple[Rem
     it = iter(lines)
     next(it)
     for line in it:
+        name, sep, value = line.partition(": ")  # the usual "Name: value"
+        key = names.get(name)
+        if key is not None and sep:
+            append((key, value.strip(" \t")))
+            continue
         name, sep, value = line.partition(":")
         key = names.get(name)
         if key is not None and sep:

@@ -46,6 +46,8 @@ HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9\-]*+(?:\.[A-Za-z0-9][A-Za-z0-9\-]*+)*+\.?"
 # IPv6reference = "[" IPv6address "]"  (the address itself is checked by ipaddress)
 IPV6REF = r"\[[0-9A-Fa-f:.]++\]"
 HOST = f"(?:{HOSTNAME}|{IPV6REF})"
+# port = 1*DIGIT, 0-65535 checked by the pattern (atomic: nothing outside backtracks into it)
+PORT = r"(?>0*(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))"
 
 # quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII ; quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
@@ -58,7 +60,7 @@ QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]++|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"
 _SIP_URI_PARTS = (
     r"((?i:sips?)):"
     rf"(?:([{_USER_C}]++)(?::([{_PASSWORD_C}]*+))?@)?"
-    rf"({HOST})(?::([0-9]{{1,5}}))?"
+    rf"({HOST})(?::({PORT}))?"
     rf"((?:;[{_PARAM_C}]++(?:=[{_PARAM_C}]++)?+)*+)"
     rf"(?:\?([{_HNV_C}]++=[{_HNV_C}]*+(?:&[{_HNV_C}]++=[{_HNV_C}]*+)*+))?"
 )
@@ -111,15 +113,18 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
     return host, p
 
 
-_HOSTPORT = re.compile(rf"[ \t]*+({HOST})(?:[ \t]*+:[ \t]*+([0-9]{{1,5}}))?[ \t]*+")
+_HOSTPORT = re.compile(rf"[ \t]*+({HOST})(?:[ \t]*+:[ \t]*+({PORT}))?[ \t]*+")
 
 
 def _params_fast(text: str) -> dict[str, str | None]:
     """``;a=b;c`` already validated by a pattern: split, lower-case the names, refuse repeats."""
     params: dict[str, str | None] = {}
-    for part in text[1:].split(";"):
+    it = iter(text.split(";"))
+    next(it)
+    for part in it:
         name, sep, value = part.partition("=")
-        name = name.lower()
+        if not name.islower():
+            name = name.lower()
         if name in params:
             raise RemoteProtocolError(f"parameter {name!r} appears twice")
         params[name] = value if sep else None
@@ -217,22 +222,20 @@ _IPV6REF_RE = re.compile(IPV6REF)
 
 def check_uri_match(m: re.Match[str]) -> None:
     """``check_uri_parts`` for a ``_SIP_URI`` match of a whole string."""
-    port = m.group(5)
-    if "%" in m.string or m.string[m.start(4)] == "[" or (port is not None and len(port) == 5):
-        check_uri_parts(m.groups(), m.string)
-    else:
+    t = m.string
+    if "%" in t or "[" in t:
+        check_uri_parts(m.groups(), t)
+    elif t.count(";") > 1:
         ptext = m.group(6)
-        if ptext and ptext.count(";") > 1:
+        if ptext.count(";") > 1:
             _params_fast(ptext)
 
 
 def check_uri_parts(parts: tuple, text: str) -> None:
-    """What ``_SIP_URI`` cannot say: escapes, port range, the IPv6 address, repeated params."""
+    """What ``_SIP_URI`` cannot say: bad escapes, the IPv6 address, repeated parameters."""
     if "%" in text and _BAD_ESCAPE.search(text):
         raise RemoteProtocolError(f"malformed SIP URI {text!r}: {_why_bad_sip_uri(text)}")
-    host, port, ptext = parts[3], parts[4], parts[5]
-    if port is not None and len(port) == 5 and int(port) > 65535:
-        raise RemoteProtocolError(f"malformed SIP URI {text!r}: port {port} out of range")
+    host, ptext = parts[3], parts[5]
     if host[0] == "[" and not _ipv6_ok(host):
         raise RemoteProtocolError(f"malformed SIP URI {text!r}: bad IPv6 reference {host!r}")
     if ptext and ptext.count(";") > 1:
@@ -294,7 +297,7 @@ class Uri:
         u.user = user
         u.password = password
         u.host = host
-        u.port = int(port) if port is not None else None
+        u.port = int(port) if port is not None else None  # range checked by the pattern
         u.params = _params_fast(ptext) if ptext else {}
         u.headers = headers or ""
         u.opaque = None
@@ -406,24 +409,28 @@ class NameAddr:
             m = _NAME_ADDR_FAST.fullmatch(text)
             if m is None:
                 return cls._parse_slow(text)
-        quoted, tokens, _, _, _, host, port, uparams, _, ptext = m.groups()
-        # what the pattern cannot check (see check_uri_parts), inline: this is the hot path
-        if "%" in text or host[0] == "[" or (port is not None and len(port) == 5):
-            check_uri_parts(m.groups()[2:9], text[m.start(3) : m.start(10) - 1])
-        elif uparams and uparams.count(";") > 1:
-            _params_fast(uparams)
+        g = m.groups()
+        # what the pattern cannot check (see check_uri_parts): rare, so found by a scan
+        if "%" in text or "[" in text:
+            check_uri_parts(g[2:9], text[m.start(3) : m.start(10) - 1])
+        else:
+            uparams = g[7]
+            if uparams and uparams.count(";") > 1:
+                _params_fast(uparams)
         na = cls.__new__(cls)
         na._uri = None
         na._uri_parts = m
+        quoted = g[0]
         if quoted is None:
-            na.display = tokens
+            na.display = g[1]
         else:
             na.display = _QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
+        ptext = g[9]
         if not ptext:
             na.params = {}
         elif ptext.count(";") == 1:
             name, sep, value = ptext[1:].partition("=")
-            na.params = {name.lower(): value if sep else None}
+            na.params = {name if name.islower() else name.lower(): value if sep else None}
         else:
             na.params = _params_fast(ptext)
         return na
@@ -435,14 +442,14 @@ class NameAddr:
         if m is None:
             cls._parse_slow(text.strip(_WS))
             return
-        if "%" in text or m.string[m.start(6)] == "[" or (m.group(7) is not None and len(m.group(7)) == 5):
+        if "%" in text or "[" in text:
             check_uri_parts(m.groups()[2:9], text[m.start(3) : m.start(10) - 1])
-        ptext = m.group(10)
-        if ptext and ptext.count(";") > 1:
-            _params_fast(ptext)
-        uparams = m.group(8)
-        if uparams and uparams.count(";") > 1:
-            _params_fast(uparams)
+        if text.count(";") > 1:
+            uparams, ptext = m.group(8, 10)
+            if ptext and ptext.count(";") > 1:
+                _params_fast(ptext)
+            if uparams and uparams.count(";") > 1:
+                _params_fast(uparams)
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":

@@ -176,7 +176,7 @@ async def test_hold_and_resume_cross_the_bridge(pbx, tmp_path):
 
 async def test_callee_hangs_up(pbx, tmp_path):
     t = await _tenant(pbx)
-    callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer_hangup.xml")
+    callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer_hangup.xml", variables={"hangup_ms": 1000})
     try:
         caller = await Sipp("uac_call_remote_bye.xml", pbx.target, workdir=tmp_path / "c", service="1002",
                             user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
