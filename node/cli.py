@@ -192,6 +192,8 @@ def cmd_run(args: argparse.Namespace, output: Output) -> int:
         rtp_port_max=rtp_max,
         log_level=args.log_level,
         demo=args.demo,
+        ring_timeout=args.ring_timeout,
+        otel_exporter=args.otel_exporter,
     )
     try:
         app = importlib.import_module("node.runtime.app")
@@ -521,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="/metrics and /health")
     run.add_argument("--rtp-ports", default="20000-30000", metavar="MIN-MAX", help="RTP relay port range")
     run.add_argument("--demo", action="store_true", help="create the demo tenant with two extensions")
+    run.add_argument("--ring-timeout", type=int, default=30, metavar="SECONDS",
+                     help="seconds a call rings before 480 when the tenant sets none")
+    run.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
+                     help="export OpenTelemetry spans (default: spans are not recorded)")
     run.add_argument("--log-level", default="INFO", type=str.upper,
                      choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(sync_handler=cmd_run)

@@ -136,6 +136,8 @@ class Call:
         self._retrans_deadline = 0.0
         self._waiting_ack = False
         self.late_offer = not invite.body
+        #: OpenTelemetry span covering the call (set by the service)
+        self.span = None
         #: requests forwarded and not yet answered, per side they were sent to
         self.pending: dict[str, Forwarded | None] = {"a": None, "b": None}
 

@@ -31,6 +31,7 @@ from node.sip.transaction import (
 from node.transport.endpoint import SipEndpoint
 from observability import logging as olog
 from observability import metrics as M
+from observability import tracing as otrace
 
 log = logging.getLogger("hivepbx.pbx")
 
@@ -196,12 +197,17 @@ class PbxService:
 
     # ------------------------------------------------------------------ REGISTER
     async def _register(self, req: Request, flow: Flow) -> None:
-        try:
-            resp = await self.registrar.handle(req, flow, new_tag())
-        except Exception:
-            log.exception("registrar failed")
-            resp = make_response(req, 500, None, to_tag=new_tag())
-        self.endpoint.send_response(resp)
+        with otrace.tracer().start_as_current_span("sip.register") as span:
+            try:
+                resp = await self.registrar.handle(req, flow, new_tag())
+            except Exception:
+                log.exception("registrar failed")
+                resp = make_response(req, 500, None, to_tag=new_tag())
+            if span.is_recording():
+                span.set_attribute("sip.call_id", req.call_id)
+                span.set_attribute("sip.to", req.get("To") or "")
+                span.set_attribute("sip.status_code", resp.status)
+            self.endpoint.send_response(resp)
         if resp.status == 200:
             M.registrations_changed()
 
@@ -221,7 +227,11 @@ class PbxService:
 
     async def _new_invite(self, req: Request, flow: Flow, txn) -> None:
         try:
-            await self._route_invite(req, flow, txn)
+            with otrace.tracer().start_as_current_span("call.route") as span:
+                if span.is_recording():
+                    span.set_attribute("sip.call_id", req.call_id)
+                    span.set_attribute("sip.request_uri", req.uri_text)
+                await self._route_invite(req, flow, txn)
         except SipError as e:
             self._reject(req, txn, e.status_hint, _clean(e.reason))
         except Exception:
@@ -292,6 +302,12 @@ class PbxService:
             elif not plan.fail_status:
                 media = await self.media_factory(req.call_id, tenant.name)
             call = Call(self, req, txn, flow, plan, caller, media)
+            # one span per call, from routing to the last BYE (ended in call_ended)
+            call.span = otrace.tracer().start_span(
+                "call", attributes={"hivepbx.tenant": tenant.name, "hivepbx.direction": plan.direction,
+                                    "hivepbx.caller": caller.number, "hivepbx.callee": plan.callee,
+                                    "sip.call_id": req.call_id},
+            )
             txn.tu = call
             self.calls[call.id] = call
             if plan.external:
@@ -328,6 +344,12 @@ class PbxService:
             else:
                 self._external.pop(call.tenant.id, None)
         M.call_ended(call.disposition)
+        span = call.span
+        if span is not None:
+            span.set_attribute("hivepbx.disposition", call.disposition)
+            span.set_attribute("sip.status_code", call.sip_code)
+            span.set_attribute("hivepbx.hangup_cause", call.hangup_cause)
+            span.end()
         cdr = call.cdr()
         self._spawn(self._write_cdr(cdr))
 

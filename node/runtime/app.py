@@ -28,6 +28,7 @@ from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
 from node.transport.sockets import SipTransports
 from observability import logging as olog
+from observability import tracing as otrace
 from observability import metrics as M
 
 log = logging.getLogger("hivepbx.node")
@@ -176,6 +177,7 @@ def _banner(node: Node) -> str:
 
 async def serve(cfg: NodeConfig) -> None:
     olog.setup_logging(cfg.log_level)
+    otrace.setup_tracing("hivepbx-node", cfg.otel_exporter)
     node = Node(cfg)
     await node.start()
     # long-lived objects made at startup need no more scanning; calls and transactions are
@@ -192,6 +194,7 @@ async def serve(cfg: NodeConfig) -> None:
     await stop.wait()
     log.info("shutting down")
     await node.stop(5.0)
+    otrace.shutdown_tracing()
 
 
 def run(cfg: NodeConfig) -> int:

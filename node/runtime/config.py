@@ -63,6 +63,8 @@ class NodeConfig:
     ring_timeout: int = 30
     #: backend name for config/location/CDR stores ('embedded' is built in)
     backend: str = "embedded"
+    #: OpenTelemetry span exporter: None (not recorded), 'console' or 'otlp'
+    otel_exporter: str | None = None
     #: log level name
     log_level: str = "INFO"
     #: create the demo tenant on start when the store has no tenant
