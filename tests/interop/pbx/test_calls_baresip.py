@@ -9,7 +9,18 @@ import pytest
 
 from tests.peers.audio import analyze, tone_share
 
+from node.runtime.app import Node
+from tests.interop.conftest import RunningNode, node_config
+from tests.peers.net import free_port
+
 pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+async def pbx(tmp_path):
+    port = free_port("127.0.0.1")
+    async with Node(node_config(tmp_path, port, ring_timeout=8, digest_algorithms=("MD5",))) as node:
+        yield RunningNode(node, port)
 
 DOMAIN = "alpha.example"
 PW1, PW2 = "pw-1001-secret", "pw-1002-secret"
@@ -43,7 +54,7 @@ async def test_call_through_the_relay(pbx, peers):
     (session,) = pbx.node.relay.sessions("alpha")
     await asyncio.sleep(3.0)
     print(session.stats())
-    print(await a.command("callinfo"))
+    print(await a.command("audio_debug")); print(await b.command("callstat")); print(await a.command("listcalls"))
     await a.hangup()
     print(await a.wait_call_closed(), await b.wait_call_closed())
     print(analyze(await b.wait_recording()), analyze(await a.wait_recording()))

@@ -339,3 +339,30 @@ async def test_ipv6_register_and_call(tmp_path):
         assert "c=IN IP6 ::1" in invite.body
         cdr = (await pbx.wait_cdrs(t.id, 1))[0]
         assert cdr.disposition == "answered"
+
+
+async def test_extension_with_two_phones_rings_both_first_answer_wins(pbx, tmp_path):
+    t = await _tenant(pbx)
+    desk = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_noanswer.xml")
+    soft = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "soft", user="1002", domain=DOMAIN,
+                auth_user="1002", auth_password=PW2, ooc_scenario="uas_answer.xml", duration_ms=15000, timeout=40)
+    await soft.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(await pbx.locations.lookup(t.id, "1002", time.time())) < 2 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(await pbx.locations.lookup(t.id, "1002", time.time())) == 2
+    try:
+        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "c", service="1002",
+                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
+                            duration_ms=500).run()
+        caller.assert_ok()
+        await asyncio.sleep(0.5)
+    finally:
+        dres = await desk.stop()
+        sres = await soft.stop()
+    assert dres.received("INVITE") and sres.received("INVITE")  # both rang
+    assert dres.received("CANCEL")  # the loser was cancelled (RFC 3261 §16.7 step 10 style)
+    assert sres.received("BYE")  # the winner got the call and its end
+    cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+    assert cdr.disposition == "answered"
