@@ -138,6 +138,8 @@ class Call:
         self.late_offer = not invite.body
         #: OpenTelemetry span covering the call (set by the service)
         self.span = None
+        #: counted against the tenant's max external calls (released when it ends)
+        self.counts_external = False
         #: requests forwarded and not yet answered, per side they were sent to
         self.pending: dict[str, Forwarded | None] = {"a": None, "b": None}
 
@@ -410,16 +412,17 @@ class Call:
         self.disposition = "no-answer"
         self._final_a(480, "Temporarily Unavailable (no answer)")
 
-    def fail_a(self, status: int, reason: str | None) -> None:
+    def fail_a(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None) -> None:
         self.disposition = _disposition(status)
+        self.sip_code = status
         if not self.hangup_cause:
             self.hangup_cause = f"sip-{status}"
-        self._final_a(status, reason)
+        self._final_a(status, reason, headers)
 
-    def _final_a(self, status: int, reason: str | None) -> None:
+    def _final_a(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None) -> None:
         if self.state is CallState.ENDED or self.state is CallState.ANSWERED:
             return
-        resp = make_response(self.invite, status, reason, to_tag=self.a_tag)
+        resp = make_response(self.invite, status, reason, to_tag=self.a_tag, headers=headers)
         self.host.endpoint.send_response(resp)
         self.end()
 

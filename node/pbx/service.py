@@ -233,10 +233,18 @@ class PbxService:
                     span.set_attribute("sip.request_uri", req.uri_text)
                 await self._route_invite(req, flow, txn)
         except SipError as e:
-            self._reject(req, txn, e.status_hint, _clean(e.reason))
+            self._fail(req, txn, e.status_hint, _clean(e.reason))
         except Exception:
             log.exception("INVITE handling failed")
-            self._reject(req, txn, 500, None)
+            self._fail(req, txn, 500, None)
+
+    def _fail(self, req: Request, txn, status: int, reason: str | None) -> None:
+        call = getattr(txn, "tu", None)
+        if isinstance(call, Call):
+            if call.state is CallState.ROUTING:
+                call.fail_a(status, reason)
+            return
+        self._reject(req, txn, status, reason)
 
     def _reject(self, req: Request, txn, status: int, reason: str | None, headers=None) -> None:
         if getattr(txn, "tu", None) == "cancelled":
@@ -280,39 +288,42 @@ class PbxService:
             plan = await plan_from_extension(tenant, dialled, self.config, self.locations)
         tenant = plan.tenant
         with olog.bind(call_id=req.call_id, tenant=tenant.name):
-            if getattr(txn, "tu", None) == "cancelled":
-                self._reject(req, txn, 487, None)
-                return
-            if plan.external and tenant.max_calls and self._external.get(tenant.id, 0) >= tenant.max_calls:
-                M.call_attempt("rejected")
-                self._reject(req, txn, 503, "Service Unavailable (tenant call limit reached)", [("Retry-After", "30")])
-                return
-            media = None
-            if req.body:
-                if req.content_type != "application/sdp":
-                    self._reject(req, txn, 415, None, [("Accept", "application/sdp")])
-                    return
-                media = await self.media_factory(req.call_id, tenant.name)
-                try:
-                    media.check_offer(req.body)
-                except SipError as e:
-                    media.close()
-                    self._reject(req, txn, 488 if e.status_hint < 400 else e.status_hint, _clean(e.reason))
-                    return
-            elif not plan.fail_status:
-                media = await self.media_factory(req.call_id, tenant.name)
-            call = Call(self, req, txn, flow, plan, caller, media)
-            # one span per call, from routing to the last BYE (ended in call_ended)
+            # from here on every outcome is a call attempt with a CDR, even a refusal
+            call = Call(self, req, txn, flow, plan, caller, None)
             call.span = otrace.tracer().start_span(
                 "call", attributes={"hivepbx.tenant": tenant.name, "hivepbx.direction": plan.direction,
                                     "hivepbx.caller": caller.number, "hivepbx.callee": plan.callee,
                                     "sip.call_id": req.call_id},
             )
+            cancelled = getattr(txn, "tu", None) == "cancelled"
             txn.tu = call
             self.calls[call.id] = call
-            if plan.external:
-                self._external[tenant.id] = self._external.get(tenant.id, 0) + 1
             M.call_started()
+            if cancelled:
+                call.hangup_cause = "caller-cancel"
+                call.fail_a(487, None)
+                return
+            if plan.external:
+                if tenant.max_calls and self._external.get(tenant.id, 0) >= tenant.max_calls:
+                    call.hangup_cause = "tenant-call-limit"
+                    call.fail_a(503, "Service Unavailable (tenant call limit reached)", [("Retry-After", "30")])
+                    return
+                self._external[tenant.id] = self._external.get(tenant.id, 0) + 1
+                call.counts_external = True
+            if not plan.fail_status:
+                if req.body and req.content_type != "application/sdp":
+                    call.fail_a(415, None, [("Accept", "application/sdp")])
+                    return
+                try:
+                    call.media = await self.media_factory(req.call_id, tenant.name)
+                    if req.body:
+                        call.media.check_offer(req.body)
+                except SipError as e:
+                    call.fail_a(e.status_hint if e.status_hint >= 400 else 488, _clean(e.reason))
+                    return
+                if call.state is not CallState.ROUTING:
+                    call.media.close()  # cancelled while the relay ports were being opened
+                    return
             log.info("call %s → %s (%s)", caller.number, plan.callee, plan.direction)
             call.start_routing()
 
@@ -337,7 +348,7 @@ class PbxService:
         self.calls.pop(call.id, None)
         for key in call.dialogs:
             self._dialogs.pop(key, None)
-        if call.plan.external:
+        if call.counts_external:
             n = self._external.get(call.tenant.id, 1) - 1
             if n > 0:
                 self._external[call.tenant.id] = n

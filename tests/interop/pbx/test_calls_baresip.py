@@ -1,29 +1,33 @@
-"""Real phones through the node: two baresips register (answering the digest challenge), call
-each other through the B2BUA, and each hears the other's tone after it crossed the RTP relay."""
+"""Real phones through the node: baresips register (answering the digest challenge), call each
+other through the B2BUA and hear each other's tone after it crossed the node's RTP relay."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+from dataclasses import dataclass
 
 import pytest
 
-from tests.peers.audio import analyze, tone_share
-
 from node.runtime.app import Node
 from tests.interop.conftest import RunningNode, node_config
+from tests.peers.audio import analyze, tone_share
 from tests.peers.net import free_port
 
 pytestmark = pytest.mark.interop
 
+DOMAIN = "alpha.example"
+PW1, PW2 = "pw-1001-secret", "pw-1002-secret"
+A_HZ, B_HZ = 440, 1000
+
 
 @pytest.fixture
 async def pbx(tmp_path):
+    """The node with MD5 as its only digest algorithm: baresip 1.0 (libre < 3.12) gives up on a
+    401 that also carries a SHA-256 challenge, whatever the order."""
     port = free_port("127.0.0.1")
     async with Node(node_config(tmp_path, port, ring_timeout=8, digest_algorithms=("MD5",))) as node:
         yield RunningNode(node, port)
-
-DOMAIN = "alpha.example"
-PW1, PW2 = "pw-1001-secret", "pw-1002-secret"
 
 
 async def _tenant(pbx, name="alpha", domain=DOMAIN):
@@ -34,30 +38,142 @@ async def _tenant(pbx, name="alpha", domain=DOMAIN):
 
 
 async def _phone(pbx, peers, tenant, ext, password, tone_hz, domain=DOMAIN):
+    """A baresip registered at the node as ``ext``@``domain`` (the node is also its outbound proxy)."""
     ua = await peers.baresip(f"{ext}@{domain}", password, pbx.target, tone_hz=tone_hz)
     await ua.wait_registered()
     assert await pbx.wait_registered(tenant.id, ext)
     return ua
 
 
-async def test_call_through_the_relay(pbx, peers):
-    t = await _tenant(pbx)
-    a = await _phone(pbx, peers, t, "1001", PW1, 440)
-    b = await _phone(pbx, peers, t, "1002", PW2, 1000)
-    before = pbx.node.relay.totals().packets_out
+@dataclass(frozen=True)
+class Stream:
+    """What baresip's ``audio_debug`` says of its audio stream."""
+
+    direction: str
+    local_port: int
+    remote: tuple[str, int]  # where it sends RTP: the address in the SDP it received
+
+
+async def _stream(ua) -> Stream:
+    text = await ua.command("audio_debug")
+    d = re.search(r"audio dir=(\w+)", text)
+    m = re.search(r"local: \S+:(\d+), remote: ([\d.]+):(\d+)/", text)
+    assert d and m, text
+    return Stream(d.group(1), int(m.group(1)), (m.group(2), int(m.group(3))))
+
+
+async def _call(pbx, a, b):
+    """A dials 1002, B answers; returns the call's relay session."""
     await a.dial(f"sip:1002@{DOMAIN}")
     incoming = await b.wait_incoming()
-    print(incoming)
+    assert incoming["peeruri"] == f"sip:1001@{DOMAIN}"
+    assert incoming.get("peerdisplayname") == "Alice"
     await b.answer()
     await a.wait_call_established()
     await b.wait_call_established()
     (session,) = pbx.node.relay.sessions("alpha")
-    await asyncio.sleep(3.0)
-    print(session.stats())
-    print(await a.command("audio_debug")); print(await b.command("callstat")); print(await a.command("listcalls"))
+    return session
+
+
+async def _check_anchored(session, a, b) -> None:
+    """Each phone sends its RTP to the relay leg facing it, and that leg latched to the phone."""
+    sa, sb = await _stream(a), await _stream(b)
+    assert sa.remote == ("127.0.0.1", session.a.local_port), sa
+    assert sb.remote == ("127.0.0.1", session.b.local_port), sb
+    assert sa.local_port != sb.remote[1] and sb.local_port != sa.remote[1]  # no direct media
+    stats = session.stats()
+    assert stats.a.latched == ("127.0.0.1", sa.local_port)
+    assert stats.b.latched == ("127.0.0.1", sb.local_port)
+
+
+async def _wait_packets(leg, more: int, timeout: float = 5.0) -> None:
+    """Until ``leg`` got ``more`` packets from its phone than it had."""
+    target = leg.stats().packets_in + more
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while leg.stats().packets_in < target and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert leg.stats().packets_in >= target, leg.stats()
+
+
+async def _check_idle(pbx) -> None:
+    assert await pbx.wait_idle()
+    relay = pbx.node.relay
+    assert relay.session_count == 0
+    await relay.wait_closed()
+    assert relay.pool.in_use == 0
+
+
+def _check_heard(ua, hz: float) -> None:
+    path = ua.recorded_wav_path
+    heard = analyze(path)
+    assert abs(heard.frequency - hz) < 5, heard
+    assert heard.rms > 0.1, heard
+    assert tone_share(path, hz) > 0.9
+
+
+async def test_two_phones_hear_each_other_through_the_relay(pbx, peers):
+    t = await _tenant(pbx)
+    a = await _phone(pbx, peers, t, "1001", PW1, A_HZ)
+    b = await _phone(pbx, peers, t, "1002", PW2, B_HZ)
+    before = pbx.node.relay.totals()
+    session = await _call(pbx, a, b)
+    await asyncio.sleep(3.0)  # three seconds of audio each way
+    await _check_anchored(session, a, b)
     await a.hangup()
-    print(await a.wait_call_closed(), await b.wait_call_closed())
-    print(analyze(await b.wait_recording()), analyze(await a.wait_recording()))
-    print(pbx.node.relay.totals().packets_out - before)
-    print(await pbx.wait_cdrs(t.id, 1))
-    print(a.events, b.events)
+    assert (await a.wait_call_closed())["param"] == "Connection reset by user"
+    assert (await b.wait_call_closed())["param"] == "Connection reset by peer"
+
+    # the tone each phone sent is what the other heard
+    await b.wait_recording()
+    await a.wait_recording()
+    _check_heard(b, A_HZ)
+    _check_heard(a, B_HZ)
+    assert tone_share(b.recorded_wav_path, B_HZ) < 0.01  # no echo of its own tone
+    assert tone_share(a.recorded_wav_path, A_HZ) < 0.01
+
+    # and it all went through the relay: ~50 packets a second each way, none dropped
+    stats = session.stats()
+    assert stats.a.packets_in >= 100 and stats.b.packets_in >= 100, stats
+    assert stats.b.packets_out >= stats.a.packets_in - 5 and stats.a.packets_out >= stats.b.packets_in - 5
+    assert stats.dropped == 0, stats
+    after = pbx.node.relay.totals()
+    assert after.packets_out - before.packets_out >= stats.a.packets_in + stats.b.packets_in - 10
+
+    cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+    assert (cdr.caller, cdr.callee, cdr.direction, cdr.disposition, cdr.sip_code) == (
+        "1001", "1002", "internal", "answered", 200)
+    assert cdr.hangup_cause == "caller-bye"
+    assert cdr.answer is not None and cdr.billsec >= 2.5
+    await _check_idle(pbx)
+
+
+async def test_hold_resume_and_callee_hangs_up(pbx, peers):
+    t = await _tenant(pbx)
+    a = await _phone(pbx, peers, t, "1001", PW1, A_HZ)
+    b = await _phone(pbx, peers, t, "1002", PW2, B_HZ)
+    session = await _call(pbx, a, b)
+    await _wait_packets(session.a, 25)
+    await _wait_packets(session.b, 25)
+    print(await _stream(a), await _stream(b), session.stats())
+
+    await a.hold()
+    await asyncio.sleep(1.0)
+    print(await _stream(a), await _stream(b), session.stats())
+    s1 = session.stats()
+    await asyncio.sleep(1.0)
+    s2 = session.stats()
+    print(s2.a.packets_in - s1.a.packets_in, s2.b.packets_in - s1.b.packets_in)
+    await a.resume()
+    await asyncio.sleep(1.0)
+    print(await _stream(a), await _stream(b), session.stats())
+    await _check_anchored(session, a, b)
+    await _wait_packets(session.a, 25)
+    await _wait_packets(session.b, 25)
+    await b.hangup()
+    print(await b.wait_call_closed(), await a.wait_call_closed())
+    cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+    print(cdr)
+    print(a.events)
+    print(b.events)
+    await _check_idle(pbx)

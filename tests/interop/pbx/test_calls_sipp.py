@@ -366,3 +366,31 @@ async def test_extension_with_two_phones_rings_both_first_answer_wins(pbx, tmp_p
     assert sres.received("BYE")  # the winner got the call and its end
     cdr = (await pbx.wait_cdrs(t.id, 1))[0]
     assert cdr.disposition == "answered"
+
+
+async def test_refusals_leave_a_cdr_tenant_call_limit_and_bad_sdp(pbx, tmp_path):
+    t = await _tenant(pbx, max_calls=1)
+    carrier = Sipp("uas_noanswer.xml", None, workdir=tmp_path / "carrier", local_ip="127.0.0.3", timeout=30)
+    await carrier.start()
+    await pbx.config.create_trunk(t.id, "carrier", "127.0.0.3", port=carrier.local_port)
+    await pbx.config.create_route(t.id, "9", "carrier", strip=1)
+    try:
+        first = Sipp("uac_cancel.xml", pbx.target, workdir=tmp_path / "c1", service="9555", user="1001",
+                     domain=DOMAIN, auth_user="1001", auth_password=PW1, duration_ms=3000)
+        await first.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not pbx.node.service.calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        second = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c2", service="9556",
+                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
+                            variables={"expected": 503}).run()
+        second.assert_ok()
+        (await first.wait()).assert_ok()
+    finally:
+        await carrier.stop()
+    cdrs = await pbx.wait_cdrs(t.id, 2)
+    by_callee = {c.callee: c for c in cdrs}
+    assert by_callee["9556"].sip_code == 503 and by_callee["9556"].hangup_cause == "tenant-call-limit"
+    assert by_callee["9555"].disposition == "cancelled"
