@@ -12,6 +12,16 @@ _COLS = (
     " disposition, sip_code, hangup_cause, caller_name"
 )
 MAX_LIST = 10_000
+_INSERT = (
+    f"INSERT INTO cdrs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _row(c: Cdr) -> tuple:
+    return (
+        c.id, c.tenant_id, c.call_id, c.caller, c.callee, c.direction, c.start, c.end, c.answer,
+        c.trunk, c.disposition, c.sip_code, c.hangup_cause, c.caller_name,
+    )
 
 
 class EmbeddedCdrStore:
@@ -22,15 +32,12 @@ class EmbeddedCdrStore:
 
     async def write(self, cdr: Cdr) -> None:
         """Idempotent on ``cdr.id``: a replayed write keeps the record first written."""
-        c = cdr
-        self._db.conn.execute(
-            f"INSERT INTO cdrs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO NOTHING",
-            (
-                c.id, c.tenant_id, c.call_id, c.caller, c.callee, c.direction, c.start, c.end, c.answer,
-                c.trunk, c.disposition, c.sip_code, c.hangup_cause, c.caller_name,
-            ),
-        )
+        await self.write_many([cdr])
+
+    async def write_many(self, cdrs: list[Cdr]) -> None:
+        """Several CDRs in one transaction (one commit, one fsync), idempotent on each id."""
+        with self._db.write() as conn:
+            conn.executemany(_INSERT, [_row(c) for c in cdrs])
 
     async def list(self, tenant_id: int, limit: int = 100, since: float | None = None) -> list[Cdr]:
         """The tenant's CDRs, newest first; ``since`` keeps those started at or after it."""

@@ -14,6 +14,7 @@ import logging
 import time
 
 from node.pbx.authn import Authenticator, AuthOutcome
+from node.pbx.cdr import CdrRecorder
 from node.pbx.call import Call, Caller, CallState, Forwarded, Leg
 from node.pbx.registrar import Registrar
 from node.pbx.routing import RoutePlan, Target, plan_from_extension, plan_from_trunk
@@ -73,6 +74,7 @@ class PbxService:
         self._tasks: set[asyncio.Task] = set()
         self._external: dict[int, int] = {}
         self.draining = False
+        self.cdr_recorder = CdrRecorder(cdrs)
 
     # ------------------------------------------------------------------ event entry
     def on_event(self, ev) -> None:
@@ -361,21 +363,7 @@ class PbxService:
             span.set_attribute("sip.status_code", call.sip_code)
             span.set_attribute("hivepbx.hangup_cause", call.hangup_cause)
             span.end()
-        cdr = call.cdr()
-        self._spawn(self._write_cdr(cdr))
-
-    async def _write_cdr(self, cdr) -> None:
-        # a CDR is billing data: retry rather than lose it
-        delay = 0.2
-        for _ in range(8):
-            try:
-                await self.cdrs.write(cdr)
-                return
-            except Exception:
-                log.exception("CDR write failed; retrying")
-                await asyncio.sleep(delay)
-                delay *= 2
-        log.error("CDR lost after retries: %s", cdr)
+        self.cdr_recorder.record(call.cdr())
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout: float = 5.0) -> None:
@@ -388,6 +376,7 @@ class PbxService:
             call.hangup_both("shutdown")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
+        await self.cdr_recorder.close()
 
     def health(self) -> dict:
         return {

@@ -129,6 +129,16 @@ _VIA_SLOW = re.compile(
 _VIA_NEEDS_VALUE = ("branch", "received", "maddr", "ttl")
 
 
+def _check_via_params(params: dict[str, str | None], text: str) -> None:
+    # via-branch / via-received / via-maddr / via-ttl take a value; rport's is digits (RFC 3581)
+    get = params.get
+    if get("branch", "") is None or get("received", "") is None or get("maddr", "") is None or get("ttl", "") is None:
+        raise RemoteProtocolError(f"a Via parameter needs a value in {text!r}")
+    rport = get("rport")
+    if rport is not None and not (rport.isdigit() and rport.isascii() and len(rport) <= 5):
+        raise RemoteProtocolError(f"bad rport value in Via {text!r}")
+
+
 class Via:
     """``SIP/2.0/UDP host:port;branch=...;rport`` (RFC 3261 §20.42, RFC 3581)."""
 
@@ -169,13 +179,8 @@ class Via:
             raise RemoteProtocolError(f"bad IPv6 reference in Via {text!r}")
         v = cls.__new__(cls)
         v.port = int(port) if port is not None else None  # range checked by the pattern
-        if None in params.values() or "rport" in params:
-            for key, val in params.items():
-                if val is None:
-                    if key in _VIA_NEEDS_VALUE:
-                        raise RemoteProtocolError(f"Via parameter {key!r} needs a value in {text!r}")
-                elif key == "rport" and not (val.isascii() and val.isdigit() and len(val) <= 5):
-                    raise RemoteProtocolError(f"bad rport value in Via {text!r}")
+        if params:
+            _check_via_params(params, text)
         v.transport = transport if transport.isupper() else transport.upper()
         v.host = host
         v.params = params

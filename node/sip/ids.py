@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from base64 import b32encode
 
 #: RFC 3261 §8.1.1.7: branch IDs of compliant elements start with this cookie
 MAGIC_COOKIE = "z9hG4bK"
 
 
 def _rand(nbytes: int) -> str:
-    return b32encode(os.urandom(nbytes)).decode("ascii").rstrip("=").lower()
+    # hex is a token (RFC 3261 §25.1) and several times cheaper than base32 here
+    return os.urandom(nbytes).hex()
 
 
 def new_branch() -> str:

@@ -31,6 +31,7 @@ import re
 from node.sip.errors import RemoteProtocolError
 from node.sip.headers import NAMES, SINGLE_HEADERS, CSeq, Via, canonical_name, is_token
 from node.sip.message import (
+    _CALL_ID,
     METHODS,
     Message,
     Request,
@@ -41,7 +42,7 @@ from node.sip.message import (
     parse_max_forwards,
     parse_vias,
 )
-from node.sip.uri import _SIP_URI, NameAddr, Uri, check_uri_match
+from node.sip.uri import _SIP_URI, MEMO_SIZE, NameAddr, Uri, check_uri_match
 
 DEFAULT_MAX_SIZE = 65535
 
@@ -84,6 +85,11 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
     if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in METHODS:
         # the common case: a standard method, single SPs
         uri_text = parts[1]
+        m = _RURI_MEMO.get(uri_text)
+        if m is not None:
+            msg = _new_request(parts[0], uri_text)
+            msg._cache["uri"] = (uri_text, m)
+            return msg, None
         m = _SIP_URI.fullmatch(uri_text)
         if m is not None and m.group(7) is None:
             msg = _new_request(parts[0], uri_text)
@@ -92,6 +98,9 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
             except RemoteProtocolError as e:
                 return msg, _E(f"bad Request-URI: {e.reason}")
             msg._cache["uri"] = (uri_text, m)  # the Uri is built on first use
+            if len(_RURI_MEMO) >= MEMO_SIZE:
+                _RURI_MEMO.clear()
+            _RURI_MEMO[uri_text] = m
             return msg, None
     if line.startswith("SIP/"):
         return _status_line(line)
@@ -247,7 +256,12 @@ def _collect(headers: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, 
 
 def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | None) -> None:
     """Check and cache the typed headers (RFC 3261 §8.2, §16.3 step 1: a request must be
-    well formed before anything acts on it). Written for speed: this runs on every message."""
+    well formed before anything acts on it).
+
+    This runs on every message, so the common shapes (each header once, a SIP/2.0 Via,
+    a standard CSeq method) are handled inline; anything else goes through the general
+    parsers of ``node.sip.headers`` / ``node.sip.uri``, which give the precise error.
+    """
     get = last.get
     via = get("Via")
     frm = get("From")
@@ -263,37 +277,71 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
             if vals is not None and len(vals) > 1:
                 # RFC 4475 §3.3.8 multi01, §3.3.9 mcl01
                 raise _E(f"{len(vals)} {n} headers where one is allowed (RFC 3261 §7.3.1)")
-    cache = msg._cache
-    cache["call_id"] = parse_call_id(call_id)
-    cseq = cache["cseq"] = CSeq.parse(cseq_v)
-    if multi is None and "," not in via:
-        cache["vias"] = [Via.parse(via)]
+    # CSeq: number below 2**31 (RFC 3261 §8.1.1.5) and a method
+    digits, sp, method = cseq_v.partition(" ")
+    if sp and len(digits) < 10 and digits.isdigit() and digits.isascii() and method in METHODS:
+        cseq = _new_cseq(_CSeq)
+        cseq.seq = int(digits)
+        cseq.method = method
     else:
-        cache["vias"] = parse_vias(multi["Via"] if multi is not None else [via])
+        cseq = CSeq.parse(cseq_v)
+    if _CALL_ID.fullmatch(call_id) is None:
+        parse_call_id(call_id)  # raises with the reason
+    # Via: the top one is read by every transaction match
+    if multi is None and "," not in via:
+        hit = _VIA_MEMO.get(via)
+        if hit is None:
+            v = Via.parse(via)
+            if len(_VIA_MEMO) >= MEMO_SIZE:
+                _VIA_MEMO.clear()
+            _VIA_MEMO[via] = (v.transport, v.host, v.port, v.params.copy(), v.version)
+        else:
+            v = _new_via(_Via)
+            v.transport, v.host, v.port, params, v.version = hit
+            v.params = params.copy()
+        vias = [v]
+    else:
+        vias = parse_vias(multi["Via"] if multi is not None else [via])
     try:
-        cache["from"] = NameAddr.parse(frm)
+        from_ = NameAddr.parse(frm)
     except RemoteProtocolError as e:
         raise _E(f"bad From header: {e.reason}") from None
     try:
-        cache["to"] = NameAddr.parse(to)
+        to_ = NameAddr.parse(to)
     except RemoteProtocolError as e:
         raise _E(f"bad To header: {e.reason}") from None
-    # Contact, Route, Record-Route: checked now, built on first use (often never read)
-    for name, key in _NAME_ADDR_LISTS:
-        v = get(name)
-        if v is None:
-            cache[key] = []
-        elif multi is None:
-            if v != "*" or name != "Contact":
-                check_name_addrs((v,), name)
-        else:
-            vals = multi[name]
-            if not (name == "Contact" and len(vals) == 1 and v == "*"):
-                check_name_addrs(vals, name)
     v = get("Max-Forwards")
-    cache["max_forwards"] = parse_max_forwards(v) if v is not None else None
+    max_forwards = None if v is None else parse_max_forwards(v)
     v = get("Content-Type")
-    cache["content_type"] = parse_content_type(v) if v is not None else None
+    content_type = None if v is None else parse_content_type(v)
+    old = msg._cache
+    cache = msg._cache = {
+        "call_id": call_id, "cseq": cseq, "vias": vias, "from": from_, "to": to_,
+        "max_forwards": max_forwards, "content_type": content_type,
+    }
+    if old:
+        cache.update(old)
+    # Contact, Route, Record-Route: checked now, built on first use (often never read)
+    v = get("Contact")
+    if v is None:
+        cache["contacts"] = []
+    elif multi is None:
+        if v != "*":
+            check_name_addrs((v,), "Contact")
+    else:
+        vals = multi["Contact"]
+        if not (len(vals) == 1 and v == "*"):
+            check_name_addrs(vals, "Contact")
+    v = get("Route")
+    if v is None:
+        cache["routes"] = []
+    else:
+        check_name_addrs((v,) if multi is None else multi["Route"], "Route")
+    v = get("Record-Route")
+    if v is None:
+        cache["record_routes"] = []
+    else:
+        check_name_addrs((v,) if multi is None else multi["Record-Route"], "Record-Route")
     if type(msg) is Request and cseq.method != msg.method:  # type: ignore[attr-defined]
         # RFC 4475 §3.1.2.17 mismatch01 (400); §3.1.2.18 mismatch02: 501 for an unknown method
         raise _E(
@@ -302,7 +350,12 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         )
 
 
-_NAME_ADDR_LISTS = (("Contact", "contacts"), ("Route", "routes"), ("Record-Route", "record_routes"))
+_CSeq = CSeq
+_new_cseq = CSeq.__new__
+_VIA_MEMO: dict[str, tuple] = {}  # via-parm text → (transport, host, port, params, version)
+_RURI_MEMO: dict[str, re.Match[str]] = {}
+_Via = Via
+_new_via = Via.__new__
 
 
 def _content_length(last: dict[str, str], multi: dict[str, list[str]] | None) -> int | None:
@@ -346,12 +399,12 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     rest of the datagram when the header is absent; octets past it are discarded)."""
     if type(data) is not bytes:
         data = bytes(data)
-    if data[:2] == b"\r\n" or data[:1] == b"\n":
+    if not data or data[0] == 13 or data[0] == 10:
         data = data.lstrip(b"\r\n")  # keep-alive CRLFs in front of a message
+        if not data:
+            raise _E("empty datagram")
     if len(data) > max_size:
         _too_large(data, max_size)
-    if not data:
-        raise _E("empty datagram")
     end = data.find(_CRLF2)
     if end > 0:
         head, off = data[:end], end + 4

@@ -88,6 +88,18 @@ _QUOTE_ESCAPE = re.compile(r'(["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f])')
 _WS = " \t"
 
 
+# --- memos of values already validated -----------------------------------------------
+# SIP repeats itself: a transaction's responses carry its request's Via, From, To, Call-ID
+# and CSeq; a dialog's requests repeat From, To and Call-ID; a phone sends the same Contact
+# for months. Remembering the checked, immutable result of a value (never an object a
+# caller could change) skips the patterns on a repeat. Bounded: emptied when full.
+MEMO_SIZE = 4096
+
+
+_NA_MEMO: dict[str, tuple] = {}  # name-addr text → (uri match, display, params)
+_NA_CHECKED: dict[str, bool] = {}  # name-addr list elements already checked
+
+
 @lru_cache(maxsize=1024)
 def _ipv6_ok(ref: str) -> bool:
     try:
@@ -403,16 +415,24 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
+        hit = _NA_MEMO.get(text)
+        if hit is not None:
+            na = cls.__new__(cls)
+            na._uri = None
+            na._uri_parts, na.display, params = hit
+            na.params = params.copy()
+            return na
         m = _NAME_ADDR_FAST.fullmatch(text)
         if m is None:
-            text = text.strip(_WS)
-            m = _NAME_ADDR_FAST.fullmatch(text)
+            stripped = text.strip(_WS)
+            m = _NAME_ADDR_FAST.fullmatch(stripped)
             if m is None:
-                return cls._parse_slow(text)
+                return cls._parse_slow(stripped)
         g = m.groups()
+        t = m.string
         # what the pattern cannot check (see check_uri_parts): rare, so found by a scan
-        if "%" in text or "[" in text:
-            check_uri_parts(g[2:9], text[m.start(3) : m.start(10) - 1])
+        if "%" in t or "[" in t:
+            check_uri_parts(g[2:9], t[m.start(3) : m.start(10) - 1])
         else:
             uparams = g[7]
             if uparams and uparams.count(";") > 1:
@@ -427,17 +447,23 @@ class NameAddr:
             na.display = _QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
         ptext = g[9]
         if not ptext:
-            na.params = {}
+            params = {}
         elif ptext.count(";") == 1:
             name, sep, value = ptext[1:].partition("=")
-            na.params = {name if name.islower() else name.lower(): value if sep else None}
+            params = {name if name.islower() else name.lower(): value if sep else None}
         else:
-            na.params = _params_fast(ptext)
+            params = _params_fast(ptext)
+        na.params = params
+        if len(_NA_MEMO) >= MEMO_SIZE:
+            _NA_MEMO.clear()
+        _NA_MEMO[text] = (m, na.display, params.copy())
         return na
 
     @classmethod
     def check(cls, text: str) -> None:
         """Raise if ``text`` is not a valid name-addr / addr-spec with parameters."""
+        if text in _NA_CHECKED:
+            return
         m = _NAME_ADDR_FAST.fullmatch(text)
         if m is None:
             cls._parse_slow(text.strip(_WS))
@@ -450,6 +476,9 @@ class NameAddr:
                 _params_fast(ptext)
             if uparams and uparams.count(";") > 1:
                 _params_fast(uparams)
+        if len(_NA_CHECKED) >= MEMO_SIZE:
+            _NA_CHECKED.clear()
+        _NA_CHECKED[text] = True
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":
