@@ -481,6 +481,19 @@ def _window_rate(samples: list[tuple[float, float]], a: float, b: float) -> floa
 def run_step(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, hold_ms: int,
              users_csv: Path | None, uas: subprocess.Popen | None, expires: int = 60,
              total: int | None = None) -> Step:
+    """One step; a SIPp that stopped before it created all its calls while nothing had failed was
+    stopped from outside (seen on a shared machine) and the step is run again, twice at most."""
+    for attempt in range(3):
+        s = _run_step_once(target, sipp, test, rate, seconds, hold_ms, users_csv, uas, expires, total)
+        if not s.note.startswith("SIPp stopped early") or not target.alive() or attempt == 2:
+            return s
+        settle(target)
+    return s
+
+
+def _run_step_once(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, hold_ms: int,
+                   users_csv: Path | None, uas: subprocess.Popen | None, expires: int,
+                   total: int | None) -> Step:
     m = total or max(1, round(rate * seconds))
     hold_s = hold_ms / 1000 if test == "calls" else 0.0
     tag = f"{target.name}_{test}_{rate}_{sipp.n}"
@@ -535,6 +548,8 @@ def run_step(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, h
     s.passed = s.failed / m < FAIL_LIMIT and st.created == m
     s.gen_limited = s.offered < 0.9 * rate and s.gen_pct > 85
     notes = []
+    if st.created < m and elapsed < 0.95 * m / rate and target.alive():
+        notes.append(f"SIPp stopped early after {elapsed:.1f} s (rc {st.rc}), not by its -m or -timeout")
     if not target.alive():
         notes.append("ELEMENT DIED")
         s.passed = False
@@ -559,6 +574,21 @@ def settle(target: Target, min_wait: float = 1.0, max_wait: float = 30.0) -> Non
         time.sleep(0.5)
         if cpu_seconds(pids) - c0 < 0.025:  # < 5 % of a core
             return
+
+
+def drain(target: Target, max_wait: float = 45.0) -> None:
+    """Wait until the element holds no transactions any more (hivepbx says so on /health; Kamailio's
+    tm frees a finished transaction ~5 s after it ends)."""
+    if isinstance(target, Hivepbx):
+        deadline = time.monotonic() + max_wait
+        while target.alive() and time.monotonic() < deadline:
+            h = target.health()
+            if h.get("transactions") == 0 and h.get("active_calls", 0) == 0:
+                break
+            time.sleep(1.0)
+    else:
+        time.sleep(6.0)
+    settle(target)
 
 
 # ------------------------------------------------------------------ sweeps
@@ -667,6 +697,11 @@ def test_calls(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Swee
         uas = sipp.uas()
 
         def run(rate: int) -> Step:
+            nonlocal uas
+            if uas.poll() is not None:  # the called phone must answer every step
+                print(f"  the SIPp UAS had exited (rc {uas.returncode}); restarted", flush=True)
+                PROCS.stop(uas)
+                uas = sipp.uas()
             s = run_step(target, sipp, "calls", rate, plan.step_s, plan.hold_ms, None, uas)
             settle(target)
             if not target.alive():
@@ -719,23 +754,37 @@ class Memory:
 
 def test_memory(target: Target, sipp: Sipp, plan: Plan, reg_rate: int, call_rate: int) -> list[Memory]:
     out = []
-    # registrations: fresh process, N users register once each and stay registered
+    # registrations, on a fresh process, in three phases so that what stays per binding is told
+    # apart from the transactions that linger after each REGISTER (Timer J, RFC 3261 §17.2.2)
+    # and from the allocator's high-water mark they leave:
+    #   A: N users register (Expires 3600); wait until the transactions are gone
+    #   B: the same N refresh their bindings (no new binding, same transaction churn); wait
+    #   C: N other users register; wait.  Per binding = (C - B) / N.
+    n = plan.mem_regs
     mr = Memory(target.name, "registrations")
     try:
         target.start("register")
-        users = target.reg_users_csv(range(MEM_USERS_FIRST, MEM_USERS_FIRST + plan.mem_regs))
+        first = target.reg_users_csv(range(MEM_USERS_FIRST, MEM_USERS_FIRST + n))
+        second = target.reg_users_csv(range(MEM_USERS_FIRST + n, MEM_USERS_FIRST + 2 * n))
         settle(target)
         mr.before_kib = pss_kib(target.pids)
-        s = run_step(target, sipp, "register", reg_rate, plan.mem_regs / reg_rate, 0, users, None,
-                     expires=3600, total=plan.mem_regs)
-        settle(target)
-        mr.after_kib = mr.peak_kib = pss_kib(target.pids)
-        mr.count = s.ok
-        mr.per_item_bytes = round((mr.after_kib - mr.before_kib) * 1024 / max(1, s.ok))
-        if isinstance(target, Hivepbx):
-            mr.note = f"node counts {target.health().get('registrations', '?')} registrations"
-        if s.failed:
-            mr.note += f" {s.failed} REGISTERs failed"
+        kib, failed, ok = [], 0, 0
+        for phase, users in (("A", first), ("B", first), ("C", second)):
+            s = run_step(target, sipp, "register", reg_rate, n / reg_rate, 0, users, None, expires=3600, total=n)
+            if phase == "A":
+                mr.peak_kib = pss_kib(target.pids)
+            failed += s.failed
+            ok = s.ok if phase == "C" else ok
+            drain(target)
+            kib.append(pss_kib(target.pids))
+        mr.after_kib = kib[-1]
+        mr.count = ok
+        mr.per_item_bytes = round((kib[2] - kib[1]) * 1024 / max(1, ok))
+        mr.note = (f"PSS after A/B/C {kib[0] / 1024:.1f}/{kib[1] / 1024:.1f}/{kib[2] / 1024:.1f} MiB; "
+                   f"right after A, transactions still alive: {(mr.peak_kib - mr.before_kib) * 1024 / n / 1024:.1f}"
+                   f" KiB per REGISTER")
+        if failed:
+            mr.note += f"; {failed} REGISTERs failed"
     except Exception as e:
         mr.note = f"error: {e}"
     finally:
@@ -774,12 +823,12 @@ def test_memory(target: Target, sipp: Sipp, plan: Plan, reg_rate: int, call_rate
             time.sleep(0.5)
         PROCS.stop(uac)
         st = parse_stats(stf, m)
-        settle(target, 2.0)
+        drain(target)
         mc.after_kib = pss_kib(target.pids)
         mc.peak_kib = peak
         mc.count = st.max_concurrent
         mc.per_item_bytes = round((peak - mc.before_kib) * 1024 / max(1, st.max_concurrent))
-        notes = [f"{st.successful}/{m} calls completed"]
+        notes = [f"{st.successful}/{m} calls completed", "after: once calls and transactions ended"]
         if health:
             notes.append(f"node saw {health.get('active_calls', health.get('error', '?'))} active calls")
         mc.note = ", ".join(notes)
@@ -827,6 +876,18 @@ def profile_calls(target: Hivepbx, sipp: Sipp, plan: Plan, rate: int, seconds: f
     return hot_spots(raw)
 
 
+def _frame(f: str) -> str:
+    """'func (path/file.py:123)' -> 'func (file path)': one row per function, not per line."""
+    name, _, where = f.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if "/work/main/" in path:
+        path = path.split("/work/main/", 1)[1]
+    return f"{name} ({path})"
+
+
 def hot_spots(raw: Path, top: int = 20) -> list[str]:
     self_c: Counter[str] = Counter()
     incl: Counter[str] = Counter()
@@ -843,6 +904,7 @@ def hot_spots(raw: Path, top: int = 20) -> list[str]:
         frames = [f for f in stack.split(";") if f]
         if not frames:
             continue
+        frames = [_frame(f) for f in frames]
         total += k
         self_c[frames[-1]] += k
         for f in set(frames):
@@ -852,7 +914,7 @@ def hot_spots(raw: Path, top: int = 20) -> list[str]:
     out = [f"{total} samples; self time (the frame on top of the stack):"]
     out += [f"  {100 * c / total:5.1f} %  {f}" for f, c in self_c.most_common(top)]
     out.append("inclusive time, hivepbx code only:")
-    ours = [(f, c) for f, c in incl.most_common() if "/node/" in f or "/observability/" in f]
+    ours = [(f, c) for f, c in incl.most_common() if "(node/" in f or "/node/" in f or "observability/" in f]
     out += [f"  {100 * c / total:5.1f} %  {f}" for f, c in ours[:top]]
     return out
 
@@ -1006,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             tdir = work / name
             tdir.mkdir(exist_ok=True)
-            target: Target = Kamailio(tdir) if name == "kamailio" else Hivepbx(tdir, plan.mem_regs)
+            target: Target = Kamailio(tdir) if name == "kamailio" else Hivepbx(tdir, 2 * plan.mem_regs)
             sipp.work = tdir
             if isinstance(target, Hivepbx):
                 try:

@@ -74,6 +74,8 @@ _MAX_TOO_BRIEF = 2
 _MAX_EXPIRES = 2**31 - 1
 #: never refresh more often than this, whatever the carrier grants
 _MIN_REFRESH = 1.0
+#: characters a SIP URI's user part may hold unescaped (RFC 3261 §25.1 unreserved / user-unreserved)
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
 
 CallLater = Callable[[float, Callable[[], None]], asyncio.TimerHandle]
 Resolver = Callable[[str, int, str], Awaitable[list[str]]]
@@ -460,10 +462,6 @@ class _Registration:
             self._task = None
         self._txn = None
         self._left()
-
-
-#: characters a SIP URI's user part may hold unescaped (RFC 3261 §25.1 unreserved / user-unreserved)
-_USER_SAFE = "-_.!~*'()&=+$,;?/"
 
 
 class TrunkRegistrations:

@@ -22,6 +22,7 @@ from node.pbx.authn import Authenticator
 from node.pbx.keepalive import NatKeepalive
 from node.pbx.media import MediaAnchors
 from node.pbx.service import PbxService
+from node.pbx.trunks import TrunkRegistrations
 from node.rtp_engine.relay import PortPool, RtpRelay
 from node.runtime.config import NodeConfig
 from node.sip.transaction import TransactionLayer
@@ -72,6 +73,7 @@ class Node:
         self.demo: dict | None = None
         self._tasks: list[asyncio.Task] = []
         self.keepalive: NatKeepalive | None = None
+        self.trunks: TrunkRegistrations | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -98,6 +100,9 @@ class Node:
         if cfg.nat_ping_interval > 0:
             self.keepalive = NatKeepalive(self.backend.locations, self.endpoint, cfg.nat_ping_interval)
             self._tasks.append(loop.create_task(self.keepalive.run()))
+        # outbound registration to carriers: needs the sockets bound and the service dispatching
+        self.trunks = TrunkRegistrations(self.backend.config, self.endpoint, self.service.auth)
+        await self.trunks.start()
         M.registrations_set(len(await self.backend.locations.list(None, time.time())))
 
     async def _expire_loop(self) -> None:
@@ -113,7 +118,13 @@ class Node:
 
     async def health(self) -> dict:
         svc = self.service
-        return {"status": "ok" if svc and not svc.draining else "degraded", **(svc.health() if svc else {})}
+        out = {"status": "ok" if svc and not svc.draining else "degraded", **(svc.health() if svc else {})}
+        if self.trunks is not None:
+            states: dict[str, int] = {}
+            for st in self.trunks.status():
+                states[st["state"]] = states.get(st["state"], 0) + 1
+            out["trunk_registrations"] = states
+        return out
 
     @property
     def sip_port(self) -> int:
@@ -124,6 +135,9 @@ class Node:
     async def stop(self, drain_timeout: float = 2.0) -> None:
         if self.service is not None:
             await self.service.drain(drain_timeout)
+        if self.trunks is not None:
+            # un-REGISTER while the sockets are still open (bounded by its stop_timeout)
+            await self.trunks.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,13 +5,10 @@ from tests.interop.conftest import RunningNode, node_config
 from tests.peers.net import free_port
 from tests.interop.pbx.test_calls_baresip import _tenant, _phone, PW1, PW2, DOMAIN
 
-@pytest.mark.parametrize("i", range(25))
+@pytest.mark.parametrize("i", range(80))
 async def test_diag(tmp_path, peers, i):
     port = free_port("127.0.0.1")
     pcap = f"/tmp/brdiag/{i}.pcap"
-    cap = subprocess.Popen(["tshark", "-q", "-i", "lo", "-f", f"udp port {port}", "-w", pcap],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await asyncio.sleep(1.0)
     try:
         async with Node(node_config(tmp_path, port, ring_timeout=8, digest_algorithms=("MD5",))) as node:
             pbx = RunningNode(node, port)
@@ -35,6 +32,5 @@ async def test_diag(tmp_path, peers, i):
             await a.wait_call_established()
             await a.hangup()
             await b.wait_call_closed()
-        os.unlink(pcap)
     finally:
-        cap.send_signal(signal.SIGINT); cap.wait()
+        pass
