@@ -150,6 +150,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLK_TCK
 
 
+def core_busy_seconds(core: int) -> float:
+    """Busy time of one CPU from /proc/stat (everything but idle and iowait), in seconds."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+    return 0.0
+
+
 def pss_kib(pids: list[int]) -> int:
     total = 0
     for p in pids:
@@ -460,6 +470,7 @@ class Step:
     retrans: int = 0
     drops: int = 0  # kernel RcvbufErrors during the step (any UDP socket on the machine)
     cpu_pct: float = 0.0  # element, steady part of the step, % of one core
+    core_other_pct: float = 0.0  # the element's core busy with anything else (shared machine noise)
     us_per_call: float = 0.0  # element CPU over the whole step / calls created
     gen_pct: float = 0.0  # SIPp (UAC + UAS), steady part, % of one core
     mem_mib: float = 0.0
@@ -513,6 +524,7 @@ def _run_step_once(target: Target, sipp: Sipp, test: str, rate: int, seconds: fl
     pids = target.pids
     cpu: list[tuple[float, float]] = []
     gen: list[tuple[float, float]] = []
+    core: list[tuple[float, float]] = []
     t0 = time.monotonic()
     c0 = cpu_seconds(pids)
     d0 = udp_rcvbuf_errors()
@@ -522,6 +534,7 @@ def _run_step_once(target: Target, sipp: Sipp, test: str, rate: int, seconds: fl
         now = time.monotonic() - t0
         cpu.append((now, cpu_seconds(pids)))
         gen.append((now, cpu_seconds(gen_pids)))
+        core.append((now, core_busy_seconds(int(SUT_CORE))))
         if now > seconds * 2 + hold_s + 40:
             PROCS.stop(uac)  # SIPp's own -timeout failed us; unfinished calls count as failed
             break
@@ -543,6 +556,7 @@ def _run_step_once(target: Target, sipp: Sipp, test: str, rate: int, seconds: fl
     a, b = min(hold_s + 0.5, created_by / 2), created_by
     s.cpu_pct = round(100 * _window_rate(cpu, a, b), 1)
     s.gen_pct = round(100 * _window_rate(gen, a, b), 1)
+    s.core_other_pct = round(max(0.0, 100 * _window_rate(core, a, b) - s.cpu_pct), 1)
     s.us_per_call = round((c1 - c0) * 1e6 / max(1, st.created), 1)
     s.mem_mib = round(pss_kib(target.pids) / 1024, 1)
     s.passed = s.failed / m < FAIL_LIMIT and st.created == m
@@ -652,8 +666,9 @@ def sweep(run, rates: list[int], bisect_steps: int, repeat: bool, sw: Sweep) -> 
             sw.limited_by = "the step list ended (raise the rates)"
         elif fails and min(s.cpu_pct for s in fails) < 75:
             f = min(fails, key=lambda s: s.asked)
-            sw.limited_by = (f"not the element's CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s, SIPp "
-                             f"{f.gen_pct:.0f} %, {f.drops} UDP drops): generator or socket buffers")
+            sw.limited_by = (f"not the element's own CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s, other "
+                             f"processes {f.core_other_pct:.0f} % of that core, SIPp {f.gen_pct:.0f} %, {f.drops} "
+                             f"UDP drops): bursts overflowing socket buffers, a shared core, or the generator")
         else:
             f = min(fails, key=lambda s: s.asked) if fails else None
             sw.limited_by = "the element's CPU" + (f" ({f.cpu_pct:.0f} % of its core at {f.asked}/s)" if f else "")
@@ -663,7 +678,7 @@ def sweep(run, rates: list[int], bisect_steps: int, repeat: bool, sw: Sweep) -> 
 def fmt_step(s: Step) -> str:
     return (f"{s.target:8} {s.test:8} asked {s.asked:6}/s offered {s.offered:8.1f}/s  ok {s.ok:6}  "
             f"failed {s.failed:5} ({s.fail_pct:5.2f} %)  retrans {s.retrans:5}  drops {s.drops:5}  cpu {s.cpu_pct:5.1f} %  "
-            f"{s.us_per_call:7.1f} µs/call  sipp {s.gen_pct:5.1f} %  mem {s.mem_mib:7.1f} MiB  "
+            f"{s.us_per_call:7.1f} µs/call  core{SUT_CORE} others {s.core_other_pct:4.1f} %  sipp {s.gen_pct:5.1f} %  mem {s.mem_mib:7.1f} MiB  "
             f"{'PASS' if s.passed else 'FAIL'} {s.note}")
 
 
@@ -930,7 +945,8 @@ def machine() -> dict:
             k, _, v = line.partition(":")
             if k.strip() in ("Model name", "CPU(s)", "Hypervisor vendor", "L2 cache", "L3 cache"):
                 info[k.strip()] = v.strip()
-        info["sipp"] = run_cmd(["sipp", "-v"], check=False).stdout.strip().splitlines()[-1].strip()
+        info["sipp"] = next((line.strip() for line in run_cmd(["sipp", "-v"], check=False).stdout.splitlines()
+                             if "SIPp v" in line), "?")
         info["kamailio"] = run_cmd(["kamailio", "-v"], check=False).stdout.splitlines()[0].strip()
         info["python"] = run_cmd([str(REPO / ".venv" / "bin" / "python"), "-VV"], check=False).stdout.strip()
     except Exception:
@@ -940,8 +956,8 @@ def machine() -> dict:
 
 def table(sweeps: list[Sweep]) -> str:
     lines = ["| element | test | asked /s | offered /s | ok | failed | failed % | retrans | UDP drops | element CPU % "
-             "| CPU µs/call | SIPp CPU % | PSS MiB | result |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| CPU µs/call | others on its core % | SIPp CPU % | PSS MiB | result |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for sw in sweeps:
         steps = sw.steps + ([sw.repeat] if sw.repeat else [])
         for s in steps:
@@ -950,7 +966,7 @@ def table(sweeps: list[Sweep]) -> str:
                 res += f"; {s.note}"
             lines.append(f"| {s.target} | {s.test} | {s.asked} | {s.offered:.0f} | {s.ok} | {s.failed} | "
                          f"{s.fail_pct:.2f} | {s.retrans} | {s.drops} | {s.cpu_pct:.0f} | {s.us_per_call:.0f} | "
-                         f"{s.gen_pct:.0f} | {s.mem_mib:.0f} | {res} |")
+                         f"{s.core_other_pct:.0f} | {s.gen_pct:.0f} | {s.mem_mib:.0f} | {res} |")
     return "\n".join(lines)
 
 

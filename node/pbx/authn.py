@@ -26,7 +26,7 @@ class AuthOutcome(enum.Enum):
 
 
 class Authenticator:
-    def __init__(self, secret: bytes, nonce_ttl: float = 300.0, algorithms: tuple[str, ...] = ("MD5", "SHA-256")) -> None:
+    def __init__(self, secret: bytes, nonce_ttl: float = 300.0, algorithms: tuple[str, ...] = ("MD5",)) -> None:
         self.server = DigestServer(secret, nonce_ttl, algorithms=algorithms)
         self._nc: dict[str, int] = {}
 

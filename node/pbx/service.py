@@ -321,7 +321,13 @@ class PbxService:
                     if req.body:
                         call.media.check_offer(req.body)
                 except SipError as e:
-                    call.fail_a(e.status_hint if e.status_hint >= 400 else 488, _clean(e.reason))
+                    status = e.status_hint if e.status_hint >= 400 else 488
+                    if status >= 500:
+                        # relay trouble is ours: log it, do not tell the peer about our ports
+                        log.warning("media unavailable: %s", e.reason)
+                        call.fail_a(status, None, [("Retry-After", "5")])
+                    else:
+                        call.fail_a(status, _clean(e.reason))
                     return
                 if call.state is not CallState.ROUTING:
                     call.media.close()  # cancelled while the relay ports were being opened

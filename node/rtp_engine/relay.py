@@ -49,6 +49,7 @@ __all__ = ["PortPool", "RtpRelay", "RelaySession", "RelayLeg", "LegStats", "Sess
 #: 50 G.711 streams): a relay must not buffer its way into latency and memory growth
 _WRITE_HIGH_WATER = 64 * 1024
 _BIND_ATTEMPTS = 16
+_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +253,7 @@ class RelayLeg:
             self.rtp.set_sdp(None, -1)
             self.rtcp.set_sdp(None, -1)
             return
-        c_host = rtp_host if rtcp_host is None else self._relay._normalize(rtcp_host)
+        c_host = rtp_host if rtcp_host is None or rtcp_host == host else self._relay._normalize(rtcp_host)
         c_port = port + 1 if rtcp_port is None else rtcp_port
         self.rtp.set_sdp(rtp_host, port)
         if c_host is None or c_port == 0 or c_port > 65535:
@@ -455,11 +456,11 @@ class RtpRelay:
             socks: list[socket.socket] = []
             try:
                 for p in (port, port + 1):
-                    s = socket.socket(self.family, socket.SOCK_DGRAM)
+                    # non-blocking from socket(2) on: saves a syscall per socket on call setup
+                    s = socket.socket(self.family, _DGRAM_NONBLOCK)
                     socks.append(s)
                     if self.dual_stack:
                         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    s.setblocking(False)
                     s.bind((self.bind_host, p))
                 return port, socks[0], socks[1]
             except OSError as e:

@@ -53,10 +53,11 @@ class NodeConfig:
     nat_ping_interval: float = 20.0
     #: digest nonce lifetime, seconds; an older nonce gets stale=true
     nonce_ttl: int = 300
-    #: digest algorithms offered, in this order (RFC 8760 §2.4: UACs take the first they
-    #: support). MD5 first because many deployed phones, SIPp and baresip 1.0 read only the
-    #: first challenge; put SHA-256 first where every phone supports it.
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    #: digest algorithms offered, one challenge each, in this order (RFC 8760 §2.4). MD5 only
+    #: by default: libre before 3.12 (baresip up to 3.11, Debian 12's baresip 1.0) reads every
+    #: challenge and abandons the request at the first one that is not MD5, whatever the order,
+    #: and SIPp 3.6 reads only the first. Add "SHA-256" where every phone copes with it.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
     #: refuse SIP messages larger than this (bytes)
     max_message_size: int = 65535
     #: seconds before an unanswered outbound leg gets 480 when the tenant has no own value

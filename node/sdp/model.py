@@ -196,8 +196,12 @@ class Media:
     def lines(self) -> list[str]:
         port = f"{self.port}/{self.port_count}" if self.port_count is not None else str(self.port)
         out = [f"m={' '.join((self.type, port, self.proto, *self.formats))}"]
-        out.extend(_ordered(MEDIA_ORDER, self.other, {"c": [str(self.connection)] if self.connection else []}))
-        out.extend(f"a={a}" for a in self.attributes)
+        if self.other:
+            out.extend(_ordered(MEDIA_ORDER, self.other, {"c": [str(self.connection)] if self.connection else []}))
+        elif self.connection:
+            # the common case (no i=/b=/k= lines) without the generic merge
+            out.append(f"c={self.connection}")
+        out.extend([f"a={a}" for a in self.attributes])
         return out
 
 
@@ -240,28 +244,40 @@ class SessionDescription:
         return dataclasses.replace(self, **changes)
 
     def lines(self) -> list[str]:
-        typed = {
-            "v": [str(self.version)],
-            "o": [str(self.origin)],
-            "s": [self.name],
-            "c": [str(self.connection)] if self.connection else [],
-            "t": list(self.timing),
-        }
-        out = list(_ordered(SESSION_ORDER, self.other, typed))
-        out.extend(f"a={a}" for a in self.attributes)
+        if self.other:
+            typed = {
+                "v": [str(self.version)],
+                "o": [str(self.origin)],
+                "s": [self.name],
+                "c": [str(self.connection)] if self.connection else [],
+                "t": list(self.timing),
+            }
+            out = list(_ordered(SESSION_ORDER, self.other, typed))
+        else:
+            # the common case (no i=/u=/e=/p=/b=/r=/z=/k= lines): v o s c t, in SESSION_ORDER
+            out = [f"v={self.version}", f"o={self.origin}", f"s={self.name}"]
+            if self.connection:
+                out.append(f"c={self.connection}")
+            out.extend([f"t={t}" for t in self.timing])
+        out.extend([f"a={a}" for a in self.attributes])
         for m in self.media:
             out.extend(m.lines())
         return out
 
     def to_bytes(self) -> bytes:
-        # surrogateescape: bytes that were not UTF-8 on the way in go back out unchanged
-        return ("\r\n".join(self.lines()) + "\r\n").encode("utf-8", "surrogateescape")
+        return serialize(self.lines())
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
     def __str__(self) -> str:
         return "\r\n".join(self.lines()) + "\r\n"
+
+
+def serialize(lines: list[str]) -> bytes:
+    """SDP lines → the body: CRLF line ends (§5)."""
+    # surrogateescape: bytes that were not UTF-8 on the way in go back out unchanged
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
 def _pairs(order: str, other: tuple[tuple[str, str], ...], typed: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
@@ -303,6 +319,10 @@ def addrtype_of(ip: str) -> str:
 
 
 def is_unspecified(host: str) -> bool:
+    if "%" not in host and host.strip("0.:"):
+        # any character but 0 . : (a zone id aside) means a non-zero address or no address
+        # at all: no need for the (slow) ipaddress parse on every c= line
+        return False
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:

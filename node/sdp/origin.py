@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 
-from node.sdp.model import Origin, SessionDescription, addrtype_of
+from node.sdp.model import Origin, SessionDescription, addrtype_of, serialize
 
 
 class LocalOrigin:
@@ -26,14 +26,37 @@ class LocalOrigin:
         self.sess_id = secrets.randbits(62) if sess_id is None else sess_id
         #: the version of the last stamped description (0 before the first one)
         self.version = 1 if version is None else version
+        #: the lines of the last stamped description with sess-version 0 (plain strings, so a
+        #: call kept alive for its transactions' timers holds no SDP objects for the GC to scan)
         self._last: tuple[str, ...] | None = None
 
     def stamp(self, sd: SessionDescription, address: str) -> SessionDescription:
         """``sd`` with our o= line; sess-version bumped iff the content differs from last time."""
-        origin = Origin(self.username, str(self.sess_id), 0, address, addrtype_of(address))
-        content = tuple(sd.replace(origin=origin).lines())
+        self._render(sd, address)
+        return _with_origin(sd, self._origin(address, self.version))
+
+    def stamp_bytes(self, sd: SessionDescription, address: str) -> bytes:
+        """``stamp(sd, address).to_bytes()``, rendering the description once instead of twice."""
+        lines, i = self._render(sd, address)
+        lines[i] = f"o={self._origin(address, self.version)}"
+        return serialize(lines)
+
+    def _origin(self, address: str, version: int) -> Origin:
+        return Origin(self.username, str(self.sess_id), version, address, addrtype_of(address))
+
+    def _render(self, sd: SessionDescription, address: str) -> tuple[list[str], int]:
+        """Bump the version if the content changed; the lines of ``sd`` with sess-version 0
+        and the index of their o= line."""
+        origin = self._origin(address, 0)
+        lines = _with_origin(sd, origin).lines()
+        content = tuple(lines)
         if content != self._last:
             if self._last is not None:
                 self.version += 1
             self._last = content
-        return sd.replace(origin=Origin(self.username, str(self.sess_id), self.version, address, addrtype_of(address)))
+        return lines, lines.index(f"o={origin}")
+
+
+def _with_origin(sd: SessionDescription, origin: Origin) -> SessionDescription:
+    # sd.replace(origin=origin) without the cost of dataclasses.replace
+    return SessionDescription(origin, sd.name, sd.connection, sd.timing, sd.attributes, sd.media, sd.other, sd.version)

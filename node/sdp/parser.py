@@ -19,13 +19,17 @@ _KNOWN = frozenset("vosiuepcbtrzkam")
 def parse(data: bytes | str) -> SessionDescription:
     """Parse an SDP body. Raises ``SdpError`` (status_hint 400/488) on anything unusable."""
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, (bytes, bytearray, memoryview)) else data
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
-    lines = [ln for ln in lines if ln.strip()]
+    lines: list[str] = []
+    for ln in text.split("\n"):
+        if ln.endswith("\r"):
+            ln = ln[:-1]
+        if len(ln) < 2 or ln[1] != "=" or not ("a" <= ln[0] <= "z"):
+            if not ln.strip():
+                continue  # blank line
+            raise SdpError(f"malformed SDP line {ln[:60]!r}")
+        lines.append(ln)
     if not lines:
         raise SdpError("empty SDP body")
-    for ln in lines:
-        if len(ln) < 2 or ln[1] != "=" or not ("a" <= ln[0] <= "z"):
-            raise SdpError(f"malformed SDP line {ln[:60]!r}")
     if lines[0][0] != "v":
         raise SdpError("SDP must start with v=")
     if lines[0][2:].strip() != "0":
@@ -85,6 +89,8 @@ def parse(data: bytes | str) -> SessionDescription:
 def _in_order(lines: list[tuple[str, str]], order: str) -> tuple[tuple[str, str], ...]:
     """``lines`` in the order serialization writes them (RFC 8866 §5; stable within a letter),
     so that parse(serialize(sd)) == sd even for a peer that sent lines out of order."""
+    if not lines:
+        return ()
     rank = {letter: i for i, letter in enumerate(order)}
     return tuple(sorted(lines, key=lambda kv: rank.get(kv[0], len(order))))
 

@@ -17,17 +17,10 @@ from node.sip.uri import (
     PORT,
     TOKEN_C,
     _ipv6_ok,
-    _parse_params,
     _params_fast,
-    _split_hostport,
     format_params,
     parse_generic_params,
 )
-
-__all__ = [
-    "COMPACT", "LIST_HEADERS", "SINGLE_HEADERS", "CSeq", "Via", "canonical_name", "is_token",
-    "_parse_params", "_split_hostport", "format_params",
-]
 
 # RFC 3261 §7.3.3 and later RFCs: compact forms
 COMPACT = {
@@ -84,6 +77,13 @@ NAMES["Max-forwards"] = "Max-Forwards"
 NAMES["Record-route"] = "Record-Route"
 NAMES["User-agent"] = "User-Agent"
 
+#: methods defined by RFC 3261 and the extensions in common use (RFC 3262, 3311, 3428, 3515,
+#: 3903, 6086, 6665). An unknown method is still a valid request: the TU answers 501.
+METHODS = frozenset(
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "MESSAGE",
+     "REFER", "PUBLISH", "SUBSCRIBE", "NOTIFY", "INFO"]
+)
+
 #: headers whose value is a comma-separated list (RFC 3261 §7.3.1)
 LIST_HEADERS = frozenset(
     ["Via", "Contact", "Route", "Record-Route", "Allow", "Supported", "Require", "Proxy-Require",
@@ -126,7 +126,6 @@ _VIA_SLOW = re.compile(
     rf"[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)[ \t]*+/[ \t]*+([{TOKEN_C}]++)"
     rf"[ \t]++({HOST})(?:[ \t]*+:[ \t]*+({PORT}))?[ \t]*+"
 )
-_VIA_NEEDS_VALUE = ("branch", "received", "maddr", "ttl")
 
 
 def _check_via_params(params: dict[str, str | None], text: str) -> None:
@@ -140,7 +139,11 @@ def _check_via_params(params: dict[str, str | None], text: str) -> None:
 
 
 class Via:
-    """``SIP/2.0/UDP host:port;branch=...;rport`` (RFC 3261 §20.42, RFC 3581)."""
+    """``SIP/2.0/UDP host:port;branch=...;rport`` (RFC 3261 §20.42, RFC 3581).
+
+    ``transport`` is upper-cased; ``version`` is the sent-protocol's version, a token that
+    only the start line's version decides on (RFC 4475 §3.1.2.16: answer 505, routed by it).
+    """
 
     __slots__ = ("transport", "host", "port", "params", "version")
 
@@ -170,6 +173,8 @@ class Via:
                 raise RemoteProtocolError(f"Via protocol is not SIP in {text!r}")
             rest = text[m.end() :]
             if rest and rest[0] != ";":
+                if rest[0].isdigit():
+                    raise RemoteProtocolError(f"bad Via port (0 to 65535) in {text!r}")
                 raise RemoteProtocolError(f"unexpected {rest[:20]!r} in Via {text!r}")
             try:
                 params = parse_generic_params(rest)
@@ -206,14 +211,12 @@ class Via:
 
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
 _CSEQ = re.compile(rf"([0-9]++)[ \t]++([{TOKEN_C}]++)")
-_COMMON_METHODS = frozenset(
-    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "MESSAGE",
-     "REFER", "PUBLISH", "SUBSCRIBE", "NOTIFY", "INFO"]
-)
 CSEQ_LIMIT = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
 
 
 class CSeq:
+    """``CSeq: 4711 INVITE`` (RFC 3261 §20.16)."""
+
     __slots__ = ("seq", "method")
 
     def __init__(self, seq: int, method: str) -> None:
@@ -223,7 +226,7 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> "CSeq":
         digits, sp, method = text.partition(" ")
-        if not (sp and digits.isdigit() and digits.isascii() and method in _COMMON_METHODS):
+        if not (sp and digits.isdigit() and digits.isascii() and method in METHODS):
             m = _CSEQ.fullmatch(text.strip(" \t"))
             if m is None:
                 raise RemoteProtocolError(f"bad CSeq {text[:60]!r} (RFC 3261 §20.16: number and method)")

@@ -3,15 +3,15 @@
 Theory of operation: a message is a start line, an ordered list of ``(name, value)``
 header pairs with canonical names (unknown names keep the peer's spelling and are matched
 case-insensitively), and a body. Header values are stored unfolded and stripped, so they
-serialise back as received.
+serialise back as received; ``to_bytes`` always writes the Content-Length of the body.
 
 The typed views (``call_id``, ``cseq``, ``vias``, ``from_``, ``to``, ``contacts``,
-``max_forwards``, ``routes``, ``record_routes``, ``content_type``, ``uri``) are cached. The
-parser fills that cache while it validates, so on a parsed message they never raise and
-cost an attribute lookup; on a message built in code they are parsed on first use. The
-cached objects are shared: change a message through ``set``/``add``/``remove`` (which drop
-the cache), not by mutating what a view returned. ``expires`` stays lazy and may raise
-(RFC 4475 §3.1.2.4: a bad Expires alone need not fail the request).
+``max_forwards``, ``routes``, ``record_routes``, ``content_type``, ``uri``) are cached. On a
+parsed message the parser has checked all of them, so they never raise and mostly cost a
+dict lookup; on a message built in code they are parsed on first use and may raise. The
+cached objects are shared by every reader: change a message through ``set``/``add``/
+``remove`` (which drop the cache), not by mutating what a view returned. ``expires`` stays
+lazy and may raise (RFC 4475 §3.1.2.4: a bad Expires alone need not fail the request).
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ import re
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError
 from node.sip.headers import KNOWN_NAMES, LIST_HEADERS, CSeq, Via, canonical_name
-from node.sip.uri import TOKEN_C, NameAddr, Uri, parse_generic_params, split_header_list, split_list_strict
+from node.sip.uri import (
+    DELTA_LIMIT,
+    TOKEN_C,
+    NameAddr,
+    Uri,
+    parse_generic_params,
+    split_header_list,
+    split_list_strict,
+)
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -43,13 +51,6 @@ REASONS = {
     505: "Version Not Supported", 513: "Message Too Large", 580: "Precondition Failure",
     600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
-
-#: methods defined by RFC 3261 and the extensions in common use (RFC 3262, 3311, 3428, 3515,
-#: 3903, 6086, 6665). An unknown method is still a valid request: the TU answers 501.
-METHODS = frozenset(
-    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE", "MESSAGE",
-     "REFER", "PUBLISH", "SUBSCRIBE", "NOTIFY", "INFO"]
-)
 
 # --- value parsers shared by the views and the parser ----------------------------------
 # callid = word [ "@" word ] ; word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`"
@@ -101,13 +102,14 @@ def parse_name_addrs(values: list[str], name: str) -> list[NameAddr]:
 
 def check_name_addrs(values: "list[str] | tuple[str, ...]", name: str) -> None:
     """Validate without building objects (the parser's check for Contact, Route...)."""
+    contact = name == "Contact"
     try:
         for value in values:
             if "," in value:
                 for elem in split_list_strict(value, name):
-                    NameAddr.check(elem)
+                    NameAddr.check(elem, contact)
             else:
-                NameAddr.check(value)
+                NameAddr.check(value, contact)
     except RemoteProtocolError as e:
         raise RemoteProtocolError(f"bad {name} header: {e.reason}") from None
 
@@ -301,11 +303,12 @@ class Message:
 
     @property
     def expires(self) -> int | None:
+        """Expires in seconds (RFC 3261 §20.19: delta-seconds below 2**32); lazy, may raise."""
         v = self.get("Expires")
         if v is None:
             return None
-        if not (v.isascii() and v.isdigit()):
-            raise RemoteProtocolError(f"bad Expires value {v[:20]!r}")
+        if not (v.isdigit() and v.isascii() and len(v) <= 10 and int(v) < DELTA_LIMIT):
+            raise RemoteProtocolError(f"bad Expires value {v[:20]!r} (delta-seconds below 2**32)")
         return int(v)
 
     @property

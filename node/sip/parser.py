@@ -1,27 +1,33 @@
 """Bytes → Request/Response (RFC 3261 §7, §25), for datagrams and for TCP streams (§18.3).
 
-What a parsed message guarantees: its start line, every header line, and the headers the
-core routes on (Via, From, To, Call-ID, CSeq, Contact, Route, Record-Route, Max-Forwards,
-Content-Type, Content-Length, the Request-URI) are syntactically valid, the single-valued
-ones appear once, and their typed views are already cached — so they never raise later and
-cost nothing on the hot path. Other headers are kept as raw text, unvalidated beyond "no
-control characters", and passed through.
+What a parsed message guarantees: its start line and every header line are well formed
+(token names, no control character outside a quoted-pair, line folds joined); the headers
+the core routes on — Via, From, To, Call-ID, CSeq, Contact, Route, Record-Route,
+Max-Forwards, Content-Type, Content-Length and the Request-URI — are syntactically valid
+and the single-valued ones appear once. Their typed views never raise afterwards: most are
+cached as the parser checks them, Contact/Route/Record-Route and the Request-URI objects
+are built on first use from values already checked. Other headers stay raw text.
 
 Failures raise ``RemoteProtocolError`` whose ``status_hint`` is the response to send and
-whose ``message`` is the message as far as it parsed (None when the bytes are not SIP: drop
-them). Decisions on RFC 4475's invalid messages, where the RFC lets the receiver choose:
+whose ``message`` is the message as far as it parsed (None when the bytes are not SIP:
+drop them). Where RFC 4475 lets the receiver choose:
 
 * tolerated (liberal, nothing ambiguous, and our serialisation never repeats the fault):
   extra SP in the request line (§3.1.2.9 lwsstart), trailing SP (§3.1.2.10 trws), spaces
-  inside ``< >`` (§3.1.2.14 badaspec), a non-GMT Date (§3.1.2.12 baddate: never read);
+  inside ``< >`` (§3.1.2.14 badaspec), a non-GMT Date (§3.1.2.12 baddate: never read),
+  bare-LF line ends;
 * refused with 400: LWS inside the Request-URI (§3.1.2.8), a Request-URI in ``< >``
   (§3.1.2.7), headers in a Request-URI (§3.1.2.11 escruri), an unbracketed URI with
   headers (§3.1.2.13 regbadct), unquoted non-token display names (§3.1.2.15 baddn);
 * a CSeq method that differs from an unknown request method gets 501 (§3.1.2.18 prefers it).
 
 Sizes: a message longer than ``max_size`` is refused with 513 Message Too Large (RFC 3261
-§21.5.14 — the limit is on the whole message, so 513 rather than 413, which is about a body
-the server will not process).
+§21.5.14: the limit is on the whole message, so 513 rather than 413, which is about a body
+the server will not process); the error still carries the head when it parsed.
+
+Speed: this runs on every message, so the common shapes take inline fast paths and the
+checked prefixes of From/To/Contact/Via values are memoised (see ``node.sip.uri``); any
+unusual input falls back to the general parsers, which give the precise error.
 """
 
 from __future__ import annotations
@@ -29,10 +35,9 @@ from __future__ import annotations
 import re
 
 from node.sip.errors import RemoteProtocolError
-from node.sip.headers import NAMES, SINGLE_HEADERS, CSeq, Via, canonical_name, is_token
+from node.sip.headers import METHODS, NAMES, SINGLE_HEADERS, CSeq, Via, _check_via_params, canonical_name, is_token
 from node.sip.message import (
     _CALL_ID,
-    METHODS,
     Message,
     Request,
     Response,
@@ -42,7 +47,7 @@ from node.sip.message import (
     parse_max_forwards,
     parse_vias,
 )
-from node.sip.uri import _SIP_URI, MEMO_SIZE, NameAddr, Uri, check_uri_match
+from node.sip.uri import _GEN_PARAMS_FAST, _SIP_URI, MEMO_SIZE, NameAddr, Uri, _params_fast, check_uri_match
 
 DEFAULT_MAX_SIZE = 65535
 
@@ -102,7 +107,7 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
                 _RURI_MEMO.clear()
             _RURI_MEMO[uri_text] = m
             return msg, None
-    if line.startswith("SIP/"):
+    if line[:4].upper() == "SIP/":
         return _status_line(line)
     # Request-Line = Method SP Request-URI SP SIP-Version CRLF
     if len(parts) != 3 or not (parts[0] and parts[1] and parts[2]):
@@ -289,16 +294,22 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         parse_call_id(call_id)  # raises with the reason
     # Via: the top one is read by every transaction match
     if multi is None and "," not in via:
-        hit = _VIA_MEMO.get(via)
-        if hit is None:
-            v = Via.parse(via)
-            if len(_VIA_MEMO) >= MEMO_SIZE:
-                _VIA_MEMO.clear()
-            _VIA_MEMO[via] = (v.transport, v.host, v.port, v.params.copy(), v.version)
-        else:
+        semi = via.find(";")
+        prefix = via if semi < 0 else via[:semi]
+        hit = _VIA_PREFIX.get(prefix)
+        ptext = "" if semi < 0 else via[semi:]
+        if hit is not None and (not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None):
+            # "SIP/2.0/UDP host:port" was checked before: only the parameters are new
             v = _new_via(_Via)
-            v.transport, v.host, v.port, params, v.version = hit
-            v.params = params.copy()
+            v.transport, v.host, v.port, v.version = hit
+            v.params = params = _params_fast(ptext) if ptext else {}
+            if params:
+                _check_via_params(params, via)
+        else:
+            v = Via.parse(via)
+            if len(_VIA_PREFIX) >= MEMO_SIZE:
+                _VIA_PREFIX.clear()
+            _VIA_PREFIX[prefix] = (v.transport, v.host, v.port, v.version)
         vias = [v]
     else:
         vias = parse_vias(multi["Via"] if multi is not None else [via])
@@ -352,7 +363,8 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
 
 _CSeq = CSeq
 _new_cseq = CSeq.__new__
-_VIA_MEMO: dict[str, tuple] = {}  # via-parm text → (transport, host, port, params, version)
+# "SIP/2.0/UDP host:port" (a Via before its parameters) → (transport, host, port, version)
+_VIA_PREFIX: dict[str, tuple] = {}
 _RURI_MEMO: dict[str, re.Match[str]] = {}
 _Via = Via
 _new_via = Via.__new__
@@ -382,16 +394,25 @@ def parse_head(head: bytes) -> Message:
 
 
 # --- datagrams -------------------------------------------------------------------------
+def _head_end(buf: bytes | bytearray, start: int = 0) -> tuple[int, int]:
+    """(end of the head, start of the body) at the first empty line, whatever the line ends
+    (CRLF, or a bare-LF sender's LF); (-1, -1) if there is none yet."""
+    i = buf.find(b"\n\r\n", start)
+    j = buf.find(b"\n\n", start, i if i >= 0 else len(buf))
+    if j >= 0:
+        return (j - 1 if j and buf[j - 1] == 13 else j), j + 2
+    if i >= 0:
+        return (i - 1 if i and buf[i - 1] == 13 else i), i + 3
+    return -1, -1
+
+
 def _split_datagram(data: bytes) -> tuple[bytes, int]:
-    """(head, body offset) of a datagram. A bare-LF sender's blank line counts; a message
-    with no blank line at all (and so no body) is accepted over UDP."""
-    end = data.find(_CRLF2)
-    lf = data.find(b"\n\n", 0, end if end >= 0 else len(data))
-    if lf >= 0:
-        return data[: lf - 1 if lf and data[lf - 1] == 13 else lf], lf + 2
-    if end >= 0:
-        return data[:end], end + 4
-    return data.rstrip(b"\r\n"), len(data)
+    """(head, body offset) of a datagram. A message with no empty line at all (and so no
+    body) is accepted over UDP."""
+    end, off = _head_end(data)
+    if end < 0:
+        return data.rstrip(b"\r\n"), len(data)
+    return data[:end], off
 
 
 def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
@@ -406,16 +427,19 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     if len(data) > max_size:
         _too_large(data, max_size)
     end = data.find(_CRLF2)
-    if end > 0:
-        head, off = data[:end], end + 4
-        try:
-            msg, err = _parse_head(head)
-        except _Reframe:
+    try:
+        if end > 0:
+            head, off = data[:end], end + 4
+            try:
+                msg, err = _parse_head(head)
+            except _Reframe:  # not CRLF line ends after all
+                head, off = _split_datagram(data)
+                msg, err = _parse_head(head)
+        else:
             head, off = _split_datagram(data)
             msg, err = _parse_head(head)
-    else:
-        head, off = _split_datagram(data)
-        msg, err = _parse_head(head)
+    except _Reframe:
+        raise _E("empty line inside the header section") from None
     framed = False
     try:
         if err is not None:
@@ -442,27 +466,36 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
 
 def _too_large(data: bytes, max_size: int) -> None:
     err = _E(f"message of {len(data)} octets exceeds the limit of {max_size} (RFC 3261 §21.5.14)", 513)
-    end = data.find(_CRLF2, 0, max_size)
+    end, _ = _head_end(data[:max_size])
     if end > 0:
         try:
             msg, problem = _parse_head(data[:end])
             if problem is None:
                 err.message = msg  # enough to answer 513
-        except RemoteProtocolError:
+        except (RemoteProtocolError, _Reframe):
             pass
     raise err
 
 
 # --- streams ---------------------------------------------------------------------------
+class _Fatal(Exception):
+    """Framing is lost: carries the error to report."""
+
+    def __init__(self, err: RemoteProtocolError) -> None:
+        self.err = err
+
+
 class StreamParser:
     """Frames SIP messages out of a TCP byte stream (RFC 3261 §18.3: Content-Length is
     mandatory on streams). Feed bytes, get complete messages back.
 
     A message that frames but is invalid comes back as a ``RemoteProtocolError`` item (with
     ``.message``) and the stream stays usable. A framing error (not SIP, a bad or repeated
-    Content-Length, a message over ``max_size``) raises: the stream cannot be resynchronised,
-    the connection must close (RFC 4475 §3.1.2.3, §3.3.9); ``.message`` is set when the head
-    parsed, so a 400/513 can be sent before closing. After that every ``feed`` raises.
+    Content-Length, a message over ``max_size``) is fatal: the stream cannot be
+    resynchronised and the connection must close (RFC 4475 §3.1.2.3, §3.3.9). ``feed`` raises
+    it, with ``.message`` when the head parsed so a 400/513 can go out first — unless the
+    same call framed messages before it: those are returned, ``failed`` is set, and the next
+    ``feed`` raises (nothing that framed is lost). After that every ``feed`` raises.
 
     CRLFs between messages are skipped (§7.5); each double CRLF counts one RFC 5626 §3.5.1
     keep-alive ping in ``pings``, for the adapter to answer with a single CRLF.
@@ -475,19 +508,91 @@ class StreamParser:
         self.require_content_length = require_content_length
         #: CRLF keep-alive pings seen (RFC 5626 §3.5.1): the adapter answers each with CRLF
         self.pings = 0
+        #: the framing error, once the stream is lost (the connection should close)
+        self.failed: RemoteProtocolError | None = None
+        self._reported = False
         self._crlfs = 0  # CRLFs since the last message: two make a ping
         self._scan = 0  # where to resume looking for the end of the head
         self._start_checked = False
         self._pending: tuple[Message, RemoteProtocolError | None, int, int] | None = None
-        self._failed: RemoteProtocolError | None = None
 
-    def _fail(self, err: RemoteProtocolError, msg: Message | None = None) -> None:
-        if msg is not None:
-            err.message = msg
-        self._failed = err
-        self._buf.clear()
-        self._pending = None
-        raise err
+    def feed(self, data: bytes) -> list[Message | RemoteProtocolError]:
+        """Returns complete messages, or a RemoteProtocolError for a message that framed
+        correctly but failed to parse (the stream stays usable). Raises when framing breaks."""
+        if self.failed is not None:
+            if self._reported:
+                raise _E(f"stream already failed: {self.failed.reason}", self.failed.status_hint)
+            self._reported = True
+            raise self.failed
+        self._buf += data
+        out: list[Message | RemoteProtocolError] = []
+        try:
+            self._frame(out)
+        except _Fatal as f:
+            self.failed = f.err
+            self._buf.clear()
+            self._pending = None
+            if not out:
+                self._reported = True
+                raise f.err from None
+        return out
+
+    def _frame(self, out: list[Message | RemoteProtocolError]) -> None:
+        buf = self._buf
+        while buf:
+            if self._pending is not None:
+                msg, err, total, off = self._pending
+                if len(buf) < total:
+                    return
+                msg.body = bytes(buf[off:total])
+                del buf[:total]
+                self._pending = None
+                self._scan = 0
+                self._start_checked = False
+                out.append(msg if err is None else err)
+                continue
+            if buf[0] == 13 or buf[0] == 10:
+                self._skip_crlfs()
+                if not buf or buf[0] == 13:
+                    return
+            self._crlfs = 0
+            head_end, off = _head_end(buf, self._scan)
+            if head_end < 0:
+                if len(buf) > self.max_size:
+                    raise _Fatal(_E(f"no end of header section within {self.max_size} octets", 513))
+                self._scan = max(0, len(buf) - 3)
+                if not self._start_checked:
+                    self._check_start()
+                return
+            try:
+                msg, err = _parse_head(bytes(buf[:head_end]))
+            except RemoteProtocolError as e:
+                raise _Fatal(e) from None
+            except _Reframe:
+                raise _Fatal(_E("blank line inside the header section")) from None
+            last, multi = _collect(msg.headers)
+            try:
+                cl = _content_length(last, multi)
+            except RemoteProtocolError as e:
+                e.message = msg
+                raise _Fatal(e) from None
+            if cl is None:
+                cl = 0
+                if self.require_content_length and err is None:
+                    err = _E("missing Content-Length, mandatory on a stream transport (RFC 3261 §18.3)")
+            total = off + cl
+            if total > self.max_size:
+                e = _E(f"message of {total} octets exceeds the limit of {self.max_size} (RFC 3261 §21.5.14)", 513)
+                e.message = msg
+                raise _Fatal(e)
+            if err is None:
+                try:
+                    _validate(msg, last, multi)
+                except RemoteProtocolError as e:
+                    err = e
+            if err is not None:
+                err.message = msg
+            self._pending = (msg, err, total, off)
 
     def _skip_crlfs(self) -> None:
         buf = self._buf
@@ -499,8 +604,7 @@ class StreamParser:
                 if i + 1 == n:
                     break  # the LF is still on its way
                 if buf[i + 1] != 10:
-                    del buf[:i]
-                    self._fail(_E("bare CR between messages"))
+                    raise _Fatal(_E("bare CR between messages"))
                 i += 2
                 self._crlfs += 1
                 if self._crlfs == 2:
@@ -524,68 +628,4 @@ class StreamParser:
         line = bytes(buf[:nl]).rstrip(b"\r").rstrip(b" ")
         if line.startswith(b"SIP/") or _VERSION_B.fullmatch(line.rpartition(b" ")[2]):
             return
-        self._fail(_E(f"not a SIP start line {line[:60]!r}"))
-
-    def feed(self, data: bytes) -> list[Message | RemoteProtocolError]:
-        """Returns complete messages, or a RemoteProtocolError for a message that framed
-        correctly but failed to parse (the stream stays usable). Raises when framing breaks."""
-        if self._failed is not None:
-            raise _E(f"stream already failed: {self._failed.reason}", self._failed.status_hint)
-        buf = self._buf
-        buf += data
-        out: list[Message | RemoteProtocolError] = []
-        while buf:
-            if self._pending is not None:
-                msg, err, total, off = self._pending
-                if len(buf) < total:
-                    break
-                msg.body = bytes(buf[off:total])
-                del buf[:total]
-                self._pending = None
-                self._scan = 0
-                self._start_checked = False
-                out.append(msg if err is None else err)
-                continue
-            if buf[0] == 13 or buf[0] == 10:
-                self._skip_crlfs()
-                if not buf or buf[0] == 13:
-                    break
-            self._crlfs = 0
-            end = buf.find(_CRLF2, self._scan)
-            lf = buf.find(b"\n\n", self._scan, end if end >= 0 else len(buf))
-            if lf >= 0:
-                head_end, off = (lf - 1 if buf[lf - 1] == 13 else lf), lf + 2
-            elif end >= 0:
-                head_end, off = end, end + 4
-            else:
-                if len(buf) > self.max_size:
-                    self._fail(_E(f"no end of header section within {self.max_size} octets", 513))
-                self._scan = max(0, len(buf) - 3)
-                if not self._start_checked:
-                    self._check_start()
-                break
-            try:
-                msg, err = _parse_head(bytes(buf[:head_end]))
-            except (RemoteProtocolError, _Reframe) as e:
-                self._fail(e if isinstance(e, RemoteProtocolError) else _E("blank line inside the head"))
-            last, multi = _collect(msg.headers)
-            try:
-                cl = _content_length(last, multi)
-            except RemoteProtocolError as e:
-                self._fail(e, msg)
-            if cl is None:
-                cl = 0
-                if self.require_content_length and err is None:
-                    err = _E("missing Content-Length, mandatory on a stream transport (RFC 3261 §18.3)")
-            total = off + cl
-            if total > self.max_size:
-                self._fail(_E(f"message of {total} octets exceeds the limit of {self.max_size}", 513), msg)
-            if err is None:
-                try:
-                    _validate(msg, last, multi)
-                except RemoteProtocolError as e:
-                    err = e
-            if err is not None:
-                err.message = msg
-            self._pending = (msg, err, total, off)
-        return out
+        raise _Fatal(_E(f"not a SIP start line {line[:60]!r}"))

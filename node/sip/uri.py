@@ -1,10 +1,13 @@
 """SIP URIs (RFC 3261 §19.1) and name-addr / addr-spec values (§20.10, §25.1).
 
 Grammar is checked by anchored regular expressions transcribed from the §25.1 ABNF (each
-rule is quoted above its pattern). Every repetition is possessive or atomic (Python ≥ 3.11),
-so no input can make a pattern backtrack: matching is linear in the input. A value that the
-strict fast pattern rejects goes through a slower scanner whose only job is to be liberal
-where RFC 4475 allows it (spaces inside ``< >``) and to say precisely what is wrong.
+rule is quoted above its pattern). Repetitions are possessive or atomic (Python ≥ 3.11), so
+no input can make a pattern backtrack: matching stays linear in the input. A value the strict
+fast pattern rejects goes through a slower scanner whose only jobs are to be liberal where
+RFC 4475 allows it (spaces inside ``< >``) and to say precisely what is wrong.
+
+Validated prefixes are memoised (see MEMO_SIZE): SIP repeats the same values message after
+message, and the patterns are the costly part of parsing them.
 
 Unknown schemes are kept opaque (RFC 4475 §3.3.2 ``unkscm``: a parser must accept them and
 leave the 416 to the application).
@@ -46,8 +49,9 @@ HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9\-]*+(?:\.[A-Za-z0-9][A-Za-z0-9\-]*+)*+\.?"
 # IPv6reference = "[" IPv6address "]"  (the address itself is checked by ipaddress)
 IPV6REF = r"\[[0-9A-Fa-f:.]++\]"
 HOST = f"(?:{HOSTNAME}|{IPV6REF})"
-# port = 1*DIGIT, 0-65535 checked by the pattern (atomic: nothing outside backtracks into it)
-PORT = r"(?>0*(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))"
+# port = 1*DIGIT, 0-65535 checked by the pattern (atomic: nothing outside backtracks into it;
+# a few leading zeros at most, so int() never sees a huge digit string)
+PORT = r"(?>0{0,5}(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))"
 
 # quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII ; quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
@@ -68,6 +72,7 @@ _SIP_URI = re.compile(_SIP_URI_PARTS)
 # absoluteURI = scheme ":" ( hier-part / opaque-part )  (RFC 2396 uric characters)
 _ABS_URI = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*+):([A-Za-z0-9\-_.!~*'();/?:@&=+$,%\[\]#]++)")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_IPV6REF_RE = re.compile(IPV6REF)
 
 # *( SEMI generic-param ), no whitespace, no quoted values: the common case
 _GEN_PARAMS_FAST = re.compile(rf"(?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+")
@@ -96,8 +101,11 @@ _WS = " \t"
 MEMO_SIZE = 4096
 
 
-_NA_MEMO: dict[str, tuple] = {}  # name-addr text → (uri match, display, params)
-_NA_CHECKED: dict[str, bool] = {}  # name-addr list elements already checked
+# "display <uri>" (everything before the header parameters) → (uri match, display): a
+# From keeps its prefix from call to call and only the tag changes
+_NA_PREFIX: dict[str, tuple] = {}
+_NA_CHECKED: dict[str, bool] = {}  # whole values already checked (Route, Record-Route)
+_CONTACT_CHECKED: dict[str, bool] = {}  # whole Contact values already checked, params included
 
 
 @lru_cache(maxsize=1024)
@@ -109,23 +117,20 @@ def _ipv6_ok(ref: str) -> bool:
     return True
 
 
-def _split_hostport(hostport: str) -> tuple[str, int | None]:
-    """``host[:port]`` → (host, port); LWS around ":" is allowed (Via sent-by, §25.1 COLON)."""
-    m = _HOSTPORT.fullmatch(hostport)
-    if m is None:
-        raise RemoteProtocolError(f"bad host[:port] {hostport!r}")
-    host, port = m.group(1), m.group(2)
-    if host[0] == "[" and not _ipv6_ok(host):
-        raise RemoteProtocolError(f"bad IPv6 reference {host!r}")
-    if port is None:
-        return host, None
-    p = int(port)
-    if p > 65535:
-        raise RemoteProtocolError(f"port {p} out of range in {hostport!r}")
-    return host, p
+# c-p-q = "q" EQUAL qvalue ; qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+DELTA_LIMIT = 2**32  # delta-seconds are below 2**32 (RFC 3261 §20.19, §20.10 c-p-expires)
 
 
-_HOSTPORT = re.compile(rf"[ \t]*+({HOST})(?:[ \t]*+:[ \t]*+({PORT}))?[ \t]*+")
+def check_contact_params(params: dict[str, str | None]) -> None:
+    """``expires`` and ``q`` of a Contact (RFC 3261 §20.10), which a registrar turns into
+    numbers: checked when the message is parsed so that never fails later."""
+    exp = params.get("expires", "0")
+    if exp is None or not (exp.isdigit() and exp.isascii() and len(exp) <= 10 and int(exp) < DELTA_LIMIT):
+        raise RemoteProtocolError(f"bad Contact expires parameter {str(exp)[:20]!r} (delta-seconds)")
+    q = params.get("q", "1")
+    if q is None or _QVALUE.fullmatch(q) is None:
+        raise RemoteProtocolError(f"bad Contact q parameter {str(q)[:20]!r} (0 to 1, 3 decimals)")
 
 
 def _params_fast(text: str) -> dict[str, str | None]:
@@ -176,11 +181,6 @@ def parse_generic_params(text: str) -> dict[str, str | None]:
             raise RemoteProtocolError(f"empty value for parameter {name!r}")
 
 
-def _parse_params(text: str) -> dict[str, str | None]:
-    """``a=b;c`` (leading ';' already stripped) → ordered dict (kept for older callers)."""
-    return parse_generic_params(";" + text) if text else {}
-
-
 def format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
@@ -216,6 +216,8 @@ def _why_bad_sip_uri(text: str) -> str:
     if not hostport:
         return "empty host"
     if hostport.startswith("["):
+        if "]" not in hostport:
+            return f"unterminated IPv6 reference {hostport[:48]!r}"
         ref, _, port = hostport.partition("]")
         if not _IPV6REF_RE.fullmatch(ref + "]") or not _ipv6_ok(ref + "]"):
             return f"bad IPv6 reference {ref + ']'!r}"
@@ -228,8 +230,6 @@ def _why_bad_sip_uri(text: str) -> str:
         return f"bad port {port[:10]!r}"
     return "invalid character or structure (RFC 3261 §19.1.1)"
 
-
-_IPV6REF_RE = re.compile(IPV6REF)
 
 
 def check_uri_match(m: re.Match[str]) -> None:
@@ -362,27 +362,6 @@ class Uri:
         return Uri(self.scheme, self.user, self.host, self.port, dict(self.params), self.headers, self.password, self.opaque)
 
 
-def _find_unquoted(text: str, char: str, start: int = 0) -> int:
-    """Index of ``char`` outside double quotes, honouring backslash escapes; -1 if none."""
-    in_quote = False
-    i = start
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if in_quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == '"':
-                in_quote = False
-        elif c == '"':
-            in_quote = True
-        elif c == char:
-            return i
-        i += 1
-    return -1
-
-
 class NameAddr:
     """``"Display" <uri>;params`` or ``uri;params`` (From, To, Contact, Route, ...).
 
@@ -415,13 +394,19 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
-        hit = _NA_MEMO.get(text)
-        if hit is not None:
-            na = cls.__new__(cls)
-            na._uri = None
-            na._uri_parts, na.display, params = hit
-            na.params = params.copy()
-            return na
+        gt = text.rfind(">")
+        if gt > 0:
+            hit = _NA_PREFIX.get(text[: gt + 1])
+            if hit is not None:
+                # the prefix was checked before: only the parameters are new (see _NA_PREFIX);
+                # anything unusual after it takes the full path, for the same answer
+                rest = text[gt + 1 :]
+                if not rest or _GEN_PARAMS_FAST.fullmatch(rest) is not None:
+                    na = cls.__new__(cls)
+                    na._uri = None
+                    na._uri_parts, na.display = hit
+                    na.params = _params_fast(rest) if rest else {}
+                    return na
         m = _NAME_ADDR_FAST.fullmatch(text)
         if m is None:
             stripped = text.strip(_WS)
@@ -437,6 +422,8 @@ class NameAddr:
             uparams = g[7]
             if uparams and uparams.count(";") > 1:
                 _params_fast(uparams)
+        ptext = g[9]
+        params = _params_fast(ptext) if ptext else {}
         na = cls.__new__(cls)
         na._uri = None
         na._uri_parts = m
@@ -444,41 +431,39 @@ class NameAddr:
         if quoted is None:
             na.display = g[1]
         else:
-            na.display = _QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
-        ptext = g[9]
-        if not ptext:
-            params = {}
-        elif ptext.count(";") == 1:
-            name, sep, value = ptext[1:].partition("=")
-            params = {name if name.islower() else name.lower(): value if sep else None}
-        else:
-            params = _params_fast(ptext)
+            na.display = (_QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]) or None
         na.params = params
-        if len(_NA_MEMO) >= MEMO_SIZE:
-            _NA_MEMO.clear()
-        _NA_MEMO[text] = (m, na.display, params.copy())
+        if len(_NA_PREFIX) >= MEMO_SIZE:
+            _NA_PREFIX.clear()
+        _NA_PREFIX[t[: m.start(10)]] = (m, na.display)
         return na
 
     @classmethod
-    def check(cls, text: str) -> None:
-        """Raise if ``text`` is not a valid name-addr / addr-spec with parameters."""
-        if text in _NA_CHECKED:
+    def check(cls, text: str, contact: bool = False) -> None:
+        """Raise if ``text`` is not a valid name-addr / addr-spec with parameters; with
+        ``contact``, also check the ``expires`` and ``q`` a registrar turns into numbers."""
+        memo = _CONTACT_CHECKED if contact else _NA_CHECKED
+        if text in memo:
             return
         m = _NAME_ADDR_FAST.fullmatch(text)
         if m is None:
-            cls._parse_slow(text.strip(_WS))
+            na = cls._parse_slow(text.strip(_WS))
+            if contact:
+                check_contact_params(na.params)
             return
         if "%" in text or "[" in text:
             check_uri_parts(m.groups()[2:9], text[m.start(3) : m.start(10) - 1])
-        if text.count(";") > 1:
+        if text.count(";") > 1 or contact:
             uparams, ptext = m.group(8, 10)
-            if ptext and ptext.count(";") > 1:
-                _params_fast(ptext)
+            if ptext and (contact or ptext.count(";") > 1):
+                params = _params_fast(ptext)
+                if contact:
+                    check_contact_params(params)
             if uparams and uparams.count(";") > 1:
                 _params_fast(uparams)
-        if len(_NA_CHECKED) >= MEMO_SIZE:
-            _NA_CHECKED.clear()
-        _NA_CHECKED[text] = True
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[text] = True
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":
@@ -490,7 +475,7 @@ class NameAddr:
             q = _QUOTED_AT.match(text)
             if q is None:
                 raise RemoteProtocolError(f"unterminated quoted string in {text!r}")
-            display = unquote_string(q.group())
+            display = unquote_string(q.group()) or None
             pos = q.end()
             while pos < len(text) and text[pos] in _WS:
                 pos += 1

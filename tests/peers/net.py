@@ -31,12 +31,16 @@ def free_port(host: str = LOOPBACK, *, span: int = 1) -> int:
     ``span=2`` is for baresip, which also binds SIP over TLS on its SIP port + 1.  Ports are
     remembered so that two peers started one after the other never get the same one.
     """
-    start = random.randrange(*_RANGE)
-    for port in itertools.chain(range(start, _RANGE[1]), range(_RANGE[0], start)):
-        block = range(port, port + span)
-        if _taken.intersection(block):
-            continue
-        if all(_bindable(host, p) for p in block):
-            _taken.update(block)
-            return port
+    for attempt in range(2):
+        start = random.randrange(*_RANGE)
+        for port in itertools.chain(range(start, _RANGE[1]), range(_RANGE[0], start)):
+            block = range(port, port + span)
+            if _taken.intersection(block):
+                continue
+            if all(_bindable(host, p) for p in block):
+                _taken.update(block)
+                return port
+        # a long session handed out the whole range: ports of finished peers are free again
+        # (the bind check still skips live ones), so forget what was handed out and look again
+        _taken.clear()
     raise RuntimeError(f"no {span} free consecutive port(s) on {host}")

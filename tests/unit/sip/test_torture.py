@@ -124,13 +124,19 @@ def test_accepted_messages_frame_on_a_stream(name):
     data = load(name)
     if name == "dblreq":
         data = data[: data.index(b"\r\n\r\n") + 4]  # its trailing junk is a datagram matter
-    items = StreamParser().feed(data)
+    sp = StreamParser()
+    items = sp.feed(data)
     assert len(items) == 1
     if name == "inv2543":
-        # no Content-Length: fine in a datagram, a framing fault on a stream (RFC 3261 §18.3)
+        # no Content-Length: fine in a datagram, a fault on a stream (RFC 3261 §18.3); its
+        # body, framed as a next message, is not SIP: the stream is lost after this one
         assert isinstance(items[0], RemoteProtocolError) and "Content-Length" in items[0].reason
         assert isinstance(items[0].message, Request)
+        assert sp.failed is not None and "not a SIP start line" in sp.failed.reason
+        with pytest.raises(RemoteProtocolError, match="not a SIP start line"):
+            sp.feed(b"")
         return
+    assert sp.failed is None
     assert not isinstance(items[0], Exception)
     assert items[0].body == parse_datagram(data).body
 
