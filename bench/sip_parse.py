@@ -5,7 +5,10 @@ by the typed views a B2BUA reads on every message (``call_id``, ``cseq``, ``top_
 ``from_.tag``, ``to.tag``). Two streams per message type:
 
 * ``fresh``: every message has its own Call-ID, branch, From tag and CSeq number, as the
-  first message of a new call does (the parser's memos of checked values cannot help);
+  first message of each new call from one phone has (the parser's memos of checked
+  prefixes — "display <uri>", "SIP/2.0/UDP host:port" — still hit);
+* ``cold``: on top of that every message comes from another phone to another user (new
+  From/To/Contact URIs, Request-URI and Via host): no memo ever hits, the worst case;
 * ``repeat``: the same bytes again and again, as retransmissions, and in part a
   transaction's responses and a dialog's requests, are.
 
@@ -30,16 +33,24 @@ SDP = (
 )
 
 
-def invite(i: int) -> bytes:
+def _peer(i: int, cold: bool) -> tuple[str, str, str]:
+    """(caller, callee, caller's address): one phone calling one user, or a new pair each time."""
+    if not cold:
+        return "2001", "2002", "192.0.2.10"
+    return f"{10000 + i}", f"{20000 + i}", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+
+
+def invite(i: int, cold: bool = False) -> bytes:
+    a, b, ip = _peer(i, cold)
     head = (
-        "INVITE sip:2002@pbx.example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{i:08x}a7d;rport\r\n"
+        f"INVITE sip:{b}@pbx.example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{i:08x}a7d;rport\r\n"
         "Max-Forwards: 70\r\n"
-        f"From: \"Alice\" <sip:2001@pbx.example.com>;tag={i:08x}9f3\r\n"
-        "To: <sip:2002@pbx.example.com>\r\n"
-        f"Call-ID: {i:08x}66710b3c@192.0.2.10\r\n"
+        f"From: \"Alice\" <sip:{a}@pbx.example.com>;tag={i:08x}9f3\r\n"
+        f"To: <sip:{b}@pbx.example.com>\r\n"
+        f"Call-ID: {i:08x}66710b3c@{ip}\r\n"
         f"CSeq: {1000 + i % 90000} INVITE\r\n"
-        "Contact: <sip:2001@192.0.2.10:5060;transport=udp>\r\n"
+        f"Contact: <sip:{a}@{ip}:5060;transport=udp>\r\n"
         "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY\r\n"
         "Supported: replaces, timer\r\n"
         "User-Agent: Softphone 1.0\r\n"
@@ -49,16 +60,17 @@ def invite(i: int) -> bytes:
     return head.encode() + SDP
 
 
-def register(i: int) -> bytes:
+def register(i: int, cold: bool = False) -> bytes:
+    a, _, ip = _peer(i, cold)
     return (
         "REGISTER sip:pbx.example.com SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{i:08x}c1;rport\r\n"
+        f"Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{i:08x}c1;rport\r\n"
         "Max-Forwards: 70\r\n"
-        f"From: <sip:2001@pbx.example.com>;tag={i:08x}4c2\r\n"
-        "To: <sip:2001@pbx.example.com>\r\n"
-        f"Call-ID: {i:08x}reg@192.0.2.10\r\n"
+        f"From: <sip:{a}@pbx.example.com>;tag={i:08x}4c2\r\n"
+        f"To: <sip:{a}@pbx.example.com>\r\n"
+        f"Call-ID: {i:08x}reg@{ip}\r\n"
         f"CSeq: {1 + i % 90000} REGISTER\r\n"
-        "Contact: <sip:2001@192.0.2.10:5060;transport=udp>;expires=3600\r\n"
+        f"Contact: <sip:{a}@{ip}:5060;transport=udp>;expires=3600\r\n"
         "Expires: 3600\r\n"
         "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY\r\n"
         "User-Agent: Softphone 1.0\r\n"
@@ -92,8 +104,9 @@ def main() -> None:
     print(f"{'message':9} {'stream':7} {'views':6} {'µs/msg':>8} {'msg/s':>10}")
     for name, make in (("INVITE", invite), ("REGISTER", register)):
         fresh = [make(i) for i in range(args.n)]
+        cold = [make(i, True) for i in range(args.n)]
         repeat = [fresh[0]] * args.n
-        for sname, stream in (("fresh", fresh), ("repeat", repeat)):
+        for sname, stream in (("fresh", fresh), ("cold", cold), ("repeat", repeat)):
             best = {False: float("inf"), True: float("inf")}
             for _ in range(args.rounds):
                 for views in (False, True):  # interleaved: noise hits both alike

@@ -66,6 +66,11 @@ def setup_tracing(
     return provider
 
 
+def enabled() -> bool:
+    """True once ``setup_tracing`` installed an exporter: hot paths skip span work otherwise."""
+    return _provider is not None
+
+
 def tracer(name: str = "hivepbx") -> trace.Tracer:
     """A tracer from the provider ``setup_tracing`` installed, else the global (no-op) one.
 

@@ -199,17 +199,18 @@ class PbxService:
 
     # ------------------------------------------------------------------ REGISTER
     async def _register(self, req: Request, flow: Flow) -> None:
-        with otrace.tracer().start_as_current_span("sip.register") as span:
-            try:
-                resp = await self.registrar.handle(req, flow, new_tag())
-            except Exception:
-                log.exception("registrar failed")
-                resp = make_response(req, 500, None, to_tag=new_tag())
-            if span.is_recording():
-                span.set_attribute("sip.call_id", req.call_id)
-                span.set_attribute("sip.to", req.get("To") or "")
-                span.set_attribute("sip.status_code", resp.status)
-            self.endpoint.send_response(resp)
+        span = otrace.tracer().start_span("sip.register") if otrace.enabled() else None
+        try:
+            resp = await self.registrar.handle(req, flow, new_tag())
+        except Exception:
+            log.exception("registrar failed")
+            resp = make_response(req, 500, None, to_tag=new_tag())
+        if span is not None:
+            span.set_attribute("sip.call_id", req.call_id)
+            span.set_attribute("sip.to", req.get("To") or "")
+            span.set_attribute("sip.status_code", resp.status)
+            span.end()
+        self.endpoint.send_response(resp)
         if resp.status == 200:
             M.registrations_changed()
 
@@ -229,10 +230,12 @@ class PbxService:
 
     async def _new_invite(self, req: Request, flow: Flow, txn) -> None:
         try:
-            with otrace.tracer().start_as_current_span("call.route") as span:
-                if span.is_recording():
+            if otrace.enabled():
+                with otrace.tracer().start_as_current_span("call.route") as span:
                     span.set_attribute("sip.call_id", req.call_id)
                     span.set_attribute("sip.request_uri", req.uri_text)
+                    await self._route_invite(req, flow, txn)
+            else:
                 await self._route_invite(req, flow, txn)
         except SipError as e:
             self._fail(req, txn, e.status_hint, _clean(e.reason))
@@ -292,7 +295,7 @@ class PbxService:
         with olog.bind(call_id=req.call_id, tenant=tenant.name):
             # from here on every outcome is a call attempt with a CDR, even a refusal
             call = Call(self, req, txn, flow, plan, caller, None)
-            call.span = otrace.tracer().start_span(
+            call.span = None if not otrace.enabled() else otrace.tracer().start_span(
                 "call", attributes={"hivepbx.tenant": tenant.name, "hivepbx.direction": plan.direction,
                                     "hivepbx.caller": caller.number, "hivepbx.callee": plan.callee,
                                     "sip.call_id": req.call_id},

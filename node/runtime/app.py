@@ -198,7 +198,7 @@ async def serve(cfg: NodeConfig) -> None:
     # short-lived and numerous, so collect the young generation less often
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(10_000, 10, 10)
     print(_banner(node), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

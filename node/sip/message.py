@@ -144,9 +144,10 @@ def parse_content_type(value: str) -> str:
         except RemoteProtocolError as e:
             raise RemoteProtocolError(f"bad Content-Type {value[:60]!r}: {e.reason}") from None
     c = f"{m.group(1)}/{m.group(2)}".lower()
-    if len(_CT_SEEN) >= 256:
-        _CT_SEEN.clear()
-    _CT_SEEN[value] = c
+    if len(value) <= 128:
+        if len(_CT_SEEN) >= 256:
+            _CT_SEEN.clear()
+        _CT_SEEN[value] = c
     return c
 
 

@@ -1,7 +1,8 @@
 """Bytes → Request/Response (RFC 3261 §7, §25), for datagrams and for TCP streams (§18.3).
 
 What a parsed message guarantees: its start line and every header line are well formed
-(token names, no control character outside a quoted-pair, line folds joined); the headers
+(token names, line folds joined, no CR/LF inside a line and no other control character
+except right after a backslash, as in a quoted-pair); the headers
 the core routes on — Via, From, To, Call-ID, CSeq, Contact, Route, Record-Route,
 Max-Forwards, Content-Type, Content-Length and the Request-URI — are syntactically valid
 and the single-valued ones appear once. Their typed views never raise afterwards: most are
@@ -47,7 +48,16 @@ from node.sip.message import (
     parse_max_forwards,
     parse_vias,
 )
-from node.sip.uri import _GEN_PARAMS_FAST, _SIP_URI, MEMO_SIZE, NameAddr, Uri, _params_fast, check_uri_match
+from node.sip.uri import (
+    _GEN_PARAMS_FAST,
+    _SIP_URI,
+    MEMO_KEY_MAX,
+    MEMO_SIZE,
+    NameAddr,
+    Uri,
+    _params_fast,
+    check_uri_match,
+)
 
 DEFAULT_MAX_SIZE = 65535
 
@@ -103,9 +113,10 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
             except RemoteProtocolError as e:
                 return msg, _E(f"bad Request-URI: {e.reason}")
             msg._cache["uri"] = (uri_text, m)  # the Uri is built on first use
-            if len(_RURI_MEMO) >= MEMO_SIZE:
-                _RURI_MEMO.clear()
-            _RURI_MEMO[uri_text] = m
+            if len(uri_text) <= MEMO_KEY_MAX:
+                if len(_RURI_MEMO) >= MEMO_SIZE:
+                    _RURI_MEMO.clear()
+                _RURI_MEMO[uri_text] = m
             return msg, None
     if line[:4].upper() == "SIP/":
         return _status_line(line)
@@ -307,9 +318,10 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
                 _check_via_params(params, via)
         else:
             v = Via.parse(via)
-            if len(_VIA_PREFIX) >= MEMO_SIZE:
-                _VIA_PREFIX.clear()
-            _VIA_PREFIX[prefix] = (v.transport, v.host, v.port, v.version)
+            if len(prefix) <= MEMO_KEY_MAX:
+                if len(_VIA_PREFIX) >= MEMO_SIZE:
+                    _VIA_PREFIX.clear()
+                _VIA_PREFIX[prefix] = (v.transport, v.host, v.port, v.version)
         vias = [v]
     else:
         vias = parse_vias(multi["Via"] if multi is not None else [via])

@@ -99,6 +99,7 @@ _WS = " \t"
 # for months. Remembering the checked, immutable result of a value (never an object a
 # caller could change) skips the patterns on a repeat. Bounded: emptied when full.
 MEMO_SIZE = 4096
+MEMO_KEY_MAX = 256  # longer values are checked every time: a memo must stay small
 
 
 # "display <uri>" (everything before the header parameters) → (uri match, display): a
@@ -108,8 +109,13 @@ _NA_CHECKED: dict[str, bool] = {}  # whole values already checked (Route, Record
 _CONTACT_CHECKED: dict[str, bool] = {}  # whole Contact values already checked, params included
 
 
-@lru_cache(maxsize=1024)
 def _ipv6_ok(ref: str) -> bool:
+    """``[IPv6address]`` (an address is at most 45 characters, RFC 4291 §2.2)."""
+    return len(ref) <= 47 and _ipv6_address_ok(ref)
+
+
+@lru_cache(maxsize=1024)
+def _ipv6_address_ok(ref: str) -> bool:
     try:
         IPv6Address(ref[1:-1])
     except ValueError:
@@ -433,9 +439,10 @@ class NameAddr:
         else:
             na.display = (_QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]) or None
         na.params = params
-        if len(_NA_PREFIX) >= MEMO_SIZE:
-            _NA_PREFIX.clear()
-        _NA_PREFIX[t[: m.start(10)]] = (m, na.display)
+        if len(t) <= MEMO_KEY_MAX:
+            if len(_NA_PREFIX) >= MEMO_SIZE:
+                _NA_PREFIX.clear()
+            _NA_PREFIX[t[: m.start(10)]] = (m, na.display)
         return na
 
     @classmethod
@@ -461,9 +468,10 @@ class NameAddr:
                     check_contact_params(params)
             if uparams and uparams.count(";") > 1:
                 _params_fast(uparams)
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[text] = True
+        if len(text) <= MEMO_KEY_MAX:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[text] = True
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":

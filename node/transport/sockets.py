@@ -121,6 +121,9 @@ class _TcpProtocol(asyncio.Protocol):
                 self.transport.write(b"\r\n")
         for item in items:
             self.owner.on_message(item, self.flow)  # type: ignore[arg-type]
+        if getattr(self.parser, "failed", False) and self.transport is not None:
+            # what framed before the broken message was delivered; the stream cannot go on
+            self.transport.close()
 
     def connection_lost(self, exc) -> None:  # type: ignore[override]
         self.owner._tcp_down(self)

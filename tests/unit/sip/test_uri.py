@@ -231,3 +231,30 @@ def test_name_addr_round_trip(u, display, params):
     expected_display = None if not display else display.replace("\r", " ").replace("\n", " ")
     assert again.display == expected_display
     assert str(again.uri) == str(u) and again.params == params
+
+
+# --- memos of checked values -------------------------------------------------------------
+def test_a_remembered_prefix_gives_the_same_answers():
+    first = NameAddr.parse('"A" <sip:a@memo.example.com>;tag=1')
+    again = NameAddr.parse('"A" <sip:a@memo.example.com>;tag=2;x')
+    assert (first.tag, again.tag, again.params) == ("1", "2", {"tag": "2", "x": None})
+    assert again.display == "A" and str(again.uri) == "sip:a@memo.example.com"
+    for bad, words in (('"A" <sip:a@memo.example.com>;tag=2;tag=3', "appears twice"),
+                       ('"A" <sip:a@memo.example.com> junk', "unexpected"),
+                       ('"A" <sip:a@memo.example.com>;', "empty parameter")):
+        with pytest.raises(RemoteProtocolError, match=words):
+            NameAddr.parse(bad)
+    assert NameAddr.parse('"A" <sip:a@memo.example.com> ; tag = 5').tag == "5"
+
+
+def test_memos_stay_bounded():
+    from node.sip import parser, uri
+
+    for i in range(uri.MEMO_SIZE + 100):
+        NameAddr.parse(f"<sip:u{i}@bounded.example.com>;tag={i}")
+        NameAddr.check(f"<sip:c{i}@h>;expires={i}", contact=True)
+    NameAddr.parse("<sip:" + "x" * 5000 + "@h>")
+    memos = (uri._NA_PREFIX, uri._NA_CHECKED, uri._CONTACT_CHECKED, parser._VIA_PREFIX, parser._RURI_MEMO)
+    for memo in memos:
+        assert len(memo) <= uri.MEMO_SIZE
+        assert all(len(k) <= uri.MEMO_KEY_MAX for k in memo)
