@@ -13,6 +13,9 @@ Prints figures only; nothing here is a test assertion. All traffic stays on 127.
 every load is bounded by SIPp's -m (calls) and -timeout (seconds).
 
     bench/sipp_load.py --target kamailio|hivepbx|both --test calls|register|memory|both|all [--quick]
+                       [--profile calls|register] [--json FILE]
+
+bench/README.md says what each figure means and records the results.
 """
 
 from __future__ import annotations
@@ -175,17 +178,6 @@ def pss_kib(pids: list[int]) -> int:
     return total
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def udp_rcvbuf_errors() -> int:
     """Datagrams the kernel dropped because a socket's receive buffer was full (all sockets)."""
     with open("/proc/net/snmp") as f:
@@ -292,13 +284,20 @@ class Sipp:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.n = 0
+        self.current_uas: subprocess.Popen | None = None
 
     def argv(self, scenario: str, remote: str | None, *args: str) -> list[str]:
+        # -sf comes after the other options: a script elsewhere on this shared machine ran
+        # `pkill -f "sipp -sf"` and so stopped every SIPp of a run in the middle of a step
         self.n += 1
-        cmd = ["taskset", "-c", GEN_CORE, "sipp", "-sf", str(SCENARIOS / scenario), *self.COMMON, *args]
+        cmd = ["taskset", "-c", GEN_CORE, "sipp", *self.COMMON, "-sf", str(SCENARIOS / scenario), *args]
         if remote:
             cmd.append(remote)
         return cmd
+
+    def restart_uas(self, old: subprocess.Popen) -> subprocess.Popen:
+        PROCS.stop(old)
+        return self.uas()
 
     def uas(self) -> subprocess.Popen:
         log = self.work / "uas.log"
@@ -308,6 +307,7 @@ class Sipp:
             log,
         )
         wait_bound(UAS_HOST, UAS_PORT, p)
+        self.current_uas = p
         return p
 
 
@@ -342,7 +342,7 @@ class Target:
     def prepare_calls(self, sipp: Sipp) -> None:
         pass
 
-    def reg_users_csv(self, users: range, expires_note: str = "") -> Path:
+    def reg_users_csv(self, users: range) -> Path:
         raise NotImplementedError
 
     def log_tail(self, n: int = 15) -> str:
@@ -493,11 +493,17 @@ def _window_rate(samples: list[tuple[float, float]], a: float, b: float) -> floa
 def run_step(target: Target, sipp: Sipp, test: str, rate: int, seconds: float, hold_ms: int,
              users_csv: Path | None, uas: subprocess.Popen | None, expires: int = 60,
              total: int | None = None) -> Step:
-    """One step; a SIPp that stopped before it created all its calls while nothing had failed was
-    stopped from outside (seen on a shared machine) and the step is run again, twice at most."""
+    """One step; a SIPp (UAC or UAS) that stopped before the step was over was stopped from
+    outside (seen on a shared machine): the step is run again, twice at most, with a new UAS."""
     for attempt in range(3):
+        if uas is not None and uas.poll() is not None:
+            print(f"  the SIPp UAS had exited (rc {uas.returncode}); restarted", flush=True)
+            uas = sipp.restart_uas(uas)
         s = _run_step_once(target, sipp, test, rate, seconds, hold_ms, users_csv, uas, expires, total)
-        if not s.note.startswith("SIPp stopped early") or not target.alive() or attempt == 2:
+        uas_died = uas is not None and uas.poll() is not None
+        if uas_died:
+            s.note = ", ".join(n for n in ("the SIPp UAS exited during the step", s.note) if n)
+        if not (uas_died or s.note.startswith("SIPp stopped early")) or not target.alive() or attempt == 2:
             return s
         settle(target)
     return s
@@ -661,19 +667,27 @@ def sweep(run, rates: list[int], bisect_steps: int, repeat: bool, sw: Sweep) -> 
         sw.max_rate, sw.max_asked, sw.us_at_max, sw.cpu_at_max = best.offered, best.asked, best.us_per_call, best.cpu_pct
         if repeat:
             sw.repeat = run(best.asked)
-    if not sw.limited_by:
-        fails = [s for s in sw.steps if not s.passed and s.asked > lo]
-        if hi is None:
-            sw.limited_by = "the step list ended (raise the rates)"
-        elif fails and min(s.cpu_pct for s in fails) < 75:
-            f = min(fails, key=lambda s: s.asked)
-            sw.limited_by = (f"not the element's own CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s, other "
-                             f"processes {f.core_other_pct:.0f} % of that core, SIPp {f.gen_pct:.0f} %, {f.drops} "
-                             f"UDP drops): bursts overflowing socket buffers, a shared core, or the generator")
-        else:
-            f = min(fails, key=lambda s: s.asked) if fails else None
-            sw.limited_by = "the element's CPU" + (f" ({f.cpu_pct:.0f} % of its core at {f.asked}/s)" if f else "")
+    sw.limited_by = explain_limit(sw)
     return sw
+
+
+def explain_limit(sw: Sweep) -> str:
+    """What stopped the sweep, read from the first failing step above the maximum."""
+    if any(s.gen_limited for s in sw.steps if s.passed):
+        return "SIPp (it could not offer the rate asked: its core was saturated)"
+    fails = [s for s in sw.steps if not s.passed and s.asked > sw.max_asked]
+    if not fails:
+        top = max(sw.steps, key=lambda s: s.asked, default=None)
+        busy = f"; SIPp used {top.gen_pct:.0f} % of its core at {top.asked}/s" if top and top.gen_pct > 80 else ""
+        return "the step list ended (raise the rates)" + busy
+    f = min(fails, key=lambda s: s.asked)
+    if f.gen_pct >= 90:
+        return f"SIPp: its core was {f.gen_pct:.0f} % busy at {f.asked}/s (the element's {f.cpu_pct:.0f} %)"
+    if f.cpu_pct >= 75:
+        return f"the element's CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s)"
+    return (f"not the element's own CPU ({f.cpu_pct:.0f} % of its core at {f.asked}/s, other processes "
+            f"{f.core_other_pct:.0f} % of that core, SIPp {f.gen_pct:.0f} %, {f.drops} UDP drops): bursts "
+            f"overflowing socket buffers, a shared core, or the generator")
 
 
 def fmt_step(s: Step) -> str:
@@ -704,7 +718,7 @@ FULL = Plan([100, 200, 500, 1000, 2000, 4000, 8000, 12000], [250, 500, 1000, 200
 QUICK = Plan([100, 400], [250, 1000], 3.0, 1000, 0, False, 1000, 200, 100)
 
 
-def test_calls(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Sweep:
+def bench_calls(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Sweep:
     sw = Sweep(target.name, "calls")
     uas = None
     try:
@@ -714,11 +728,8 @@ def test_calls(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Swee
 
         def run(rate: int) -> Step:
             nonlocal uas
-            if uas.poll() is not None:  # the called phone must answer every step
-                print(f"  the SIPp UAS had exited (rc {uas.returncode}); restarted", flush=True)
-                PROCS.stop(uas)
-                uas = sipp.uas()
             s = run_step(target, sipp, "calls", rate, plan.step_s, plan.hold_ms, None, uas)
+            uas = sipp.current_uas or uas  # run_step may have restarted it
             settle(target)
             if not target.alive():
                 raise RuntimeError(f"{target.name} died during the {rate}/s step:\n{target.log_tail()}")
@@ -730,11 +741,12 @@ def test_calls(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Swee
         print(f"  {target.name} calls: {e}", flush=True)
     finally:
         PROCS.stop(uas)
+        PROCS.stop(sipp.current_uas)
         target.stop()
     return sw
 
 
-def test_register(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Sweep:
+def bench_register(target: Target, sipp: Sipp, plan: Plan, rates: list[int]) -> Sweep:
     sw = Sweep(target.name, "register")
     try:
         target.start("register")
@@ -768,7 +780,7 @@ class Memory:
     note: str = ""
 
 
-def test_memory(target: Target, sipp: Sipp, plan: Plan, reg_rate: int, call_rate: int) -> list[Memory]:
+def bench_memory(target: Target, sipp: Sipp, plan: Plan, reg_rate: int, call_rate: int) -> list[Memory]:
     out = []
     # registrations, on a fresh process, in three phases so that what stays per binding is told
     # apart from the transactions that linger after each REGISTER (Timer J, RFC 3261 §17.2.2)
@@ -852,6 +864,7 @@ def test_memory(target: Target, sipp: Sipp, plan: Plan, reg_rate: int, call_rate
         mc.note = f"error: {e}"
     finally:
         PROCS.stop(uas)
+        PROCS.stop(sipp.current_uas)
         target.stop()
     out.append(mc)
     print(f"  {fmt_mem(mc)}", flush=True)
@@ -867,7 +880,7 @@ def fmt_mem(m: Memory) -> str:
 # ------------------------------------------------------------------ profile
 
 
-def profile_calls(target: Hivepbx, sipp: Sipp, plan: Plan, rate: int, seconds: float, test: str) -> list[str]:
+def profile_node(target: Hivepbx, sipp: Sipp, plan: Plan, rate: int, seconds: float, test: str) -> list[str]:
     """py-spy samples the node (from the generator core) during one step; returns the hottest frames."""
     spy = REPO / ".venv" / "bin" / "py-spy"
     if not spy.exists():
@@ -888,6 +901,7 @@ def profile_calls(target: Hivepbx, sipp: Sipp, plan: Plan, rate: int, seconds: f
         spy_p.wait(seconds + 30)
     finally:
         PROCS.stop(uas)
+        PROCS.stop(sipp.current_uas)
         target.stop()
     return hot_spots(raw)
 
@@ -992,8 +1006,15 @@ def summary(sweeps: list[Sweep], mems: list[Memory]) -> str:
         k, h = by.get(("kamailio", test)), by.get(("hivepbx", test))
         if k and h and k.max_rate and h.max_rate:
             ratio = h.max_rate / k.max_rate
+            # an open-ended sweep only gives a lower bound of that element's maximum
+            k_open = k.limited_by.startswith(("the step list", "SIPp"))
+            h_open = h.limited_by.startswith(("the step list", "SIPp"))
+            if ratio >= frac:
+                verdict = "MET" if not k_open else "not conclusive: Kamailio's figure is only a lower bound"
+            else:
+                verdict = "MISSED" if not h_open else "not conclusive: hivepbx's figure is only a lower bound"
             line = (f"- {what}: hivepbx {h.max_rate:.0f}/s vs Kamailio {k.max_rate:.0f}/s = 1/{1 / ratio:.1f} "
-                    f"(target ≥ 1/{1 / frac:.0f}: {'MET' if ratio >= frac else 'MISSED'})")
+                    f"(target ≥ 1/{1 / frac:.0f}: {verdict})")
             if h.us_at_max and k.us_at_max:
                 line += (f"; CPU per call {h.us_at_max:.0f} µs vs {k.us_at_max:.0f} µs, i.e. hivepbx needs "
                          f"{h.us_at_max / k.us_at_max:.1f}× Kamailio's CPU (Kamailio's one-core capacity "
@@ -1018,6 +1039,25 @@ def summary(sweeps: list[Sweep], mems: list[Memory]) -> str:
     return "\n\n".join(out)
 
 
+def report(data: dict) -> str:
+    """The tables of a run, from its --json file (the verdicts are derived again)."""
+    sweeps = []
+    for d in data["sweeps"]:
+        steps = [Step(**x) for x in d.pop("steps")]
+        rep = Step(**d.pop("repeat")) if d.get("repeat") else None
+        d.pop("repeat", None)
+        sw = Sweep(**d, steps=steps, repeat=rep)
+        if sw.steps:
+            sw.limited_by = explain_limit(sw)
+        sweeps.append(sw)
+    mems = [Memory(**m) for m in data.get("memory", [])]
+    out = [f"# {data.get('command', '')}", f"# {json.dumps(data.get('machine', {}))}", "", table(sweeps), "",
+           summary(sweeps, mems)]
+    for test, lines in (data.get("profile") or {}).items():
+        out += ["", f"# py-spy, hivepbx {test}", *lines]
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -1037,7 +1077,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-rate", type=int, help="rate for --profile (default: 80 %% of the measured max)")
     ap.add_argument("--work-dir", help="where logs, SIPp statistics and the throwaway data dir go")
     ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    ap.add_argument("--report", metavar="FILE", help="print the tables of an earlier run's --json file and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return 0
 
     for tool in ("sipp", "taskset"):
         if shutil.which(tool) is None:
@@ -1097,9 +1141,9 @@ def main(argv: list[str] | None = None) -> int:
             for test in tests:
                 print(f"== {name} {test}", flush=True)
                 if test == "calls":
-                    sweeps.append(test_calls(target, sipp, plan, args.call_rates or plan.call_rates))
+                    sweeps.append(bench_calls(target, sipp, plan, args.call_rates or plan.call_rates))
                 elif test == "register":
-                    sweeps.append(test_register(target, sipp, plan, args.reg_rates or plan.reg_rates))
+                    sweeps.append(bench_register(target, sipp, plan, args.reg_rates or plan.reg_rates))
                 else:
                     done = {(s.target, s.test): s for s in sweeps}
                     reg = done.get((name, "register"))
@@ -1107,13 +1151,13 @@ def main(argv: list[str] | None = None) -> int:
                     reg_rate = min(2000, _nice(reg.max_rate * 0.5)) if reg and reg.max_rate else 500
                     call_rate = min(plan.mem_call_rate, _nice(call.max_rate * 0.5)) if call and call.max_rate \
                         else plan.mem_call_rate
-                    mems += test_memory(target, sipp, plan, reg_rate, call_rate)
+                    mems += bench_memory(target, sipp, plan, reg_rate, call_rate)
             for ptest in args.profile if isinstance(target, Hivepbx) else ():
                 sw = next((s for s in sweeps if s.target == name and s.test == ptest), None)
                 rate = args.profile_rate or (_nice(sw.max_asked * 0.8) if sw and sw.max_asked else 100)
                 print(f"== hivepbx profile ({ptest} at {rate}/s)", flush=True)
                 try:
-                    profile[ptest] = profile_calls(target, sipp, plan, rate, max(plan.step_s, 10), ptest)
+                    profile[ptest] = profile_node(target, sipp, plan, rate, max(plan.step_s, 10), ptest)
                 except Exception as e:
                     profile[ptest] = [f"profiling failed: {e}"]
                 print("\n".join(profile[ptest]), flush=True)

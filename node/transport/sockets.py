@@ -41,6 +41,23 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+#: a burst of datagrams waits here while the loop is busy; the kernel default (~208 KB, a
+#: few hundred messages) overflows within milliseconds at load and every drop costs a
+#: retransmission 500 ms later
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    try:
+        # as root, FORCE passes net.core.rmem_max; otherwise the kernel caps the request there
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), UDP_RECEIVE_BUFFER)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        except OSError:
+            log.warning("cannot enlarge the UDP receive buffer")
+
+
 def _bind_socket(host: str, port: int, kind: int) -> socket.socket:
     fam = _family(host)
     sock = socket.socket(fam, kind)
@@ -48,6 +65,8 @@ def _bind_socket(host: str, port: int, kind: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if fam == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            _grow_receive_buffer(sock)
         sock.bind((host, port))
         sock.setblocking(False)
     except OSError:
