@@ -36,6 +36,12 @@ async def _phone(pbx, tmp_path, tenant, ext, password, answer_scenario, domain=D
     return phone
 
 
+def _dial(pbx, tmp_path, callee: str, scenario: str = "uac_call.xml", name: str = "c", **kw) -> Sipp:
+    """A SIPp caller registered nowhere, authenticating as alpha's 1001 when challenged."""
+    return Sipp(scenario, pbx.target, workdir=tmp_path / name, service=callee, user="1001", domain=DOMAIN,
+                auth_user="1001", auth_password=PW1, **kw)
+
+
 def _sdp_addr(body: str) -> tuple[str, int]:
     c = re.search(r"^c=IN IP4 (\S+)", body, re.M)
     m = re.search(r"^m=audio (\d+)", body, re.M)
@@ -81,9 +87,7 @@ async def test_call_answered_media_anchored_and_cdr(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer.xml")
     try:
-        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "caller", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=1500).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call.xml", "caller", duration_ms=1500).run()
         caller.assert_ok()
         assert caller.received(407), "INVITE was not challenged"
     finally:
@@ -113,9 +117,7 @@ async def test_busy(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_busy.xml")
     try:
-        caller = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            variables={"expected": 486}).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call_expect_error.xml", "c", variables={"expected": 486}).run()
         caller.assert_ok()
     finally:
         cres = await callee.stop()
@@ -127,9 +129,7 @@ async def test_no_answer_after_ring_timeout(pbx, tmp_path):
     t = await _tenant(pbx, ring_timeout=2)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_noanswer.xml")
     try:
-        caller = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            variables={"expected": 480}).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call_expect_error.xml", "c", variables={"expected": 480}).run()
         caller.assert_ok()
         await asyncio.sleep(0.5)
     finally:
@@ -144,9 +144,7 @@ async def test_caller_cancels(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_noanswer.xml")
     try:
-        caller = await Sipp("uac_cancel.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=800).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_cancel.xml", "c", duration_ms=800).run()
         caller.assert_ok()
         await asyncio.sleep(0.5)
     finally:
@@ -160,9 +158,7 @@ async def test_hold_and_resume_cross_the_bridge(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_hold.xml")
     try:
-        caller = await Sipp("uac_hold_resume.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=500).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_hold_resume.xml", "c", duration_ms=500).run()
         caller.assert_ok()
     finally:
         cres = await callee.stop()
@@ -178,9 +174,7 @@ async def test_callee_hangs_up(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer_hangup.xml", variables={"hangup_ms": 1000})
     try:
-        caller = await Sipp("uac_call_remote_bye.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=1000).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call_remote_bye.xml", "c", duration_ms=1000).run()
         caller.assert_ok()
     finally:
         cres = await callee.stop()
@@ -203,14 +197,10 @@ async def test_tenant_isolation(pbx, tmp_path):
     # beta's 1002 registered: alpha's 1001 dialling 1002 must not reach it
     phone_b = await _phone(pbx, tmp_path, b, "1002", PW2, "uas_answer.xml", domain="beta.example")
     try:
-        caller = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            variables={"expected": 480}).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call_expect_error.xml", "c", variables={"expected": 480}).run()
         caller.assert_ok()
         # and 2002 (beta only) is not reachable from alpha either: no such extension, no route
-        caller2 = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c2", service="2002",
-                             user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                             variables={"expected": 404}).run()
+        caller2 = await _dial(pbx, tmp_path, "2002", "uac_call_expect_error.xml", "c2", variables={"expected": 404}).run()
         caller2.assert_ok()
     finally:
         bres = await phone_b.stop()
@@ -228,9 +218,7 @@ async def test_outbound_call_through_trunk_with_auth(pbx, tmp_path):
                                   username="acct77", password="carrier-pw")
     await pbx.config.create_route(t.id, "9", "carrier", strip=1, prepend="44")
     try:
-        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "c", service="9113496000",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=500).run()
+        caller = await _dial(pbx, tmp_path, "9113496000", "uac_call.xml", "c", duration_ms=500).run()
         caller.assert_ok()
     finally:
         res = await carrier.stop()
@@ -292,9 +280,7 @@ async def test_call_over_tcp_and_metrics(pbx, tmp_path):
     callee = await _phone(pbx, tmp_path, t, "1002", PW2, "uas_answer.xml", transport="t1")
     try:
         assert (await pbx.locations.lookup(t.id, "1002", time.time()))[0].transport == "tcp"
-        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=300, transport="t1").run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call.xml", "c", duration_ms=300, transport="t1").run()
         caller.assert_ok()
     finally:
         cres = await callee.stop()
@@ -353,9 +339,7 @@ async def test_extension_with_two_phones_rings_both_first_answer_wins(pbx, tmp_p
         await asyncio.sleep(0.05)
     assert len(await pbx.locations.lookup(t.id, "1002", time.time())) == 2
     try:
-        caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "c", service="1002",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            duration_ms=500).run()
+        caller = await _dial(pbx, tmp_path, "1002", "uac_call.xml", "c", duration_ms=500).run()
         caller.assert_ok()
         await asyncio.sleep(0.5)
     finally:
@@ -383,9 +367,7 @@ async def test_refusals_leave_a_cdr_tenant_call_limit_and_bad_sdp(pbx, tmp_path)
         while not pbx.node.service.calls and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        second = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c2", service="9556",
-                            user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW1,
-                            variables={"expected": 503}).run()
+        second = await _dial(pbx, tmp_path, "9556", "uac_call_expect_error.xml", "c2", variables={"expected": 503}).run()
         second.assert_ok()
         (await first.wait()).assert_ok()
     finally:
