@@ -120,7 +120,7 @@ async def test_busy(pbx, tmp_path):
         caller = await _dial(pbx, tmp_path, "1002", "uac_call_expect_error.xml", "c", variables={"expected": 486}).run()
         caller.assert_ok()
     finally:
-        cres = await callee.stop()
+        await callee.stop()
     cdr = (await pbx.wait_cdrs(t.id, 1))[0]
     assert (cdr.disposition, cdr.sip_code, cdr.answer) == ("busy", 486, None)
 
@@ -177,7 +177,7 @@ async def test_callee_hangs_up(pbx, tmp_path):
         caller = await _dial(pbx, tmp_path, "1002", "uac_call_remote_bye.xml", "c", duration_ms=1000).run()
         caller.assert_ok()
     finally:
-        cres = await callee.stop()
+        await callee.stop()
     cdr = (await pbx.wait_cdrs(t.id, 1))[0]
     assert (cdr.disposition, cdr.hangup_cause) == ("answered", "callee-bye")
 
