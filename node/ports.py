@@ -52,6 +52,19 @@ class ConfigStore(Protocol):
         """Routes whose prefix matches ``number``, longest prefix first, then priority."""
         ...
 
+    # --- feature objects (IVRs, voicemail boxes, hunt groups, queues, time rules, ...):
+    # JSON documents keyed by (tenant, kind, name). The feature that owns a kind validates its
+    # documents (node.config_rules.feature_object); a backend stores and watches them like the
+    # rest of the configuration, so a new feature needs no schema change in any backend.
+    async def put_object(self, tenant_id: int, kind: str, name: str, data: dict) -> None:
+        """Create or replace. Raises ValueError on a bad kind/name/document or unknown tenant."""
+        ...
+    async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None: ...
+    async def list_objects(self, tenant_id: int, kind: str) -> dict[str, dict]:
+        """name -> document, sorted by name."""
+        ...
+    async def delete_object(self, tenant_id: int, kind: str, name: str) -> bool: ...
+
 
 class LocationStore(Protocol):
     """Registrations (RFC 3261 §10 location service)."""

@@ -6,7 +6,7 @@ from node.embedded.config_store import EmbeddedConfigStore
 from node.embedded.db import DB_FILENAME, Database, DatabaseError
 from node.embedded.demo import provision_demo
 from node.embedded.location_store import EmbeddedLocationStore
-from node.embedded.rules import ConfigError
+from node.config_rules import ConfigError
 
 __all__ = [
     "ConfigError", "DB_FILENAME", "Database", "DatabaseError", "EmbeddedBackend", "EmbeddedCdrStore",

@@ -4,7 +4,7 @@ with their tenant (the table has no foreign key to tenants)."""
 from __future__ import annotations
 
 from node.embedded.db import Database
-from node.embedded.rules import ConfigError
+from node.config_rules import ConfigError
 from node.model import Cdr
 
 _COLS = (

@@ -11,12 +11,13 @@ transaction, so a check cannot be overtaken by another process's write.
 from __future__ import annotations
 
 import bisect
+import json
 import time
 from collections.abc import Iterable
 
-from node.embedded import rules
+from node import config_rules as rules
 from node.embedded.db import Database
-from node.embedded.rules import ConfigError
+from node.config_rules import ConfigError
 from node.model import Did, Extension, OutboundRoute, Tenant, Trunk
 
 _TENANT_COLS = "id, name, domain, max_calls, ring_timeout, timezone"
@@ -48,7 +49,7 @@ class _View:
 
     __slots__ = (
         "tenants", "tenants_by_domain", "exts", "dids", "dids_by_tenant",
-        "trunks", "trunks_by_id", "trunks_by_host", "routes",
+        "trunks", "trunks_by_id", "trunks_by_host", "routes", "objects",
     )
 
     def __init__(self) -> None:
@@ -63,6 +64,8 @@ class _View:
         self.trunks_by_host: dict[str, list[Trunk]] = {}
         #: per tenant, in match order
         self.routes: dict[int, list[OutboundRoute]] = {}
+        #: (tenant, kind) -> name -> JSON text (decoded on read: callers may mutate what they get)
+        self.objects: dict[tuple[int, str], dict[str, str]] = {}
 
     @classmethod
     def load(cls, db: Database) -> "_View":
@@ -78,6 +81,8 @@ class _View:
             v.add_trunk(_trunk(row))
         for row in c.execute(f"SELECT {_ROUTE_COLS} FROM routes"):
             v.add_route(OutboundRoute(*row))
+        for tenant_id, kind, name, data in c.execute("SELECT tenant_id, kind, name, data FROM tenant_objects"):
+            v.objects.setdefault((tenant_id, kind), {})[name] = data
         return v
 
     def add_tenant(self, t: Tenant) -> None:
@@ -192,7 +197,7 @@ class EmbeddedConfigStore:
         with self._db.write() as c:
             if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone():
                 return False
-            for table in ("registrations", "routes", "dids", "trunks", "extensions"):
+            for table in ("registrations", "tenant_objects", "routes", "dids", "trunks", "extensions"):
                 c.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
             c.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
         self._reload()
@@ -401,6 +406,38 @@ class EmbeddedConfigStore:
         self._db.poll()
         v = self._v
         return [(r, v.trunks_by_id[r.trunk_id]) for r in _matching(v.routes.get(tenant_id, ()), number)]
+
+    # --- feature objects
+    async def put_object(self, tenant_id: int, kind: str, name: str, data: dict) -> None:
+        kind, name, text = rules.object_kind(kind), rules.object_name(name), rules.object_document(data)
+        with self._db.write() as c:
+            self._require_tenant(c, tenant_id)
+            c.execute(
+                "INSERT INTO tenant_objects (tenant_id, kind, name, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, kind, name) DO UPDATE SET data = excluded.data",
+                (tenant_id, kind, name, text),
+            )
+        self._v.objects.setdefault((tenant_id, kind), {})[name] = text
+
+    async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None:
+        self._db.poll()
+        text = self._v.objects.get((tenant_id, kind), {}).get(name)
+        return None if text is None else json.loads(text)
+
+    async def list_objects(self, tenant_id: int, kind: str) -> dict[str, dict]:
+        self._db.poll()
+        found = self._v.objects.get((tenant_id, kind), {})
+        return {name: json.loads(found[name]) for name in sorted(found)}
+
+    async def delete_object(self, tenant_id: int, kind: str, name: str) -> bool:
+        with self._db.write() as c:
+            cur = c.execute(
+                "DELETE FROM tenant_objects WHERE tenant_id = ? AND kind = ? AND name = ?", (tenant_id, kind, name)
+            )
+        if cur.rowcount == 0:
+            return False
+        self._v.objects.get((tenant_id, kind), {}).pop(name, None)
+        return True
 
 
 def _matching(routes: Iterable[OutboundRoute], number: str) -> Iterable[OutboundRoute]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DB_FILENAME = "hivepbx.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: how often hot reads look for changes made by another process, seconds
 POLL_INTERVAL = 0.5
 #: how long a write waits for another process's transaction, milliseconds
@@ -121,6 +121,22 @@ CREATE TABLE cdrs (
 );
 CREATE INDEX cdrs_tenant_start ON cdrs (tenant_id, start_ts);
 """
+
+# Each step takes the schema from version N-1 to N (index N-1); a new database runs _SCHEMA
+# and then every step.
+_MIGRATIONS = (
+    # 2: feature objects (IVRs, voicemail boxes, hunt groups, ...) as JSON documents
+    """
+CREATE TABLE tenant_objects (
+    tenant_id  INTEGER NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    kind       TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, kind, name)
+) WITHOUT ROWID
+""",
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION - 1
 
 
 class DatabaseError(RuntimeError):
@@ -249,6 +265,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            version = 1
+        for step in _MIGRATIONS[version - 1 :]:
+            for stmt in step.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+        if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")

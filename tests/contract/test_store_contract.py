@@ -256,3 +256,53 @@ async def test_cdr_list_newest_first_scoped_limited(backend):
     assert [c.start for c in await backend.cdrs.list(1, since=200.0)] == [300.0, 200.0]
     assert [c.id for c in await backend.cdrs.list(2)] == ["b0"]
     assert await backend.cdrs.list(3) == []
+
+
+# ---------------------------------------------------------------- feature objects
+
+
+async def test_feature_objects_round_trip_and_scope(backend):
+    c = backend.config
+    a = await c.create_tenant("obj-a", "a.objects.example")
+    b = await c.create_tenant("obj-b", "b.objects.example")
+    await c.put_object(a.id, "ivr", "main", {"prompt": "welcome", "keys": {"1": ["extension", "1001"]}})
+    await c.put_object(a.id, "ivr", "after hours", {"prompt": "closed"})
+    await c.put_object(b.id, "ivr", "main", {"prompt": "other tenant"})
+    assert await c.get_object(a.id, "ivr", "main") == {"prompt": "welcome", "keys": {"1": ["extension", "1001"]}}
+    assert list(await c.list_objects(a.id, "ivr")) == ["after hours", "main"]
+    # another tenant's object of the same name is its own
+    assert (await c.get_object(b.id, "ivr", "main"))["prompt"] == "other tenant"
+    assert await c.get_object(a.id, "queue", "main") is None
+    # replace
+    await c.put_object(a.id, "ivr", "main", {"prompt": "new"})
+    assert await c.get_object(a.id, "ivr", "main") == {"prompt": "new"}
+    # what a caller gets is a copy
+    got = await c.get_object(a.id, "ivr", "main")
+    got["prompt"] = "mutated"
+    assert (await c.get_object(a.id, "ivr", "main"))["prompt"] == "new"
+    assert await c.delete_object(b.id, "ivr", "after hours") is False  # not b's
+    assert await c.delete_object(a.id, "ivr", "after hours") is True
+    assert list(await c.list_objects(a.id, "ivr")) == ["main"]
+    await c.delete_tenant(a.id)
+    assert await c.list_objects(a.id, "ivr") == {}
+    assert list(await c.list_objects(b.id, "ivr")) == ["main"]
+
+
+@pytest.mark.parametrize(
+    "kind, name, data",
+    [
+        ("IVR", "main", {}),  # kind must be lower case
+        ("ivr", "", {}),
+        ("ivr", "x" * 65, {}),
+        ("ivr", "main", ["not", "an", "object"]),
+        ("ivr", "main", {"n": float("nan")}),
+        ("ivr", "main", {"big": "x" * 70000}),
+    ],
+)
+async def test_feature_objects_bad_input(backend, kind, name, data):
+    c = backend.config
+    t = await c.create_tenant("obj-bad", "bad.objects.example")
+    with pytest.raises(ValueError):
+        await c.put_object(t.id, kind, name, data)
+    with pytest.raises(ValueError):
+        await c.put_object(t.id + 1000, "ivr", "main", {})  # no such tenant

@@ -7,6 +7,7 @@ which value is wrong and what would be right. Every check returns the normalised
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import zoneinfo
 
@@ -219,3 +220,38 @@ def unknown_options(kind: str, opts: dict, allowed: tuple[str, ...]) -> None:
     extra = sorted(set(opts) - set(allowed))
     if extra:
         raise TypeError(f"unknown {kind} option(s): {', '.join(extra)} (allowed: {', '.join(allowed)})")
+
+
+#: feature object kinds: lower-case word, like 'ivr', 'voicemail', 'hunt_group', 'queue'
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+#: object names: what a tenant calls it ('main', '2001', 'sales queue')
+_OBJ_NAME = re.compile(r"[A-Za-z0-9_.+*# -]{1,64}\Z")
+#: a document's size once encoded as JSON, bytes
+MAX_OBJECT_BYTES = 64 * 1024
+
+
+def object_kind(value: object) -> str:
+    v = _text(value, "object kind")
+    if not _KIND.match(v):
+        raise ConfigError(f"object kind {v!r}: use a lower-case word (a-z, 0-9, _), up to 32 characters")
+    return v
+
+
+def object_name(value: object) -> str:
+    v = _text(value, "object name")
+    if not _OBJ_NAME.match(v) or v != v.strip():
+        raise ConfigError(f"object name {v!r}: 1-64 characters of letters, digits, space and _ . + * # -")
+    return v
+
+
+def object_document(value: object) -> str:
+    """The document as canonical JSON text (sorted keys): what every backend stores."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"object document must be a JSON object, not {type(value).__name__}")
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"object document is not JSON: {e}") from None
+    if len(text.encode()) > MAX_OBJECT_BYTES:
+        raise ConfigError(f"object document too large ({len(text)} bytes, at most {MAX_OBJECT_BYTES})")
+    return text
