@@ -23,6 +23,7 @@ class EmbeddedBackend:
     cdrs: EmbeddedCdrStore
 
     def close(self) -> None:
+        self.locations.flush()
         self.db.close()
 
     def __enter__(self) -> "EmbeddedBackend":

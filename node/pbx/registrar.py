@@ -54,6 +54,19 @@ class Registrar:
         except RemoteProtocolError as e:
             return make_response(req, e.status_hint, None, to_tag=to_tag, headers=[("Warning", f'399 hivepbx "{e.reason}"')])
 
+    def challenge_now(self, req: Request, to_tag: str, now: float) -> Response | None:
+        """The 401 for a REGISTER that carries no credentials at all, answered without a task
+        or a store lookup: every phone's first REGISTER, half of the registrar's load. The
+        challenge is the same whether the user exists or not (no enumeration). None: the
+        request needs the full path."""
+        if req.get("Authorization") is not None:
+            return None
+        try:
+            realm = req.to.uri.host_bare
+        except RemoteProtocolError:
+            return None
+        return make_response(req, 401, None, to_tag=to_tag, headers=self.auth.challenge_headers(realm, now))
+
     async def _handle(self, req: Request, flow: Flow, to_tag: str) -> Response:
         now = time.time()
         to_uri = req.to.uri

@@ -1,0 +1,140 @@
+"""In-process benchmark of the registrar path: REGISTER → 401 → REGISTER with digest → 200,
+through the real parser, transaction layer, PbxService, Authenticator and embedded store,
+with the sockets replaced by a list. Figures are CPU seconds of this thread (not wall time),
+so they hold on a busy machine; the SIPp figure in bench/README.md adds the socket cost.
+
+REGISTERs arrive in bursts (default 50, like a loaded socket's backlog), so per-turn work such
+as the location store's group commit is shared the way it is under load.
+
+Run: .venv/bin/python bench/registrar_inproc.py [N [BURST]] [--profile]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import os
+import pstats
+import sys
+import tempfile
+import time
+
+from node.embedded import open_embedded
+from node.pbx.authn import Authenticator
+from node.pbx.service import PbxService
+from node.runtime.config import NodeConfig
+from node.sip.auth import answer_challenge, choose_challenge
+from node.sip.flow import Flow
+from node.sip.parser import parse_datagram
+from node.sip.transaction import TransactionLayer
+from node.transport.endpoint import SipEndpoint
+
+DOMAIN = "bench.example"
+EXTENSIONS = 1000
+
+
+class _Sink:
+    """Stands in for SipTransports: keeps what the node sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, flow: Flow) -> None:
+        self.sent.append(data)
+
+    def bound(self, *a):
+        return None
+
+
+def _register(i: int, ext: str, cseq: int, auth: str | None, port: int) -> bytes:
+    lines = [
+        f"REGISTER sip:{DOMAIN} SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.2:{port};branch=z9hG4bK-b{i}-{cseq};rport",
+        f"From: <sip:{ext}@{DOMAIN}>;tag=f{i}",
+        f"To: <sip:{ext}@{DOMAIN}>",
+        f"Call-ID: reg-{i}@127.0.0.2",
+        f"CSeq: {cseq} REGISTER",
+        f"Contact: <sip:{ext}@127.0.0.2:{port}>",
+        "Max-Forwards: 70",
+        "Expires: 3600",
+        "User-Agent: bench",
+    ]
+    if auth:
+        lines.append(f"Authorization: {auth}")
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def main(n: int, profile: bool, burst: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = open_embedded(tmp)
+        t = await backend.config.create_tenant("bench", DOMAIN)
+        for e in range(EXTENSIONS):
+            await backend.config.create_extension(t.id, str(10000 + e), "secret-password")
+        cfg = NodeConfig(data_dir=tmp, nat_ping_interval=0)
+        layer = TransactionLayer()
+        endpoint = SipEndpoint(layer)
+        sink = _Sink()
+        endpoint.transports = sink
+        service = PbxService(
+            cfg, endpoint, backend.config, backend.locations, backend.cdrs,
+            Authenticator(os.urandom(32)), media_factory=None,
+        )
+        endpoint.on_event = service.on_event
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10000, 10, 10)  # as node.runtime.app does
+
+        prof = cProfile.Profile() if profile else None
+
+        async def wave(msgs: list[tuple[bytes, int]]) -> tuple[float, list[bytes]]:
+            """Deliver a burst the way a loaded socket does (many datagrams per loop turn);
+            CPU seconds until every answer is out."""
+            sink.sent.clear()
+            c0 = time.thread_time()
+            if prof:
+                prof.enable()
+            for data, port in msgs:
+                endpoint.message_received(parse_datagram(data), Flow("udp", ("127.0.0.1", 5060), ("127.0.0.2", port)))
+            while len(sink.sent) < len(msgs):
+                await asyncio.sleep(0)
+            if prof:
+                prof.disable()
+            return time.thread_time() - c0, list(sink.sent)
+
+        cpu = {401: 0.0, 200: 0.0}
+        ok = 0
+        for start in range(0, n, burst):
+            idx = range(start, min(n, start + burst))
+            first = [(_register(i, str(10000 + i % EXTENSIONS), 1, None, 20000 + i % 30000), 20000 + i % 30000) for i in idx]
+            dt, answers = await wave(first)
+            cpu[401] += dt
+            creds = []
+            for i, raw in zip(idx, answers):
+                r401 = parse_datagram(raw)
+                assert r401.status == 401, r401.status
+                ch = choose_challenge([v for k, v in r401.headers if k == "WWW-Authenticate"])
+                ext = str(10000 + i % EXTENSIONS)
+                cred = answer_challenge(ch, "REGISTER", f"sip:{DOMAIN}", ext, "secret-password", f"{i:08x}", 1, b"")
+                creds.append((_register(i, ext, 2, cred, 20000 + i % 30000), 20000 + i % 30000))
+            dt, answers = await wave(creds)
+            cpu[200] += dt
+            ok += sum(parse_datagram(raw).status == 200 for raw in answers)
+        server_cpu = cpu[401] + cpu[200]
+        split = cpu
+        backend.close()
+    print(f"registrations: {n}, 200 OK: {ok}")
+    print(f"node CPU per registration (401 + 200): {server_cpu / n * 1e6:.1f} µs "
+          f"=> {n / server_cpu:,.0f} registrations/s per core (without sockets)")
+    print(f"  of which the challenge (REGISTER → 401): {split[401] / n * 1e6:.1f} µs, "
+          f"the authenticated REGISTER → 200: {split[200] / n * 1e6:.1f} µs")
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    import uvloop
+
+    uvloop.run(main(int(args[0]) if args else 20000, "--profile" in sys.argv, int(args[1]) if len(args) > 1 else 50))
