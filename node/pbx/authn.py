@@ -29,6 +29,9 @@ class Authenticator:
     def __init__(self, secret: bytes, nonce_ttl: float = 300.0, algorithms: tuple[str, ...] = ("MD5",)) -> None:
         self.server = DigestServer(secret, nonce_ttl, algorithms=algorithms)
         self._nc: dict[str, int] = {}
+        #: (realm, second, stale, proxy) -> challenge headers: a nonce changes once a second,
+        #: and a registration storm asks for the same few thousand times in that second
+        self._challenges: dict[tuple, list[tuple[str, str]]] = {}
 
     def check(
         self, req: Request, realm: str, password: str | None, now: float, proxy: bool = False
@@ -63,8 +66,14 @@ class Authenticator:
         return AuthOutcome.FAILED, username
 
     def challenge_headers(self, realm: str, now: float, stale: bool = False, proxy: bool = False) -> list[tuple[str, str]]:
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        return [(name, v) for v in self.server.challenge(realm, now, stale)]
+        key = (realm, int(now), stale, proxy)
+        headers = self._challenges.get(key)
+        if headers is None:
+            if len(self._challenges) >= 1024:
+                self._challenges.clear()
+            name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+            headers = self._challenges[key] = [(name, v) for v in self.server.challenge(realm, now, stale)]
+        return list(headers)
 
     def answer(self, resp: Response, req: Request, username: str, password: str) -> tuple[str, str] | None:
         """Credentials answering a trunk's 401/407 to ``req``, or None when we cannot."""
