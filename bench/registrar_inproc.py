@@ -97,7 +97,7 @@ async def main(n: int, profile: bool, burst: int) -> None:
             if prof:
                 prof.enable()
             for data, port in msgs:
-                endpoint.message_received(parse_datagram(data), Flow("udp", ("127.0.0.1", 5060), ("127.0.0.2", port)))
+                endpoint.message_received(parse_datagram(data), Flow("udp", ("127.0.0.2", port), ("127.0.0.1", 5060)))
             while len(sink.sent) < len(msgs):
                 await asyncio.sleep(0)
             if prof:

@@ -1,0 +1,232 @@
+"""In-process benchmark of the call path: a carrier's INVITE to a DID → the node's B2BUA rings the
+registered extension → 180, 200, ACK, BYE both ways, with media anchored (real RTP relay
+sockets). The phones are scripted in this process and the SIP sockets replaced by a queue;
+figures are CPU seconds of the node's work only (thread time around its code, not wall time),
+so they hold on a busy machine. The SIPp figure in bench/README.md adds the sockets.
+
+Calls arrive in bursts (default 50), as from a loaded socket.
+
+Run: .venv/bin/python bench/calls_inproc.py [N [BURST]] [--profile]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import os
+import pstats
+import sys
+import tempfile
+import time
+
+from node.embedded import open_embedded
+from node.model import Binding
+from node.pbx.authn import Authenticator
+from node.pbx.media import MediaAnchors
+from node.pbx.service import PbxService
+from node.rtp_engine.relay import PortPool, RtpRelay
+from node.runtime.config import NodeConfig
+from node.sip.flow import Flow
+from node.sip.message import Request, Response
+from node.sip.parser import parse_datagram
+from node.sip.transaction import TransactionLayer
+from node.transport.endpoint import SipEndpoint
+
+NODE = ("127.0.0.1", 5060)
+CARRIER = ("127.0.0.2", 5061)
+PHONE = ("127.0.0.1", 15090)
+DOMAIN = "bench.example"
+DID, CALLEE = "15550001", "2000"
+
+
+def _sdp(host: str, port: int) -> bytes:
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+    ).encode()
+
+
+def _msg(start: str, headers: list[str], body: bytes = b"") -> bytes:
+    ct = ["Content-Type: application/sdp"] if body else []
+    return ("\r\n".join([start, *headers, *ct, f"Content-Length: {len(body)}", "", ""])).encode() + body
+
+
+def _invite(i: int) -> bytes:
+    h, p = CARRIER
+    return _msg(
+        f"INVITE sip:{DID}@{NODE[0]}:{NODE[1]} SIP/2.0",
+        [
+            f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-inv{i};rport",
+            f'From: "Bench" <sip:15557770000@{h}:{p}>;tag=c{i}',
+            f"To: <sip:{DID}@{NODE[0]}:{NODE[1]}>",
+            f"Call-ID: call-{i}@{h}",
+            "CSeq: 1 INVITE",
+            f"Contact: <sip:15557770000@{h}:{p}>",
+            "Max-Forwards: 70",
+        ],
+        _sdp(h, 40000 + 2 * (i % 1000)),
+    )
+
+
+def _reply(req: Request, status: int, reason: str, to_tag: str, body: bytes = b"", contact: str = "") -> bytes:
+    heads = [f"Via: {v}" for v in req.get_all("Via")]
+    heads += [
+        f"From: {req.get('From')}",
+        f"To: {req.get('To')};tag={to_tag}" if ";tag=" not in req.get("To") else f"To: {req.get('To')}",
+        f"Call-ID: {req.call_id}",
+        f"CSeq: {req.get('CSeq')}",
+    ]
+    if contact:
+        heads.append(f"Contact: {contact}")
+    return _msg(f"SIP/2.0 {status} {reason}", heads, body)
+
+
+class _Peers:
+    """The carrier and the phone: answer what the node sends, outside the timed sections."""
+
+    def __init__(self) -> None:
+        self.outbox: list[tuple[bytes, Flow]] = []
+        self.to_node: list[tuple[bytes, Flow]] = []
+        self.answered: dict[str, Response] = {}  # carrier call-id -> the node's 200
+        self.phone_dialogs: dict[str, Request] = {}  # call-id at the phone -> the node's INVITE
+        self.done = 0
+
+    def send(self, data: bytes, flow: Flow) -> None:
+        self.outbox.append((data, flow))
+
+    def bound(self, *a):
+        return None
+
+    def flow_to(self, transport: str, host: str, port: int) -> Flow:
+        return Flow(transport, (host, port), NODE)
+
+    def react(self) -> None:
+        for data, flow in self.outbox:
+            msg = parse_datagram(data)
+            if os.environ.get("BENCH_TRACE"):
+                print(flow.remote, data.split(b"\r\n", 1)[0])
+            if flow.remote == PHONE:
+                self._phone(msg, flow)
+            else:
+                self._carrier(msg, flow)
+        self.outbox.clear()
+
+    def _phone(self, msg, flow: Flow) -> None:
+        if isinstance(msg, Request):
+            if msg.method == "INVITE":
+                tag = "p" + msg.call_id[-12:]
+                self.to_node.append((_reply(msg, 180, "Ringing", tag), flow))
+                self.to_node.append(
+                    (_reply(msg, 200, "OK", tag, _sdp(*PHONE[:1], 50000), f"<sip:{CALLEE}@{PHONE[0]}:{PHONE[1]}>"), flow)
+                )
+            elif msg.method == "BYE":
+                self.to_node.append((_reply(msg, 200, "OK", ""), flow))
+            # ACK: nothing to do
+
+    def _carrier(self, msg, flow: Flow) -> None:
+        if isinstance(msg, Response) and msg.cseq.method == "INVITE" and msg.status == 200:
+            self.answered[msg.call_id] = msg
+        elif isinstance(msg, Response) and msg.cseq.method == "BYE":
+            self.done += 1
+
+    def ack_and_bye(self, flow_of) -> None:
+        for call_id, resp in self.answered.items():
+            i = call_id.split("-")[1].split("@")[0]
+            h, p = CARRIER
+            common = [
+                f"From: {resp.get('From')}", f"To: {resp.get('To')}", f"Call-ID: {call_id}", "Max-Forwards: 70",
+            ]
+            self.to_node.append((_msg(
+                f"ACK {resp.contacts[0].uri} SIP/2.0",
+                [f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-ack{i};rport", *common, "CSeq: 1 ACK"],
+            ), flow_of()))
+            self.to_node.append((_msg(
+                f"BYE {resp.contacts[0].uri} SIP/2.0",
+                [f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-bye{i};rport", *common, "CSeq: 2 BYE"],
+            ), flow_of()))
+        self.answered.clear()
+
+
+async def main(n: int, burst: int, profile: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = open_embedded(tmp)
+        t = await backend.config.create_tenant("bench", DOMAIN)
+        await backend.config.create_extension(t.id, CALLEE, "bench-2000-pw")
+        await backend.config.create_trunk(t.id, "carrier", CARRIER[0], port=CARRIER[1])
+        await backend.config.create_did(t.id, DID, "extension", CALLEE)
+        await backend.locations.save(Binding(
+            tenant_id=t.id, extension=CALLEE, contact=f"sip:{CALLEE}@{PHONE[0]}:{PHONE[1]}",
+            source_host=PHONE[0], source_port=PHONE[1], transport="udp", expires_at=time.time() + 3600,
+            call_id="reg", cseq=1,
+        ))
+        cfg = NodeConfig(data_dir=tmp, nat_ping_interval=0)
+        layer = TransactionLayer()
+        endpoint = SipEndpoint(layer, advertise_address=NODE[0])
+        peers = _Peers()
+        endpoint.transports = peers
+        relay = RtpRelay(PortPool(16000, 19999), "127.0.0.1")
+        anchors = MediaAnchors(relay, NODE[0])
+        service = PbxService(
+            cfg, endpoint, backend.config, backend.locations, backend.cdrs,
+            Authenticator(os.urandom(32)), anchors.open,
+        )
+        endpoint.on_event = service.on_event
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10000, 10, 10)  # as node.runtime.app does
+        prof = cProfile.Profile() if profile else None
+        cpu = 0.0
+
+        def carrier_flow() -> Flow:
+            return Flow("udp", CARRIER, NODE)
+
+        async def deliver(items: list[tuple[bytes, Flow]]) -> None:
+            """Hand the node its input, let it run until it is quiet; count its CPU only."""
+            nonlocal cpu
+            c0 = time.thread_time()
+            if prof:
+                prof.enable()
+            for data, flow in items:
+                endpoint.message_received(parse_datagram(data), flow)
+            quiet, seen = 0, len(peers.outbox)
+            while quiet < 20:  # until the node has sent nothing for 20 loop turns (sockets open meanwhile)
+                await asyncio.sleep(0)
+                quiet = quiet + 1 if len(peers.outbox) == seen else 0
+                seen = len(peers.outbox)
+            if prof:
+                prof.disable()
+            cpu += time.thread_time() - c0
+
+        for start in range(0, n, burst):
+            await deliver([(_invite(i), carrier_flow()) for i in range(start, min(n, start + burst))])
+            peers.react()  # phone rings and answers
+            for _ in range(8):  # 180/200 → carrier; then ACK + BYE → phone; 200 for BYE
+                if not peers.to_node:
+                    peers.ack_and_bye(carrier_flow)
+                if not peers.to_node:
+                    break
+                batch, peers.to_node = peers.to_node, []
+                await deliver(batch)
+                peers.react()
+            await service.cdr_recorder.flush() if hasattr(service.cdr_recorder, "flush") else None
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        cdrs = await backend.cdrs.list(t.id, limit=n + 10)
+        answered = sum(1 for c in cdrs if c.answer is not None)
+        print(f"calls: {n}, completed (BYE answered): {peers.done}, CDRs: {len(cdrs)}, answered: {answered}, "
+              f"still active: {len(service.calls)}")
+        print(f"node CPU per call (INVITE → 180 → 200 → ACK → BYE, media anchored): {cpu / n * 1e6:.0f} µs "
+              f"=> {n / cpu:,.0f} calls/s per core (without sockets)")
+        backend.close()
+        relay.close() if hasattr(relay, "close") else None
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    uvloop.run(main(int(args[0]) if args else 5000, int(args[1]) if len(args) > 1 else 50, "--profile" in sys.argv))
