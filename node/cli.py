@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import ipaddress
 import json
+import os
 import secrets
 import sqlite3
 import sys
@@ -194,12 +195,89 @@ def cmd_run(args: argparse.Namespace, output: Output) -> int:
         demo=args.demo,
         ring_timeout=args.ring_timeout,
         otel_exporter=args.otel_exporter,
+        **getattr(args, "cluster_settings", {}),
     )
     try:
         app = importlib.import_module("node.runtime.app")
     except ImportError as e:
         raise CliError(f"the node runtime cannot be loaded: {e}") from None
     return int(app.run(config) or 0)
+
+
+# ------------------------------------------------------------------ cluster node
+
+#: settings of `hivepbx node`: flag, environment variable, key in the --config TOML file
+CLUSTER_SETTINGS = (
+    ("etcd", "HIVEPBX_ETCD", "etcd"),
+    ("etcd_prefix", "HIVEPBX_ETCD_PREFIX", "etcd_prefix"),
+    ("kafka", "HIVEPBX_KAFKA", "kafka"),
+    ("cassandra", "HIVEPBX_CASSANDRA", "cassandra"),
+    ("node_id", "HIVEPBX_NODE_ID", "node_id"),
+)
+
+
+def _config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise CliError(f"{path} is not valid TOML: {e}") from None
+    known = {key for _, _, key in CLUSTER_SETTINGS} | {"data_dir"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CliError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return data
+
+
+def _list_setting(value: Any, what: str) -> tuple[str, ...]:
+    """'a:1,b:2' or a TOML list -> ('a:1', 'b:2')."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise CliError(f"invalid {what} {value!r}: expected HOST:PORT[,HOST:PORT...]")
+    return tuple(i.strip() for i in items if i.strip())
+
+
+def _cluster_settings(args: argparse.Namespace) -> dict:
+    """Flags over environment over --config file."""
+    file = _config_file(getattr(args, "config", None))
+    got = {}
+    for attr, env, key in CLUSTER_SETTINGS:
+        value = getattr(args, attr, None)
+        if value is None:
+            value = os.environ.get(env) or None
+        if value is None:
+            value = file.get(key)
+        got[attr] = value
+    if args.data_dir is None and file.get("data_dir"):
+        args.data_dir = str(file["data_dir"])
+    return got
+
+
+def cmd_node(args: argparse.Namespace, output: Output) -> int:
+    """`hivepbx run` with the cluster backend: config and registrations in etcd."""
+    import socket
+
+    got = _cluster_settings(args)
+    if not got["etcd"]:
+        raise CliError("a cluster node needs etcd: --etcd HOST:PORT[,...], HIVEPBX_ETCD or etcd in --config")
+    node_id = got["node_id"] or socket.gethostname()
+    if not isinstance(node_id, str) or not node_id.strip() or "/" in node_id:
+        raise CliError(f"invalid node id {node_id!r}: non-empty, without '/'")
+    args.cluster_settings = {
+        "backend": "cluster",
+        "etcd_endpoints": _list_setting(got["etcd"], "etcd endpoints"),
+        "etcd_prefix": got["etcd_prefix"] or "/hivepbx/",
+        "kafka_bootstrap": _list_setting(got["kafka"], "Kafka bootstrap servers") if got["kafka"] else (),
+        "cassandra_contact_points": (
+            _list_setting(got["cassandra"], "Cassandra contact points") if got["cassandra"] else ()
+        ),
+        "node_id": node_id.strip(),
+    }
+    return cmd_run(args, output)
 
 
 # ------------------------------------------------------------------ tenants
@@ -516,27 +594,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the PBX node")
-    run.add_argument("--sip-port", type=_port_arg, default=5060, help="SIP port of the default listeners")
-    run.add_argument("--listen", action="append", default=[], metavar="udp|tcp:HOST:PORT",
-                     help="SIP listener (repeatable; replaces the default UDP+TCP on all addresses)")
-    run.add_argument("--advertise-address", metavar="IP", help="address put in Via/Contact/SDP")
-    run.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="/metrics and /health")
-    run.add_argument("--rtp-ports", default="20000-30000", metavar="MIN-MAX", help="RTP relay port range")
-    run.add_argument("--demo", action="store_true", help="create the demo tenant with two extensions")
-    run.add_argument("--ring-timeout", type=int, default=30, metavar="SECONDS",
-                     help="seconds a call rings before 480 when the tenant sets none")
-    run.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
-                     help="export OpenTelemetry spans (default: spans are not recorded)")
-    run.add_argument("--log-level", default="INFO", type=str.upper,
-                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # `node` is the same PBX as `run`, with the cluster backend
+    node = sub.add_parser("node", parents=[common],
+                          help="run the PBX as a cluster node (config and registrations in etcd)")
+    for q in (run, node):
+        q.add_argument("--sip-port", type=_port_arg, default=5060, help="SIP port of the default listeners")
+        q.add_argument("--listen", action="append", default=[], metavar="udp|tcp:HOST:PORT",
+                       help="SIP listener (repeatable; replaces the default UDP+TCP on all addresses)")
+        q.add_argument("--advertise-address", metavar="IP", help="address put in Via/Contact/SDP")
+        q.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="/metrics and /health")
+        q.add_argument("--rtp-ports", default="20000-30000", metavar="MIN-MAX", help="RTP relay port range")
+        q.add_argument("--demo", action="store_true", help="create the demo tenant with two extensions")
+        q.add_argument("--ring-timeout", type=int, default=30, metavar="SECONDS",
+                       help="seconds a call rings before 480 when the tenant sets none")
+        q.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
+                       help="export OpenTelemetry spans (default: spans are not recorded)")
+        q.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(sync_handler=cmd_run)
+    sub.add_parser("sbc", help="run the session border controller (hivepbx sbc --help)", add_help=False)
+
+    node.add_argument("--config", metavar="FILE.toml",
+                      help="TOML with etcd, etcd_prefix, kafka, cassandra, node_id, data_dir")
+    node.add_argument("--etcd", metavar="HOST:PORT[,...]", help="etcd endpoints (default: $HIVEPBX_ETCD)")
+    node.add_argument("--etcd-prefix", metavar="PREFIX", help="key prefix of this cluster (default /hivepbx/)")
+    node.add_argument("--kafka", metavar="HOST:PORT[,...]", help="Kafka bootstrap servers ($HIVEPBX_KAFKA)")
+    node.add_argument("--cassandra", metavar="HOST[,...]", help="Cassandra contact points ($HIVEPBX_CASSANDRA)")
+    node.add_argument("--node-id", metavar="ID", help="this node's name in the cluster (default: host name)")
+    node.set_defaults(sync_handler=cmd_node)
+
+    cluster_opts = argparse.ArgumentParser(add_help=False)
+    cluster_opts.add_argument("--etcd", metavar="HOST:PORT[,...]",
+                              help="manage a cluster's configuration in etcd (default: $HIVEPBX_ETCD)")
+    cluster_opts.add_argument("--etcd-prefix", metavar="PREFIX", help="key prefix of the cluster (default /hivepbx/)")
 
     def group(name: str, help: str):
         g = sub.add_parser(name, help=help)
         return g.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def leaf(g, name: str, handler, help: str, *, create: bool = False):
-        q = g.add_parser(name, parents=[common], help=help)
+        q = g.add_parser(name, parents=[common, cluster_opts], help=help)
         q.set_defaults(handler=handler, create=create)
         return q
 
@@ -618,6 +715,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = leaf(g, "list", cdr_list, "list CDRs, newest first")
     q.add_argument("tenant", metavar="TENANT", help="name, domain or id (a deleted tenant's id works)")
     q.add_argument("--limit", type=_positive, default=50, metavar="N")
+
+    from node.cli_ivr import add_commands as add_ivr_commands  # IVR menus and prompts
+
+    add_ivr_commands(sub, group, leaf, common)
+    from node.cli_routing import add_commands as add_routing_commands  # hunt groups, forwarding, ...
+
+    add_routing_commands(sub, group, leaf, common)
     return p
 
 
@@ -631,7 +735,31 @@ def _open(args: argparse.Namespace) -> EmbeddedBackend:
     return open_embedded(data_dir)
 
 
+async def _open_cluster(args: argparse.Namespace, endpoints: str):
+    """The cluster backend through its entry point (node/ never imports cluster/). CDRs of a
+    cluster are still per node: `cdr list` reads the local data directory's."""
+    from node.runtime.backends import open_backend
+    from node.runtime.config import NodeConfig
+
+    prefix = args.etcd_prefix or os.environ.get("HIVEPBX_ETCD_PREFIX") or "/hivepbx/"
+    cfg = NodeConfig(
+        data_dir=_data_dir(args), backend="cluster", etcd_endpoints=_list_setting(endpoints, "--etcd"),
+        etcd_prefix=prefix,
+    )
+    try:
+        return await open_backend(cfg)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
 async def _dispatch(args: argparse.Namespace, output: Output) -> int:
+    endpoints = getattr(args, "etcd", None) or os.environ.get("HIVEPBX_ETCD")
+    if endpoints:
+        backend = await _open_cluster(args, endpoints)
+        try:
+            return await args.handler(args, backend, output)
+        finally:
+            await backend.aclose()
     with _open(args) as backend:
         return await args.handler(args, backend, output)
 
@@ -639,6 +767,10 @@ async def _dispatch(args: argparse.Namespace, output: Output) -> int:
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sbc"]:
+        # the SBC is its own program (sbc/cli.py); node/ must not import sbc/, so by name
+        return importlib.import_module("sbc.cli").main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

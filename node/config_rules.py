@@ -32,7 +32,8 @@ _PREFIX = re.compile(r"\+?[0-9]{0,20}")
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
 TRANSPORTS = ("udp", "tcp")
-DID_DEST_TYPES = ("extension",)
+#: besides an extension, a DID may lead to a feature object of that kind named by its number
+DID_DEST_TYPES = ("extension", "hunt_group", "time_switch", "ivr")
 
 
 def _text(value: object, what: str) -> str:

@@ -9,7 +9,11 @@ the owning tenant so the caller scopes everything after it.
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 from node.model import Binding, Cdr, Did, Extension, OutboundRoute, Tenant, Trunk
 
@@ -90,3 +94,93 @@ class CdrStore(Protocol):
         """Several at once (a batch): the hot path of a busy node. Idempotent like ``write``."""
         ...
     async def list(self, tenant_id: int, limit: int = 100, since: float | None = None) -> list[Cdr]: ...
+
+
+class BusRecord(NamedTuple):
+    """One event as read back from the log: where it sits (partition, offset) and what it is."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+
+
+class EventBus(Protocol):
+    """An ordered, replayable event log shared by the nodes (embedded: in memory; cluster: Kafka).
+
+    Order is promised only within a partition, and a key always maps to the same partition, so
+    a state that must be totally ordered (a tenant's ACD queues and agents) uses one key. Every
+    subscriber reads every partition from an offset it chooses (no consumer groups): a node
+    rebuilds shared state by replaying from the earliest offset. Delivery is at-least-once, so
+    values carry their own ids and consumers drop duplicates. There is no "end offset" query:
+    Kafka's is racy and brokers differ; a reader catches up by publishing a marker and reading
+    until it sees the marker's offset.
+    """
+
+    async def ensure_topic(self, topic: str, partitions: int) -> int:
+        """Create the topic if missing; returns its actual partition count (a topic that
+        exists keeps its count: partitions can't change without remapping keys)."""
+        ...
+    async def partitions(self, topic: str) -> int:
+        """Partition count of an existing topic; raises LookupError when there is none."""
+        ...
+    async def publish(self, topic: str, key: str, value: bytes, *, partition: int | None = None) -> tuple[int, int]:
+        """Append durably (Kafka: acks=all) and return (partition, offset). ``partition`` overrides
+        the key's partition (a broadcast to every partition); out of range raises ValueError."""
+        ...
+    def subscribe(self, topic: str, start: dict[int, int] | None = None) -> AsyncIterator[BusRecord]:
+        """Every record of every partition of ``topic``, each partition in offset order,
+        starting at ``start[partition]`` (missing: the earliest) and then live, until the
+        iterator is closed (``aclose``) or its task cancelled."""
+        ...
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Leadership:
+    """This node leads ``job`` until ``lost`` is set (its lease ran out) or the campaign ends."""
+
+    job: str
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Membership(Protocol):
+    """The live nodes of a cluster. A dead node disappears within a few seconds."""
+
+    node_id: str
+
+    async def join(self, info: dict | None = None) -> None:
+        """Be listed (with ``info``: addresses, ...) until ``leave`` or death."""
+        ...
+    async def leave(self) -> None: ...
+    def members(self) -> dict[str, dict]:
+        """node id -> info, this node included once joined."""
+        ...
+    def watch(self, callback: Callable[[str, str, dict | None], None]) -> Callable[[], None]:
+        """``callback(event, node_id, info)``, event 'joined' or 'left'; returns unsubscribe."""
+        ...
+
+
+class LeaderElection(Protocol):
+    """One node of the cluster runs a singleton job (publish "node left", sweep CDR spools)."""
+
+    def campaign(self, job: str) -> contextlib.AbstractAsyncContextManager[Leadership]:
+        """``async with election.campaign("cdr-sweep") as lead:`` waits until this node leads;
+        stop the job when ``lead.lost`` is set. Leaving the block resigns."""
+        ...
+    def is_leader(self, job: str) -> bool: ...
+
+
+class Backend(Protocol):
+    """What the runtime opens by name (entry point group ``hivepbx.backends``): the stores,
+    membership and election of one node. ``cdrs`` may be None: the runtime then keeps CDRs
+    in the node's embedded SQLite."""
+
+    config: ConfigStore
+    locations: LocationStore
+    cdrs: CdrStore | None
+    membership: Membership
+    election: LeaderElection
+
+    async def aclose(self) -> None: ...

@@ -1,8 +1,9 @@
 """Suite-wide rules and the shared ``peers`` fixture.
 
 --strict-skips (on by default when CI=true; ``make test`` passes it): a test skipped for a
-missing tool is a hole in the suite, so any skip becomes a failure, except the Cassandra suite
-(marker ``cassandra``, or a skip reason naming Cassandra), which needs a server we do not run.
+missing tool is a hole in the suite, so any skip becomes a failure, except one: a test marked
+``cassandra`` skipped by the ``cassandra_session`` fixture with exactly ``CASSANDRA_SKIP``
+(no CASSANDRA_CONTACT_POINTS: we cannot run a Cassandra server here).
 Benchmarks (marker ``bench``) are deselected unless --run-bench is given.
 """
 
@@ -16,6 +17,10 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.peers.group import PeerGroup
+
+
+#: the one skip --strict-skips allows (and only on tests marked ``cassandra``)
+CASSANDRA_SKIP = "Cassandra tests need a server: set CASSANDRA_CONTACT_POINTS=host[,host...] to run them"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,7 +57,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if not report.skipped or hasattr(report, "wasxfail") or not _strict(item.config):
         return
     reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if item.get_closest_marker("cassandra") or "cassandra" in reason.lower():
+    if item.get_closest_marker("cassandra") and reason.removeprefix("Skipped: ") == CASSANDRA_SKIP:
         return
     report.outcome = "failed"
     report.longrepr = f"skipped test not allowed with --strict-skips (CI): {reason}"
@@ -68,3 +73,44 @@ async def peers(tmp_path) -> AsyncIterator["PeerGroup"]:  # type: ignore[no-unty
         yield group
     finally:
         await group.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One real etcd for the session (tests/peers/etcd.py); tests keep apart by key prefix."""
+    from tests.peers.etcd import EtcdServer
+
+    server = EtcdServer(str(tmp_path_factory.mktemp("etcd"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cassandra_session():  # type: ignore[no-untyped-def]
+    """(session, keyspace) on the Cassandra at CASSANDRA_CONTACT_POINTS (CASSANDRA_PORT,
+    CASSANDRA_LOCAL_DC, CASSANDRA_REPLICATION='simple:1' optional): a throwaway keyspace with
+    the CDR schema, dropped at the end. Skips with CASSANDRA_SKIP when the variable is unset."""
+    points = [p.strip() for p in os.environ.get("CASSANDRA_CONTACT_POINTS", "").split(",") if p.strip()]
+    if not points:
+        pytest.skip(CASSANDRA_SKIP)
+    import uuid
+
+    from cassandra.cluster import Cluster
+    from cassandra.policies import DCAwareRoundRobinPolicy
+
+    from cluster.cassandra.schema import Replication, schema_statements
+
+    cluster = Cluster(points, port=int(os.environ.get("CASSANDRA_PORT", "9042")),
+                      load_balancing_policy=DCAwareRoundRobinPolicy(os.environ.get("CASSANDRA_LOCAL_DC")))
+    session = cluster.connect()
+    keyspace = f"hivepbx_test_{uuid.uuid4().hex[:12]}"
+    try:
+        replication = Replication.parse(os.environ.get("CASSANDRA_REPLICATION", "simple:1"))
+        for stmt in schema_statements(keyspace, replication, 86_400):
+            session.execute(stmt, timeout=60)
+        yield session, keyspace
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+        cluster.shutdown()

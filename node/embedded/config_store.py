@@ -272,10 +272,15 @@ class EmbeddedConfigStore:
         dest_value = rules.extension_number(dest_value)
         with self._db.write() as c:
             self._require_tenant(c, tenant_id)
-            if not c.execute(
+            if dest_type == "extension" and not c.execute(
                 "SELECT 1 FROM extensions WHERE tenant_id = ? AND number = ?", (tenant_id, dest_value)
             ).fetchone():
                 raise ConfigError(f"extension {dest_value} does not exist in this tenant", 404)
+            if dest_type != "extension" and not c.execute(
+                "SELECT 1 FROM tenant_objects WHERE tenant_id = ? AND kind = ? AND name = ?",
+                (tenant_id, dest_type, dest_value),
+            ).fetchone():
+                raise ConfigError(f"{dest_type.replace('_', ' ')} {dest_value} does not exist in this tenant", 404)
             # DIDs are unique across tenants; say so without naming the owner
             if c.execute("SELECT 1 FROM dids WHERE number_key = ?", (rules.did_key(number),)).fetchone():
                 raise ConfigError(f"DID {number} is already in use", 409)

@@ -1,1 +1,3 @@
-"""Sans-I/O media: RTP packets, G.711, DTMF."""
+"""Sans-I/O media: RTP packets (rtp), RFC 4733 events (dtmf), G.711 (g711), tones (tones),
+in-band DTMF detection (dtmf_detect), mix-minus (mixer), receive jitter buffer (jitter), the
+20 ms frame clock (clock), 8 kHz WAV files (wav). The asyncio side is node.media_engine."""

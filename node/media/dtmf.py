@@ -67,3 +67,60 @@ def parse_telephone_event(payload: bytes | bytearray | memoryview) -> TelephoneE
         raise TelephoneEventError(f"telephone-event payload of {len(payload)} bytes, need 4")
     event, flags, duration = _EVENT.unpack_from(payload, 0)
     return TelephoneEvent(event, bool(flags & 0x80), flags & 0x3F, duration)
+
+
+class TelephoneEventReceiver:
+    """Turns a stream of RFC 4733 packets into digits, each reported once.
+
+    One key press is many packets sharing one RTP timestamp (§2.5.1.2: updates every 50 ms
+    or so, and the end packet sent three times). A digit is reported on the first packet of
+    a new (timestamp, event) pair: the start packet if it arrives, otherwise an update or
+    an end packet; later packets of the same press are duplicates. ``last_end`` guards the
+    retransmitted end packets arriving after a new press began (reordering).
+    """
+
+    __slots__ = ("_current", "_ended", "events", "duplicates")
+
+    def __init__(self) -> None:
+        self._current: tuple[int, int] | None = None
+        self._ended: set[tuple[int, int]] = set()
+        self.events = 0
+        self.duplicates = 0
+
+    def feed(self, timestamp: int, event: TelephoneEvent) -> str | None:
+        """The digit a packet newly announces, or None (duplicate, non-DTMF event)."""
+        key = (timestamp, event.event)
+        if key == self._current or key in self._ended:
+            self.duplicates += 1
+            if event.end and key == self._current:
+                self._end(key)
+            return None
+        self._current = key
+        self.events += 1
+        if event.end:
+            self._end(key)
+        return event.digit
+
+    def _end(self, key: tuple[int, int]) -> None:
+        self._ended.add(key)
+        if len(self._ended) > 16:
+            # only recent presses can still have retransmissions in flight
+            self._ended = {key}
+
+
+def telephone_event_payloads(digit: str, duration_ms: int = 100, volume: int = 10,
+                             packet_ms: int = 20, end_repeats: int = 3) -> list[tuple[bytes, bool]]:
+    """The payloads (and whether the RTP marker is set) that send ``digit`` per RFC 4733:
+    all share one timestamp, the duration grows by ``packet_ms`` per packet, the first
+    carries the marker, the final one has E set and is sent ``end_repeats`` times
+    (§2.5.1.4). The caller sends one per 20 ms tick with the timestamp of the press."""
+    if duration_ms < packet_ms or duration_ms % packet_ms:
+        raise TelephoneEventError(f"DTMF duration {duration_ms} ms: use a multiple of {packet_ms} ms")
+    steps = duration_ms // packet_ms
+    unit = packet_ms * 8
+    out: list[tuple[bytes, bool]] = []
+    for i in range(1, steps):
+        out.append((TelephoneEvent.for_digit(digit, volume=volume, duration=i * unit).to_bytes(), i == 1))
+    end = TelephoneEvent.for_digit(digit, end=True, volume=volume, duration=min(steps * unit, 0xFFFF)).to_bytes()
+    out.extend((end, steps == 1 and k == 0) for k in range(end_repeats))
+    return out

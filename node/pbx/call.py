@@ -131,6 +131,9 @@ class Call:
         self.disposition = "failed"
         self.trunk_name = ""
         self._ring_timer = None
+        #: plans with rules (hunt groups, forwarding): this attempt's timer, its first leg
+        self._attempt_timer = None
+        self._attempt_first = 0
         self._retrans_timer = None
         self._retrans_interval = 0.0
         self._retrans_deadline = 0.0
@@ -151,13 +154,17 @@ class Call:
             return
         self.state = CallState.RINGING
         ring = self.tenant.ring_timeout or self.host.cfg.ring_timeout
-        self._ring_timer = self.host.loop.call_later(ring, self._on_ring_timeout)
+        if self.plan.rules:
+            ring = self.plan.ring_timeout  # the attempts' own timers govern
+        if ring:
+            self._ring_timer = self.host.loop.call_later(ring, self._on_ring_timeout)
         self._next_attempt()
 
     def _next_attempt(self) -> bool:
         self.attempt += 1
         if self.attempt >= len(self.plan.attempts):
             return False
+        self._attempt_first = len(self.legs)
         for target in self.plan.attempts[self.attempt]:
             try:
                 flow = self.host.flow_for(target)
@@ -167,9 +174,58 @@ class Call:
             leg = Leg(self, target, flow)
             self.legs.append(leg)
             self._send_invite(leg)
-        if not any(l.final == 0 for l in self.legs):
+        # with rules, forks of an earlier attempt may still await their 487: only this one counts
+        current = self.legs[self._attempt_first:] if self.plan.rules else self.legs
+        if not any(l.final == 0 for l in current):
+            if self.plan.rules:
+                return self._goto_attempt(self.plan.rules[self.attempt].on_fail)
             return self._next_attempt()
+        self._arm_attempt_timer()
         return True
+
+    # ------------------------------------------------------------------ attempts with rules
+    def _arm_attempt_timer(self) -> None:
+        if not self.plan.rules:
+            return
+        rule = self.plan.rules[self.attempt]
+        ring = rule.ring or self.tenant.ring_timeout or self.host.cfg.ring_timeout
+        self._cancel_attempt_timer()
+        self._attempt_timer = self.host.loop.call_later(ring, self._on_attempt_timeout)
+
+    def _cancel_attempt_timer(self) -> None:
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+
+    def _goto_attempt(self, idx: int | None) -> bool:
+        """Start attempt ``idx`` (rules only ever point forward, so this cannot loop)."""
+        if idx is None or idx <= self.attempt:
+            return False
+        self._cancel_attempt_timer()
+        self.attempt = idx - 1
+        return self._next_attempt()
+
+    def _on_attempt_timeout(self) -> None:
+        self._attempt_timer = None
+        if self.state is not CallState.RINGING:
+            return
+        for leg in self.legs[self._attempt_first:]:
+            if leg.final == 0:
+                self._cancel_leg(leg)
+        if self._goto_attempt(self.plan.rules[self.attempt].on_noanswer):
+            return
+        self._on_ring_timeout()
+
+    def _attempt_failed(self, leg: Leg) -> None:
+        current = self.legs[self._attempt_first:]
+        if leg not in current or any(l.final == 0 for l in current):
+            return  # a cancelled fork of an earlier attempt, or forks still ringing
+        codes = [l.final for l in current]
+        if self._goto_attempt(self.plan.rules[self.attempt].next_for(_outcome(codes))):
+            return
+        self._cancel_attempt_timer()
+        self.sip_code = _best_failure(codes)
+        self.fail_a(self.sip_code, None)
 
     def _send_invite(self, leg: Leg, auth_header: tuple[str, str] | None = None) -> None:
         host = self.host
@@ -192,11 +248,16 @@ class Call:
             ext = caller.extension
             if ext is not None and ext.callerid_number:
                 number = ext.callerid_number
+            number = self.plan.caller_number or number
         else:
             from_domain = self.tenant.domain
             number = caller.number
         display = caller.display.replace('"', "")
         from_value = f'"{display}" <sip:{number}@{from_domain}>' if display else f"<sip:{number}@{from_domain}>"
+        contact_user = number
+        if self.plan.privacy:
+            # RFC 3323: the callee learns nothing; the carrier still gets P-Asserted-Identity
+            from_value, contact_user = '"Anonymous" <sip:anonymous@anonymous.invalid>', "anonymous"
         contact_host = f"[{local}]" if ":" in local else local
         contact_port = int(sent_by.rsplit(":", 1)[1])
         tparam = ";transport=tcp" if leg.flow.transport == "tcp" else ""
@@ -208,12 +269,14 @@ class Call:
             ("To", target.to_value),
             ("Call-ID", call_id),
             ("CSeq", f"{cseq} INVITE"),
-            ("Contact", f"<sip:{number}@{contact_host}:{contact_port}{tparam}>"),
+            ("Contact", f"<sip:{contact_user}@{contact_host}:{contact_port}{tparam}>"),
             ("Allow", _ALLOW),
             ("User-Agent", USER_AGENT),
         ]
         if target.kind == "trunk":
             headers.append(("P-Asserted-Identity", f"<sip:{number}@{from_domain}>"))
+        if self.plan.privacy:
+            headers.append(("Privacy", "id"))
         if auth_header is not None:
             headers.append(auth_header)
         body = b""
@@ -272,6 +335,9 @@ class Call:
 
     def _leg_failed(self, leg: Leg, status: int, reason: str) -> None:
         if self.state is not CallState.RINGING:
+            return
+        if self.plan.rules:
+            self._attempt_failed(leg)
             return
         group = [l for l in self.legs]
         if any(l.final == 0 for l in group):
@@ -344,6 +410,7 @@ class Call:
         self.disposition = "answered"
         self.sip_code = 200
         self._cancel_ring_timer()
+        self._cancel_attempt_timer()
         self.host.call_answered(self)
 
     def _answer_a(self, body: bytes) -> None:
@@ -629,6 +696,7 @@ class Call:
             return
         self.state = CallState.ENDED
         self._cancel_ring_timer()
+        self._cancel_attempt_timer()
         if self._retrans_timer is not None:
             self._retrans_timer.cancel()
             self._retrans_timer = None
@@ -680,6 +748,15 @@ def _best_failure(codes: list[int]) -> int:
     if all(c == 408 for c in codes):
         return 480
     return min(codes)
+
+
+def _outcome(codes: list[int]) -> str:
+    """How a failed attempt ended, for forwarding: busy, no answer, or anything else."""
+    if any(c in (486, 600, 603) for c in codes):
+        return "busy"
+    if all(c in (408, 480, 487) for c in codes):
+        return "noanswer"
+    return "fail"
 
 
 def _disposition(status: int) -> str:

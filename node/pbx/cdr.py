@@ -4,7 +4,8 @@ A busy node ends hundreds of calls a second; one commit per CDR would cost more 
 call itself. The recorder batches what arrived in the last ``interval`` into one
 ``write_many`` and retries a failed batch with backoff, keeping it in memory meanwhile, so
 a slow or briefly failing store delays CDRs but never drops them. ``close`` flushes.
-(The durable on-disk spool for cluster stores is the cluster issue's work.)
+In front of a remote store the runtime puts ``node.pbx.cdr_spool.SpooledCdrStore``: a
+CDR then counts as recorded once it is fsync'd on local disk, and each batch here is one fsync.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class CdrRecorder:
         self._pending.append(cdr)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(self._pending) >= self.max_batch:
+        if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+            # the first CDR starts the batch interval: a CDR waits ``interval``, not a poll period
             self._wake.set()
 
     @property

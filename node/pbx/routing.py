@@ -8,6 +8,7 @@ are one group each, tried in order when a trunk fails (5xx, 408), like an LCR li
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.model import Binding, Extension, Tenant, Trunk
@@ -30,6 +31,23 @@ class Target:
     trunk: Trunk | None = None
     binding: Binding | None = None
     flow: Flow | None = None
+    #: which member of a hunt group / follow-me list this target rings ("" = none)
+    member: str = ""
+
+
+@dataclass(slots=True)
+class AttemptRule:
+    """How one attempt ends (hunt groups, forwarding, follow-me): after ``ring`` seconds
+    (0 = the tenant's ring timeout) it gives up, and each outcome ('busy', 'noanswer',
+    'fail') either starts another attempt (its index; always a later one) or ends the call."""
+
+    ring: float = 0
+    on_busy: int | None = None
+    on_noanswer: int | None = None
+    on_fail: int | None = None
+
+    def next_for(self, outcome: str) -> int | None:
+        return {"busy": self.on_busy, "noanswer": self.on_noanswer}.get(outcome, self.on_fail)
 
 
 @dataclass(slots=True)
@@ -47,6 +65,41 @@ class RoutePlan:
     #: counts against the tenant's max external calls
     external: bool = False
     callee_ext: Extension | None = None
+    #: one rule per attempt (node/pbx/dialplan.py); empty = ring attempts in order, trunk failover
+    rules: list[AttemptRule] = field(default_factory=list)
+    #: with rules: overall cap in seconds (0 = only the per-attempt timers)
+    ring_timeout: float = 0
+    #: present the caller as anonymous (RFC 3323 Privacy: id)
+    privacy: bool = False
+    #: caller ID number presented on trunk legs ("" = the extension's own)
+    caller_number: str = ""
+    #: told which target answered (hunt group statistics)
+    on_answer: Callable[[Target], None] | None = None
+    #: the node answers the call itself and runs this application (node/pbx/app_call.py)
+    app: "AppTarget | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppTarget:
+    """An application object of the tenant (kind 'ivr', ...) that takes the call."""
+
+    kind: str
+    name: str
+
+
+#: feature object kinds that are applications, reached by dialling their name (a number)
+#: or through a DID of that type
+APP_KINDS = ("ivr",)
+
+
+async def app_plan(tenant: Tenant, direction: str, number: str, config: ConfigStore) -> RoutePlan | None:
+    """The plan of a call to an application object named ``number``, None when there is none."""
+    if not number.isdigit():
+        return None
+    for kind in APP_KINDS:
+        if await config.get_object(tenant.id, kind, number) is not None:
+            return RoutePlan(tenant, direction, number, app=AppTarget(kind, number))
+    return None
 
 
 async def extension_targets(
@@ -71,6 +124,9 @@ async def plan_from_extension(
     tenant: Tenant, dialled: str, config: ConfigStore, locations: LocationStore
 ) -> RoutePlan:
     """A call placed by an extension of ``tenant``: another extension, else an outbound route."""
+    app = await app_plan(tenant, "internal", dialled, config)
+    if app is not None:
+        return app
     ext = await config.get_extension(tenant.id, dialled)
     if ext is not None:
         plan = RoutePlan(tenant, "internal", dialled, callee_ext=ext)
@@ -81,6 +137,15 @@ async def plan_from_extension(
             plan.fail_status, plan.fail_reason = 480, "Temporarily Unavailable (not registered)"
         return plan
     plan = RoutePlan(tenant, "outbound", dialled, external=True)
+    plan.attempts.extend([t] for t in await route_targets(tenant, dialled, config))
+    if not plan.attempts:
+        plan.fail_status, plan.fail_reason = 404, "Not Found (no such extension and no route)"
+    return plan
+
+
+async def route_targets(tenant: Tenant, dialled: str, config: ConfigStore) -> list[Target]:
+    """One trunk target per matching outbound route, in the order they are tried."""
+    out = []
     for route, trunk in await config.match_routes(tenant.id, dialled):
         number = route.prepend + dialled[route.strip :]
         if not number:
@@ -89,22 +154,18 @@ async def plan_from_extension(
         if ":" in trunk.host and not trunk.host.startswith("["):
             hostport = f"[{trunk.host}]" if trunk.port == 5060 else f"[{trunk.host}]:{trunk.port}"
         tparam = ";transport=tcp" if trunk.transport == "tcp" else ""
-        plan.attempts.append(
-            [
-                Target(
-                    kind="trunk",
-                    ruri=f"sip:{number}@{hostport}{tparam}",
-                    transport=trunk.transport,
-                    host=trunk.host,
-                    port=trunk.port,
-                    to_value=f"<sip:{number}@{hostport}>",
-                    trunk=trunk,
-                )
-            ]
+        out.append(
+            Target(
+                kind="trunk",
+                ruri=f"sip:{number}@{hostport}{tparam}",
+                transport=trunk.transport,
+                host=trunk.host,
+                port=trunk.port,
+                to_value=f"<sip:{number}@{hostport}>",
+                trunk=trunk,
+            )
         )
-    if not plan.attempts:
-        plan.fail_status, plan.fail_reason = 404, "Not Found (no such extension and no route)"
-    return plan
+    return out
 
 
 async def plan_from_trunk(
@@ -123,6 +184,9 @@ async def plan_from_trunk(
     if tenant is None:
         return None
     plan = RoutePlan(tenant, "inbound", did.dest_value, external=True)
+    if did.dest_type in APP_KINDS:
+        plan.app = AppTarget(did.dest_type, did.dest_value)
+        return plan
     if did.dest_type != "extension":
         plan.fail_status, plan.fail_reason = 404, f"Not Found (DID destination {did.dest_type} unsupported)"
         return plan

@@ -16,8 +16,10 @@ import time
 from node.pbx.authn import Authenticator, AuthOutcome
 from node.pbx.cdr import CdrRecorder
 from node.pbx.call import Call, Caller, CallState, Forwarded, Leg
+from node.pbx import dialplan
 from node.pbx.registrar import Registrar
-from node.pbx.routing import RoutePlan, Target, plan_from_extension, plan_from_trunk
+from node.pbx.subscriptions import LineStates, SubscriptionServer
+from node.pbx.routing import RoutePlan, Target
 from node.ports import CdrStore, ConfigStore, LocationStore
 from node.runtime.config import NodeConfig
 from node.sip.errors import SipError
@@ -37,7 +39,7 @@ from observability import tracing as otrace
 log = logging.getLogger("hivepbx.pbx")
 
 _SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
-_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, REGISTER"
+_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, REGISTER, SUBSCRIBE"
 _IN_DIALOG_ONLY = frozenset(("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER"))
 
 
@@ -74,7 +76,16 @@ class PbxService:
         self._tasks: set[asyncio.Task] = set()
         self._external: dict[int, int] = {}
         self.draining = False
-        self.cdr_recorder = CdrRecorder(cdrs)
+        self.cdr_recorder = CdrRecorder(cdrs, interval=getattr(cdrs, "batch_interval", 0.05))
+        #: what call features remember between calls (hunt group statistics)
+        self.features = dialplan.FeatureState(lambda: self.apps is not None)
+        #: applications the node answers itself (IVR ...): node.pbx.app_call.AppRuntime, set by the runtime
+        self.apps = None
+        #: told (call, 'early' | 'confirmed' | 'terminated') as calls progress (busy lamps, ...)
+        self.call_listeners: list = []
+        self.subscriptions = SubscriptionServer(endpoint, config, auth, self.loop)
+        self.line_states = LineStates(self.subscriptions, config)
+        self.call_listeners.append(self.line_states.on_call_state)
 
     # ------------------------------------------------------------------ event entry
     def on_event(self, ev) -> None:
@@ -145,7 +156,8 @@ class PbxService:
         if to_tag:
             entry = self._dialogs.get((req.call_id, to_tag))
             if entry is None:
-                self.endpoint.send_response(make_response(req, 481, None))
+                if not self.subscriptions.in_dialog(req, txn):
+                    self.endpoint.send_response(make_response(req, 481, None))
                 return
             call, side = entry
             with olog.bind(call_id=call.invite.call_id, tenant=call.tenant.name):
@@ -159,17 +171,21 @@ class PbxService:
                 return
             self._spawn(self._new_invite(req, flow, txn))
         elif method == "REGISTER":
-            self._spawn(self._register(req, flow))
+            challenge = self.registrar.challenge_now(req, new_tag(), time.time())
+            if challenge is not None:
+                self.endpoint.send_response(challenge)
+            else:
+                self._spawn(self._register(req, flow))
         elif method == "OPTIONS":
             self.endpoint.send_response(
                 make_response(req, 200, None, to_tag=new_tag(), headers=[("Allow", _ALLOW), ("Accept", "application/sdp")])
             )
         elif method in _IN_DIALOG_ONLY:
             self.endpoint.send_response(make_response(req, 481, None, to_tag=new_tag()))
-        elif method in ("SUBSCRIBE", "PUBLISH", "MESSAGE"):
-            self.endpoint.send_response(
-                make_response(req, 489 if method == "SUBSCRIBE" else 405, None, to_tag=new_tag(), headers=[("Allow", _ALLOW)])
-            )
+        elif method == "SUBSCRIBE":
+            self._spawn(self.subscriptions.handle_subscribe(req, flow))
+        elif method in ("PUBLISH", "MESSAGE"):
+            self.endpoint.send_response(make_response(req, 405, None, to_tag=new_tag(), headers=[("Allow", _ALLOW)]))
         else:
             self.endpoint.send_response(make_response(req, 501, None, to_tag=new_tag(), headers=[("Allow", _ALLOW)]))
 
@@ -268,7 +284,8 @@ class PbxService:
         caller: Caller
         trunks = await self.config.trunks_by_address(flow.remote[0])
         if trunks:
-            plan = await plan_from_trunk(trunks, dialled, self.config, self.locations)
+            plan = await dialplan.plan_inbound(trunks, dialled, req.from_.uri.user_unescaped or "anonymous",
+                                               self.config, self.locations, self.features)
             if plan is None:
                 M.call_attempt("rejected")
                 self._reject(req, txn, 404, "Not Found")
@@ -290,8 +307,11 @@ class PbxService:
                 self._reject(req, txn, 403, "Forbidden")
                 return
             caller = Caller(ext.number, ext.display_name, tenant.domain, ext)
-            plan = await plan_from_extension(tenant, dialled, self.config, self.locations)
+            plan = await dialplan.plan_outgoing(tenant, ext, dialled, self.config, self.locations, self.features)
         tenant = plan.tenant
+        if plan.app is not None and self.apps is not None and not plan.fail_status:
+            self.apps.start(self, req, txn, flow, plan, caller)
+            return
         with olog.bind(call_id=req.call_id, tenant=tenant.name):
             # from here on every outcome is a call attempt with a CDR, even a refusal
             call = Call(self, req, txn, flow, plan, caller, None)
@@ -337,6 +357,8 @@ class PbxService:
                     return
             log.info("call %s → %s (%s)", caller.number, plan.callee, plan.direction)
             call.start_routing()
+            if call.state is CallState.RINGING:
+                self._call_state(call, "early")
 
     # ------------------------------------------------------------------ call host API
     def flow_for(self, target: Target) -> Flow:
@@ -352,8 +374,18 @@ class PbxService:
     def register_dialog(self, call_id: str, local_tag: str, call: Call, side: str) -> None:
         self._dialogs[(call_id, local_tag)] = (call, side)
 
+    def _call_state(self, call, state: str) -> None:
+        for listener in self.call_listeners:
+            try:
+                listener(call, state)
+            except Exception:
+                log.exception("call listener failed")
+
     def call_answered(self, call: Call) -> None:
         M.call_answered()
+        self._call_state(call, "confirmed")
+        if call.plan.on_answer is not None and call.answered_leg is not None:
+            call.plan.on_answer(call.answered_leg.target)
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
@@ -373,6 +405,7 @@ class PbxService:
             span.set_attribute("hivepbx.hangup_cause", call.hangup_cause)
             span.end()
         self.cdr_recorder.record(call.cdr())
+        self._call_state(call, "terminated")
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout: float = 5.0) -> None:
@@ -385,6 +418,7 @@ class PbxService:
             call.hangup_both("shutdown")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
+        self.subscriptions.close()
         await self.cdr_recorder.close()
 
     def health(self) -> dict:

@@ -17,13 +17,19 @@ import time
 from pathlib import Path
 
 from node.api.http import start_http
-from node.embedded import open_embedded, provision_demo
+from node.embedded import provision_demo
 from node.pbx.authn import Authenticator
+from node.pbx.cdr_spool import SPOOL_FILENAME, SpooledCdrStore
 from node.pbx.keepalive import NatKeepalive
 from node.pbx.media import MediaAnchors
 from node.pbx.service import PbxService
+from node.pbx.app_call import AppRuntime
+from node.pbx import ivr as _ivr  # noqa: F401  (registers the 'ivr' application)
+from node.media_engine.engine import MediaEngine
+from node.media_engine.prompts import PromptError, PromptLibrary
 from node.pbx.trunks import TrunkRegistrations
 from node.rtp_engine.relay import PortPool, RtpRelay
+from node.runtime.backends import open_backend
 from node.runtime.config import NodeConfig
 from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
@@ -68,17 +74,28 @@ class Node:
         self.endpoint: SipEndpoint | None = None
         self.service: PbxService | None = None
         self.relay: RtpRelay | None = None
+        #: the node's own media (IVR prompts, ...): shares the relay's port pool
+        self.media: MediaEngine | None = None
         self.http_runner = None
         self.http_port: int | None = None
         self.demo: dict | None = None
         self._tasks: list[asyncio.Task] = []
         self.keepalive: NatKeepalive | None = None
         self.trunks: TrunkRegistrations | None = None
+        #: the CdrStore calls record into: the backend's, behind the spool when there is one
+        self.cdrs = None
+        self.cdr_spool: SpooledCdrStore | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.backend = open_embedded(cfg.data_dir)
+        self.backend = await open_backend(cfg)
+        self.cdrs = self.backend.cdrs
+        if cfg.cdr_spool if cfg.cdr_spool is not None else cfg.backend != "embedded":
+            # a remote store can be down when a call ends: the CDR goes to local disk first
+            self.cdr_spool = SpooledCdrStore(self.backend.cdrs, cfg.data_dir / SPOOL_FILENAME)
+            await self.cdr_spool.start()
+            self.cdrs = self.cdr_spool
         if cfg.demo:
             self.demo = await provision_demo(self.backend.config)
         layer = TransactionLayer()
@@ -88,9 +105,13 @@ class Node:
         self.relay = RtpRelay(PortPool(cfg.rtp_port_min, cfg.rtp_port_max), cfg.rtp_bind or _rtp_wildcard())
         anchors = MediaAnchors(self.relay, cfg.advertise_address)
         self.service = PbxService(
-            cfg, self.endpoint, self.backend.config, self.backend.locations, self.backend.cdrs,
+            cfg, self.endpoint, self.backend.config, self.backend.locations, self.cdrs,
             Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl, cfg.digest_algorithms), anchors.open,
         )
+        self.media = MediaEngine(self.relay.pool, self.relay.bind_host)
+        prompts = PromptLibrary(cfg.data_dir)
+        await self._build_prompts(prompts)
+        self.service.apps = AppRuntime(self.media, prompts, cfg.advertise_address)
         self.endpoint.on_event = self.service.on_event
         M.track_transactions(lambda: layer.transaction_count)
         await self.transports.start(cfg.listens)
@@ -104,6 +125,27 @@ class Node:
         self.trunks = TrunkRegistrations(self.backend.config, self.endpoint, self.service.auth)
         await self.trunks.start()
         M.registrations_set(len(await self.backend.locations.list(None, time.time())))
+        # listed in the cluster only once it serves; a single node is its only member
+        await self.backend.membership.join(self._member_info())
+
+    def _member_info(self) -> dict:
+        return {
+            "sip": [f"{l.transport}:{l.host}:{l.port}" for l in self.transports.listens],
+            "http_port": self.http_port,
+            "advertise_address": self.cfg.advertise_address,
+        }
+
+    @staticmethod
+    async def _build_prompts(prompts: PromptLibrary) -> None:
+        """Default prompts on first start (normally made by ``hivepbx prompts build`` at
+        install time). A node without espeak-ng still runs: its IVRs play tenant recordings."""
+        if not prompts.missing_defaults():
+            return
+        try:
+            made = await asyncio.get_running_loop().run_in_executor(None, prompts.build)
+            log.info("built %d default prompts in %s", len(made), prompts.default_dir)
+        except (PromptError, OSError) as e:
+            log.warning("default prompts missing and cannot be built: %s", e)
 
     async def _expire_loop(self) -> None:
         while True:
@@ -124,6 +166,10 @@ class Node:
             for st in self.trunks.status():
                 states[st["state"]] = states.get(st["state"], 0) + 1
             out["trunk_registrations"] = states
+        if self.cdr_spool is not None:
+            out["cdr_spool"] = self.cdr_spool.status()
+        if self.backend is not None:
+            out["cluster"] = {"node_id": self.cfg.node_id, "members": sorted(self.backend.membership.members())}
         return out
 
     @property
@@ -133,6 +179,12 @@ class Node:
         return b[1] if b else 0
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
+        if self.backend is not None:
+            # other nodes stop counting on this one before it stops taking calls
+            try:
+                await self.backend.membership.leave()
+            except Exception:
+                log.exception("leaving the cluster failed")
         if self.service is not None:
             await self.service.drain(drain_timeout)
         if self.trunks is not None:
@@ -149,10 +201,17 @@ class Node:
             await self.transports.close()
         if self.endpoint is not None:
             self.endpoint.close()
+        if self.media is not None:
+            self.media.close()
         if self.relay is not None:
             self.relay.close()
+        if self.cdr_spool is not None:
+            # after the drain flushed the recorder into it; what the store does not take in
+            # time stays on disk for the next start
+            await self.cdr_spool.close(drain_timeout + 1.0)
+            self.cdr_spool = None
         if self.backend is not None:
-            self.backend.close()
+            await self.backend.aclose()
 
     async def __aenter__(self) -> "Node":
         try:
@@ -178,6 +237,8 @@ def _banner(node: Node) -> str:
         f"  RTP ports      : {cfg.rtp_port_min}-{cfg.rtp_port_max}",
         f"  HTTP           : http://{cfg.http_host}:{node.http_port}/metrics  /health",
     ]
+    if cfg.backend != "embedded":
+        lines.append(f"  cluster        : node {cfg.node_id}, backend {cfg.backend}, etcd {','.join(cfg.etcd_endpoints)}")
     if node.demo:
         d = node.demo
         lines.append(f"  demo tenant    : {d['tenant']}  SIP domain {d['domain']}")

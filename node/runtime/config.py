@@ -64,6 +64,17 @@ class NodeConfig:
     ring_timeout: int = 30
     #: backend name for config/location/CDR stores ('embedded' is built in)
     backend: str = "embedded"
+    #: cluster backend: etcd endpoints ('host:port'), key prefix shared by the cluster's nodes,
+    #: seconds a dead node stays a member; Kafka bootstrap servers and Cassandra contact points
+    #: for the parts that use them
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/hivepbx/"
+    membership_ttl: int = 3
+    kafka_bootstrap: tuple[str, ...] = ()
+    cassandra_contact_points: tuple[str, ...] = ()
+    #: durable local CDR spool (<data_dir>/cdr-spool.db) in front of the backend's CDR store;
+    #: None = on for every backend but 'embedded', whose SQLite store is local and durable itself
+    cdr_spool: bool | None = None
     #: OpenTelemetry span exporter: None (not recorded), 'console' or 'otlp'
     otel_exporter: str | None = None
     #: log level name

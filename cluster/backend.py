@@ -1,0 +1,64 @@
+"""The ``cluster`` backend (entry point ``hivepbx.backends``): config, registrations,
+membership and leader election in etcd.
+
+CDRs are not here yet: the runtime keeps them in the node's SQLite (behind the CDR spool)
+until the Cassandra CdrStore is wired in. Kafka settings are carried for the event bus.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cluster.etcd import EtcdStores, open_etcd
+from cluster.etcd.membership import EtcdMembership
+
+
+@dataclass(slots=True)
+class ClusterBackend:
+    """node.ports.Backend on etcd; ``cdrs`` None = the runtime supplies a local CdrStore."""
+
+    stores: EtcdStores
+    membership: EtcdMembership
+    cdrs: object = None
+
+    @property
+    def config(self):
+        return self.stores.config
+
+    @property
+    def locations(self):
+        return self.stores.locations
+
+    @property
+    def election(self) -> EtcdMembership:
+        return self.membership
+
+    async def aclose(self) -> None:
+        try:
+            await self.membership.close()
+        finally:
+            await self.stores.aclose()
+
+
+def _endpoints(cfg) -> tuple[str, ...]:
+    eps = tuple(getattr(cfg, "etcd_endpoints", ()) or ())
+    if not eps and os.environ.get("HIVEPBX_ETCD"):
+        eps = tuple(os.environ["HIVEPBX_ETCD"].split(","))
+    if not eps:
+        raise ValueError("the cluster backend needs etcd endpoints (--etcd HOST:PORT or HIVEPBX_ETCD)")
+    return eps
+
+
+async def open_cluster(cfg) -> ClusterBackend:
+    """Connect to etcd and load the views; the node joins the membership when it is serving."""
+    stores = await open_etcd(_endpoints(cfg), getattr(cfg, "etcd_prefix", "/hivepbx/"))
+    try:
+        membership = EtcdMembership(
+            stores.client, stores.keys, getattr(cfg, "node_id", "local"), ttl=getattr(cfg, "membership_ttl", 3)
+        )
+        await membership.start()
+    except BaseException:
+        await stores.aclose()
+        raise
+    return ClusterBackend(stores, membership)

@@ -1,0 +1,122 @@
+"""node.ports.EventBus on Kafka (aiokafka).
+
+Every node must see every event of the partitions it serves, so readers assign partitions and
+seek themselves instead of joining a consumer group (a group would split the partitions between
+nodes and rebalance on every join). The producer waits for acks=all: an ACD event a node acted
+on must survive a broker loss. It is not idempotent (not every broker offers it), so a retried
+send can land twice: values carry (origin, seq) and the consumer of the bus drops duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import UnknownTopicOrPartitionError
+
+from node.ports import BusRecord
+
+__all__ = ["KafkaBus"]
+
+log = logging.getLogger(__name__)
+
+_TOPIC_EXISTS = 36
+
+
+class KafkaBus:
+    """``bootstrap``: "host:port[,host:port]". ``fetch_max_wait_ms`` bounds how long a fetch
+    waits for new data (some brokers do not wake a waiting fetch), i.e. event latency."""
+
+    def __init__(self, bootstrap: str | Sequence[str], *, client_id: str = "hivepbx",
+                 replication_factor: int = 1, fetch_max_wait_ms: int = 20,
+                 request_timeout_ms: int = 10_000) -> None:
+        self._bootstrap = bootstrap if isinstance(bootstrap, str) else ",".join(bootstrap)
+        self._client_id = client_id
+        self._rf = replication_factor
+        self._fetch_wait = fetch_max_wait_ms
+        self._timeout = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._start_lock = asyncio.Lock()
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        async with self._start_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
+                    enable_idempotence=False, linger_ms=0, request_timeout_ms=self._timeout)
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+    async def ensure_topic(self, topic: str, partitions: int) -> int:
+        if not topic:
+            raise ValueError("topic name is empty")
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, client_id=self._client_id,
+                                    request_timeout_ms=self._timeout)
+        await admin.start()
+        try:
+            resp = await admin.create_topics([NewTopic(topic, partitions, self._rf)])
+            for err in getattr(resp, "topic_errors", ()):
+                code = err[1]
+                if code not in (0, _TOPIC_EXISTS):
+                    raise RuntimeError(f"cannot create topic {topic!r}: Kafka error {code} {err[2:]}")
+        finally:
+            await admin.close()
+        return await self.partitions(topic)
+
+    async def partitions(self, topic: str) -> int:
+        producer = await self._ensure_producer()
+        try:
+            parts = await producer.partitions_for(topic)
+        except UnknownTopicOrPartitionError:
+            parts = None
+        if not parts:
+            raise LookupError(f"no topic {topic!r}")
+        return len(parts)
+
+    async def publish(self, topic: str, key: str, value: bytes, *, partition: int | None = None) -> tuple[int, int]:
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValueError("value must be bytes")
+        producer = await self._ensure_producer()
+        if partition is not None:
+            n = await self.partitions(topic)
+            if not 0 <= partition < n:
+                raise ValueError(f"partition {partition} out of range 0..{n - 1} for {topic!r}")
+        md = await producer.send_and_wait(topic, bytes(value), key=key.encode(), partition=partition)
+        return md.partition, md.offset
+
+    async def subscribe(self, topic: str, start: dict[int, int] | None = None) -> AsyncIterator[BusRecord]:
+        n = await self.partitions(topic)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, client_id=self._client_id, group_id=None,
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=self._fetch_wait,
+            request_timeout_ms=self._timeout)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(n)]
+            consumer.assign(tps)
+            for tp in tps:
+                off = (start or {}).get(tp.partition)
+                if off is None or off <= 0:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, off)
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp, records in batches.items():
+                    for r in records:
+                        key = r.key.decode("utf-8", "replace") if r.key is not None else ""
+                        yield BusRecord(topic, tp.partition, r.offset, key, r.value or b"")
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        async with self._start_lock:
+            if self._producer is not None:
+                producer, self._producer = self._producer, None
+                await producer.stop()

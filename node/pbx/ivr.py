@@ -1,0 +1,277 @@
+"""IVR / auto attendant: menus as feature objects (kind 'ivr'), run by the node's media engine.
+
+An IVR is named by a number ("800"): dialling it, or a DID of type 'ivr' with that value,
+reaches it. Its document (all keys optional except what a menu needs to be useful):
+
+    {"intro": ["welcome"],                 # played once on entry, not interruptible
+     "prompt": ["menu"],                   # the menu, interruptible by a key
+     "timeout": 5,                         # seconds to wait for a key after the menu
+     "digit_timeout": 2,                   # seconds between digits when dialling an extension
+     "direct_dial": true,                  # keys may spell an extension number of the tenant
+     "attempts": 3,                        # menu plays at most; then "goodbye" and hang up
+     "options": {"1": {"type": "extension", "value": "1002", "announce": ["transferring"]},
+                 "2": {"type": "ivr", "value": "801"},
+                 "9": {"type": "external", "value": "+4930123456"},
+                 "0": "1000"},             # a plain string: an internal number (or tel:/+ external)
+     "invalid": {"type": "repeat", "announce": ["invalid"]},   # unknown key (this is the default)
+     "no_input": {"type": "repeat", "announce": ["no-input"]}} # timeout (this is the default)
+
+Destination types: 'extension' (any internal number: an extension with its forwarding, a hunt
+group, a time switch, another IVR — compiled by node/pbx/dialplan.py as for a dialled call),
+'external' (through the outbound routes), 'ivr' (another menu), 'repeat' (the menu again), 'hangup'.
+Other features add theirs with ``register_destination`` (voicemail, queue, conference: a
+validator for the document and a coroutine that runs it). Each destination may carry
+"announce": prompts played (not interruptible) before it runs. Prompt names are the
+tenant's recordings or the defaults (node/media_engine/prompts.py).
+
+A transfer that fails (busy, no answer) plays "unavailable" and returns to the menu.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Awaitable, Callable
+
+from node.config_rules import ConfigError
+from node.pbx import destinations
+from node.pbx.app_call import AppContext, register_app
+
+log = logging.getLogger("hivepbx.ivr")
+
+KIND = "ivr"
+KEYS = "0123456789*#"
+_NUMBER = re.compile(r"[0-9]{2,10}\Z")
+_EXTERNAL = re.compile(r"\+?[0-9]{2,20}\Z")
+_PROMPT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")
+_MAX_PROMPTS = 10
+DEFAULT_INVALID = {"type": "repeat", "announce": ["invalid"]}
+DEFAULT_NO_INPUT = {"type": "repeat", "announce": ["no-input"]}
+
+#: what a destination does: 'repeat' (play the menu again) or 'done' (the IVR is over)
+Outcome = str
+DestFn = Callable[[AppContext, dict], Awaitable[Outcome]]
+#: type → (validate value → normalised value, run)
+DESTINATIONS: dict[str, tuple[Callable[[object], str], DestFn]] = {}
+
+
+def register_destination(kind: str, validate: Callable[[object], str], run: DestFn) -> None:
+    """Let IVR options lead to another feature ('voicemail', 'queue', ...)."""
+    DESTINATIONS[kind] = (validate, run)
+
+
+# ------------------------------------------------------------------ validation
+def _prompts(value: object, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > _MAX_PROMPTS:
+        raise ConfigError(f"{what} must be a list of up to {_MAX_PROMPTS} prompt names")
+    for p in value:
+        if not isinstance(p, str) or not _PROMPT.match(p):
+            raise ConfigError(f"{what}: prompt name {p!r} must be 1-64 lower-case letters, digits, '-' or '_'")
+    return list(value)
+
+
+def _seconds(doc: dict, key: str, default: float, lo: float, hi: float) -> float:
+    v = doc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"IVR {key} must be a number of seconds between {lo:g} and {hi:g}, not {v!r}")
+    return v
+
+
+def _internal(value: object) -> str:
+    if not isinstance(value, str) or not _NUMBER.match(value):
+        raise ConfigError(f"internal number {value!r}: use 2 to 10 digits")
+    return value
+
+
+def _external(value: object) -> str:
+    v = value.strip().replace(" ", "") if isinstance(value, str) else value
+    if isinstance(v, str) and v.lower().startswith("tel:"):
+        v = v[4:]
+    if not isinstance(v, str) or not _EXTERNAL.match(v):
+        raise ConfigError(f"external number {value!r}: use 2 to 20 digits, optionally with a leading +")
+    return v
+
+
+def _none(value: object) -> str:
+    return ""
+
+
+def destination(value: object, what: str) -> dict:
+    """A destination in its normalised dict form (a string is shorthand for a number)."""
+    if isinstance(value, str):
+        v = value.strip()
+        if v.lower().startswith("tel:") or v.startswith("+") or len(v) > 10:
+            value = {"type": "external", "value": v}
+        else:
+            value = {"type": "extension", "value": v}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a destination such as {{\"type\": \"extension\", \"value\": \"1002\"}}")
+    extra = set(value) - {"type", "value", "announce"}
+    if extra:
+        raise ConfigError(f"{what}: unknown key(s) {', '.join(sorted(extra))} (allowed: type, value, announce)")
+    kind = value.get("type")
+    if kind not in DESTINATIONS:
+        raise ConfigError(f"{what}: destination type {kind!r} unknown: use one of {', '.join(DESTINATIONS)}")
+    validate, _ = DESTINATIONS[kind]
+    try:
+        v = validate(value.get("value"))
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    out: dict = {"type": kind}
+    if v:
+        out["value"] = v
+    announce = _prompts(value.get("announce"), f"{what} announce")
+    if announce:
+        out["announce"] = announce
+    return out
+
+
+def validate(doc: object) -> dict:
+    """The normalised IVR document, or ConfigError saying what is wrong."""
+    if not isinstance(doc, dict):
+        raise ConfigError("an IVR is a JSON object (see node/pbx/ivr.py for its keys)")
+    allowed = {"intro", "prompt", "timeout", "digit_timeout", "direct_dial", "attempts", "options", "invalid", "no_input"}
+    extra = set(doc) - allowed
+    if extra:
+        raise ConfigError(f"unknown IVR key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(allowed))})")
+    out: dict = {
+        "intro": _prompts(doc.get("intro"), "IVR intro"),
+        "prompt": _prompts(doc.get("prompt", ["menu"]), "IVR prompt"),
+        "timeout": _seconds(doc, "timeout", 5, 0.5, 60),
+        "digit_timeout": _seconds(doc, "digit_timeout", 2, 0.5, 10),
+    }
+    dd = doc.get("direct_dial", False)
+    if not isinstance(dd, bool):
+        raise ConfigError(f"IVR direct_dial must be true or false, not {dd!r}")
+    out["direct_dial"] = dd
+    attempts = doc.get("attempts", 3)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
+        raise ConfigError(f"IVR attempts must be a whole number from 1 to 10, not {attempts!r}")
+    out["attempts"] = attempts
+    options = doc.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError("IVR options must map keys (0-9, *, #) to destinations")
+    out["options"] = {}
+    for key, dest in options.items():
+        if not isinstance(key, str) or len(key) != 1 or key not in KEYS:
+            raise ConfigError(f"IVR option key {key!r}: use one of 0-9, * or #")
+        out["options"][key] = destination(dest, f"IVR option {key}")
+    out["invalid"] = destination(doc.get("invalid", DEFAULT_INVALID), "IVR invalid")
+    out["no_input"] = destination(doc.get("no_input", DEFAULT_NO_INPUT), "IVR no_input")
+    if not out["options"] and not dd:
+        raise ConfigError("an IVR needs options or direct_dial, else no key leads anywhere")
+    return out
+
+
+def name(value: object) -> str:
+    """IVRs are reached by dialling their name: a number like an extension's."""
+    if not isinstance(value, str) or not _NUMBER.match(value):
+        raise ConfigError(f"IVR name {value!r}: use 2 to 10 digits (callers dial it, DIDs point at it)")
+    return value
+
+
+async def put(config, tenant_id: int, ivr_name: str, doc: object) -> dict:
+    """Validate and store an IVR (the CLI and API go through here). The number must not be
+    an extension of the tenant: the IVR would silently take its calls."""
+    n = name(ivr_name)
+    out = validate(doc)
+    taken = await destinations.internal_kind(config, tenant_id, n)
+    if taken is not None:
+        raise ConfigError(f"{n} is {'an' if taken == 'extension' else 'a'} {taken.replace('_', ' ')} of this tenant:"
+                          " pick another number for the IVR", 409)
+    await config.put_object(tenant_id, KIND, n, out)
+    return out
+
+
+# ------------------------------------------------------------------ running
+async def run(ctx: AppContext, ivr_name: str, doc: dict) -> None:
+    """One IVR from entry to a final destination (or hang-up)."""
+    try:
+        doc = validate(doc)
+    except ConfigError as e:
+        log.warning("IVR %s of tenant %s is invalid (%s): hanging up", ivr_name, ctx.tenant.name, e)
+        await ctx.play(["goodbye"])
+        return
+    if doc["intro"]:
+        await ctx.play(doc["intro"])
+        ctx.flush_digits()  # keys pressed during a non-interruptible intro do not count
+    for _ in range(doc["attempts"]):
+        how = await ctx.play(doc["prompt"], interruptible=True)
+        if how == "stopped":
+            return
+        digit = await ctx.get_digit(doc["timeout"])
+        if digit is None:
+            dest = doc["no_input"]
+        else:
+            dest = await _select(ctx, doc, digit)
+        outcome = await _go(ctx, dest)
+        if outcome != "repeat":
+            return
+    await ctx.play(["goodbye"])
+
+
+async def _select(ctx: AppContext, doc: dict, first: str) -> dict:
+    """The destination the caller's keys choose: an option, or an extension dialled directly."""
+    if not doc["direct_dial"] or not first.isdigit():
+        return doc["options"].get(first, doc["invalid"])
+    keys = first
+    while len(keys) < 10:
+        d = await ctx.get_digit(doc["digit_timeout"])
+        if d is None or d == "#":
+            break
+        keys += d
+    if len(keys) == 1:
+        return doc["options"].get(keys, doc["invalid"])
+    if await ctx.config.get_extension(ctx.tenant.id, keys) is not None:
+        return {"type": "extension", "value": keys, "announce": ["transferring"]}
+    return doc["invalid"]
+
+
+async def _go(ctx: AppContext, dest: dict) -> Outcome:
+    if dest.get("announce"):
+        await ctx.play(dest["announce"])
+    _, run_dest = DESTINATIONS[dest["type"]]
+    return await run_dest(ctx, dest)
+
+
+async def _repeat(ctx: AppContext, dest: dict) -> Outcome:
+    return "repeat"
+
+
+async def _hangup(ctx: AppContext, dest: dict) -> Outcome:
+    return "done"
+
+
+async def _transfer(ctx: AppContext, dest: dict) -> Outcome:
+    value = dest["value"]
+    if dest["type"] == "external" and not value.startswith("+"):
+        value = "tel:" + value  # digits alone would mean an internal number
+    result = await ctx.transfer(value)
+    if result.answered or ctx.call.answered_leg is not None:
+        return "done"
+    if result.status == 200:
+        return "done"  # it was another application, and that one has finished
+    if result.status == 487:
+        return "done"  # the caller hung up while it rang
+    log.info("IVR transfer to %s failed: %s", dest["value"], result.status)
+    await ctx.play(["unavailable"])
+    return "repeat"
+
+
+async def _submenu(ctx: AppContext, dest: dict) -> Outcome:
+    if not await ctx.run_app(KIND, dest["value"]):
+        await ctx.play(["invalid"])
+        return "repeat"
+    return "done"
+
+
+register_destination("extension", _internal, _transfer)
+register_destination("external", _external, _transfer)
+register_destination("ivr", _internal, _submenu)
+register_destination("repeat", _none, _repeat)
+register_destination("hangup", _none, _hangup)
+register_app(KIND, run)

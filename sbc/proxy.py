@@ -1,0 +1,846 @@
+"""The SBC's request pipeline: a transaction-stateful, topology-hiding proxy.
+
+It is the transaction user of one ``TransactionLayer`` (node/sip/transaction.py): each
+request from one side gets a server transaction (which absorbs retransmissions and sends
+the INVITE's 100 Trying) and a client transaction towards the other side; responses come
+back through the pair. No dialog state is kept: every in-dialog request finds its way by
+the token in its Request-URI (see sbc/topology.py), so an SBC restart with the same
+secret loses only the transactions in flight.
+
+Sides: *outside* (phones, carriers) and *inside* (the nodes). A request from outside is
+  1. judged by the Guard (before anything else, in ``message_received``),
+  2. routed: an in-dialog request by its node token, anything else to the tenant's node
+     chosen by the Dispatcher among live nodes,
+  3. forwarded with the SBC's Via only and its Contact replaced by a flow token,
+  4. retried on the next candidate node (same datacenter first) when the node answers
+     503 or nothing at all within ``node_timeout`` before any provisional response; the
+     node is then marked down until the OPTIONS probes see it again.
+A request from inside goes to the phone's flow named by the token in its Request-URI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
+from node.sip.flow import Flow
+from node.sip.ids import new_branch, new_call_id, new_tag
+from node.sip.message import Message, Request, Response, make_response
+from node.sip.transaction import (
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    TransactionState,
+)
+from node.sip.uri import NameAddr, Uri
+from observability import logging as olog
+from sbc import metrics as M
+from sbc import topology as T
+from sbc.config import NodeTarget, SbcConfig
+from sbc.dispatch import Dispatcher
+from sbc.health import Health
+
+log = logging.getLogger("hivepbx.sbc")
+
+OUTSIDE = "outside"
+INSIDE = "inside"
+_WILDCARDS = ("0.0.0.0", "::", "")
+#: methods that may start a dialog or a registration and so may move to another node
+#: how long a Call-ID sticks to its node (a challenge is answered within seconds; a
+#: registration refresh that comes later to another node costs one more 401, nothing else),
+#: and how many are remembered at most
+AFFINITY_TTL = 32.0
+AFFINITY_MAX = 200_000
+_RETRYABLE = frozenset(("INVITE", "REGISTER", "OPTIONS", "SUBSCRIBE", "MESSAGE", "PUBLISH"))
+
+
+class Forward:
+    """One proxied transaction: the server side, the current client side, the candidates."""
+
+    __slots__ = (
+        "server", "request", "source", "inbound", "tenant", "candidates", "node", "client", "out_uri",
+        "provisional", "any_response", "cancelled", "cancel_sent", "final", "target_flow",
+    )
+
+    def __init__(self, server: ServerTransaction, request: Request, source: Flow, inbound: bool, tenant: str) -> None:
+        self.server = server
+        self.request = request
+        self.source = source
+        self.inbound = inbound
+        self.tenant = tenant
+        self.candidates: list[NodeTarget] = []
+        self.node: NodeTarget | None = None
+        self.client: ClientTransaction | None = None
+        self.out_uri = request.uri_text
+        self.provisional = False  # a provisional > 100 came: the node owns the call now
+        self.any_response = False
+        self.cancelled = False
+        self.cancel_sent = False
+        self.final = 0
+        self.target_flow: Flow | None = None
+
+
+class Abandoned:
+    """A client transaction given up for another node; a late answer is wound down."""
+
+    __slots__ = ("node_id",)
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+
+class Probe:
+    __slots__ = ("node_id", "done")
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.done = False
+
+
+_CANCEL = object()  # tu of our CANCEL and BYE client transactions: their answers need nothing
+
+
+@dataclass(frozen=True, slots=True)
+class SideAddresses:
+    """The bound sockets of one side (transport → (host, port)) and the address to advertise."""
+
+    bound: dict[str, tuple[str, int]]
+    advertise: str | None = None
+
+
+class _AcceptAll:
+    def check_request(self, msg, source):
+        return None
+
+
+class Proxy:
+    def __init__(
+        self,
+        cfg: SbcConfig,
+        endpoint,
+        dispatcher: Dispatcher,
+        health: Health,
+        sealer: T.Sealer,
+        outside: SideAddresses,
+        inside: SideAddresses,
+        *,
+        guard=None,
+        media=None,
+        call_later: Callable | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.dispatcher = dispatcher
+        self.health = health
+        self.sealer = sealer
+        self.outside = outside
+        self.inside = inside
+        self.separate_inside = bool(cfg.internal_listens)
+        self._inside_locals = {(v[0], v[1]) for v in inside.bound.values()} if self.separate_inside else set()
+        self.guard = guard or _AcceptAll()
+        self.media = media
+        self._call_later = call_later or asyncio.get_event_loop().call_later
+        self._tasks: set[asyncio.Task] = set()
+        #: UDP flows of phones with a live registration → expiry (for CRLF keep-alives)
+        self.registered_flows: dict[Flow, float] = {}
+        self._node_addr: dict[tuple[str, int], NodeTarget] = {}
+        #: Call-ID → (node id, until): see _sticky
+        self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._node_host: dict[str, NodeTarget | None] = {}
+        self.refresh_nodes()
+
+    def refresh_nodes(self) -> None:
+        self._node_addr = {n.address: n for n in self.dispatcher.nodes}
+        hosts: dict[str, NodeTarget | None] = {}
+        for n in self.dispatcher.nodes:
+            hosts[n.host] = None if n.host in hosts else n  # ambiguous when shared
+        self._node_host = hosts
+
+    # ------------------------------------------------------------------ entry points
+    def message_received(self, item, flow: Flow) -> None:
+        """The transports' callback: the Guard sees what comes from outside before anything."""
+        if not self.is_inside(flow):
+            try:
+                if isinstance(item, Message):
+                    verdict = self.guard.check_request(item, flow)
+                    if verdict is not None and getattr(verdict, "action", "accept") != "accept":
+                        self._blocked(item, flow, verdict)
+                        return
+                else:
+                    unparseable = getattr(self.guard, "unparseable", None)
+                    verdict = unparseable(flow) if unparseable is not None else None
+                    if verdict is not None and getattr(verdict, "action", "accept") != "accept":
+                        return  # a source the Guard blocks gets not even a 400
+            except Exception:
+                # a fault in the protection layer must not take signalling down with it
+                log.exception("the Guard failed on a message from %s:%s; accepted", *flow.remote[:2])
+        self.endpoint.message_received(item, flow)
+
+    def _blocked(self, msg: Message, flow: Flow, verdict) -> None:
+        if verdict.action != "reject" or not isinstance(msg, Request) or msg.method == "ACK":
+            return  # drop: say nothing
+        try:
+            resp = make_response(msg, verdict.status or 403, verdict.reason or None, to_tag=new_tag(),
+                                 headers=list(getattr(verdict, "headers", ()) or ()))
+            self.endpoint.send_stateless(resp, flow)
+        except (SipError, LocalProtocolError):
+            pass
+
+    def on_event(self, ev) -> None:
+        if type(ev) is RequestReceived:
+            req = ev.request
+            with olog.bind(call_id=_call_id(req)):
+                self._on_request(req, ev.flow, ev.transaction)
+        elif type(ev) is ResponseReceived:
+            if ev.transaction is not None:
+                self._on_response(ev.response, ev.transaction)
+        else:
+            self._on_timeout(ev.transaction)
+
+    # ------------------------------------------------------------------ sides
+    def is_inside(self, flow: Flow) -> bool:
+        if self.separate_inside:
+            if flow.local in self._inside_locals:
+                return True
+            # our own TCP connections to nodes have an ephemeral local port
+            return flow.transport == "tcp" and flow.remote in self._node_addr and flow.local not in self._outside_locals()
+        return flow.remote in self._node_addr or (
+            flow.transport == "tcp" and self._node_host.get(flow.remote[0]) is not None
+        )
+
+    def _outside_locals(self) -> set[tuple[str, int]]:
+        return set(self.outside.bound.values())
+
+    def node_of(self, flow: Flow) -> NodeTarget | None:
+        n = self._node_addr.get(flow.remote)
+        return n if n is not None else self._node_host.get(flow.remote[0])
+
+    def _side(self, inside: bool) -> SideAddresses:
+        return self.inside if inside else self.outside
+
+    def _address(self, transport: str, inside: bool, flow: Flow) -> tuple[str, int]:
+        side = self._side(inside)
+        bound = side.bound.get(transport) or side.bound.get("udp") or next(iter(side.bound.values()))
+        host = bound[0]
+        if host in _WILDCARDS:
+            host = side.advertise or self.endpoint.local_host(flow)
+        elif side.advertise:
+            host = side.advertise
+        return host, bound[1]
+
+    def _via(self, flow: Flow, inside: bool, branch: str | None = None) -> str:
+        host, port = self._address(flow.transport, inside, flow)
+        hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"SIP/2.0/{flow.transport.upper()} {hp};branch={branch or new_branch()};rport"
+
+    def node_flow(self, node: NodeTarget) -> Flow:
+        if node.transport == "udp":
+            local = self._side(True).bound.get("udp")
+            if local is not None:
+                return Flow("udp", node.address, local)
+        return self.endpoint.transports.flow_to(node.transport, node.host, node.port)
+
+    # ------------------------------------------------------------------ requests
+    def _on_request(self, req: Request, flow: Flow, txn: ServerTransaction | None) -> None:
+        inside = self.is_inside(flow)
+        method = req.method
+        M.request(method, INSIDE if inside else OUTSIDE)
+        try:
+            if method == "ACK":
+                self._ack(req, flow, inside)
+                return
+            if method == "CANCEL":
+                self._cancel(req)
+                return
+            mf = req.max_forwards
+            if mf is not None and mf <= 0:
+                self._reply(req, 483)
+                return
+            if inside:
+                self._from_inside(req, flow, txn)
+            else:
+                self._from_outside(req, flow, txn)
+        except LocalProtocolError as e:
+            log.warning("cannot forward %s: %s", method, e)
+            if method != "ACK":
+                self._reply(req, 500)
+        except SipError as e:
+            if method != "ACK":
+                self._reply(req, e.status_hint if 400 <= e.status_hint < 700 else 400, _clean(e.reason))
+
+    def _reply(self, req: Request, status: int, reason: str | None = None, headers=None) -> None:
+        self.endpoint.send_response(make_response(req, status, reason, to_tag=new_tag(), headers=headers))
+
+    def tenant_of(self, req: Request, flow: Flow) -> str:
+        c = self._carrier_of(flow)
+        if c is not None:
+            return c.tenant
+        if req.method == "REGISTER":
+            return req.to.uri.host_bare
+        for uri in (req.from_.uri, req.uri, req.to.uri):
+            if uri.is_sip and not _is_ip(uri.host_bare):
+                return uri.host_bare
+        return req.uri.host_bare if req.uri.is_sip else ""
+
+    def _from_outside(self, req: Request, flow: Flow, txn: ServerTransaction) -> None:
+        method = req.method
+        token = T.token_of(req.uri_text, T.NODE_PARAM)
+        if token is None and method == "OPTIONS" and req.uri.user is None and not req.to.tag:
+            # a keep-alive or a probe of the SBC itself: answered here, the nodes never see it
+            self._reply(req, 200, None, [("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, PRACK, INFO, REFER, NOTIFY")])
+            return
+        tenant = self.tenant_of(req, flow)
+        fwd = Forward(txn, req, flow, True, tenant)
+        txn.tu = fwd
+        with olog.bind(tenant=tenant):
+            if token is not None:
+                target = T.read_node_token(self.sealer, token)
+                if target is None:
+                    M.unroutable("bad_token")
+                    self._reply(req, 404, "Not Found")
+                    return
+                node = self.dispatcher.node(target.node_id) or self._node_by_contact(target.uri)
+                fwd.out_uri = target.uri
+                if node is None:
+                    # the node left the configuration: its dialogs go with it
+                    M.unroutable("unknown_node")
+                    self._reply(req, 481)
+                    return
+                fwd.candidates = [node]
+            else:
+                if method == "INVITE" and not req.to.tag and not self._admitted(fwd):
+                    return
+                fwd.candidates = self.dispatcher.candidates(tenant, self.health.is_up, self._sticky(req.call_id))
+                if not fwd.candidates:
+                    M.unroutable("no_node")
+                    self._reply(req, 503, None, [("Retry-After", "10")])
+                    return
+            self._try_next(fwd)
+
+    def _admitted(self, fwd: Forward) -> bool:
+        """The Guard's per-tenant call admission (IP/GeoIP filter, call limits), if it has one."""
+        admit = getattr(self.guard, "admit_call", None)
+        if admit is None:
+            return True
+        carrier = self._carrier_of(fwd.source) is not None
+        # the SBC cannot know the node's routing: a long dialled number counts as leaving the
+        # platform, an extension-length one as internal (carriers' calls always come from it)
+        user = fwd.request.uri.user_unescaped or ""
+        external = carrier or sum(c.isdigit() for c in user) >= 7
+        verdict = admit(fwd.tenant, fwd.request.call_id, fwd.source, outbound=not carrier, external=external)
+        if verdict is None or getattr(verdict, "action", "accept") == "accept":
+            return True
+        # a drop is answered too: an INVITE server transaction without a final would live forever
+        self._reply(fwd.request, getattr(verdict, "status", 0) or 403, getattr(verdict, "reason", "") or None,
+                    list(getattr(verdict, "headers", ()) or ()))
+        return False
+
+    def _node_by_contact(self, uri_text: str) -> NodeTarget | None:
+        """The configured node a sealed Contact points at (when the sender was not known by id)."""
+        try:
+            u = Uri.parse(uri_text)
+        except SipError:
+            return None
+        return self._node_addr.get((u.host_bare, u.port or 5060)) if u.is_sip else None
+
+    def _carrier_of(self, flow: Flow):
+        host = flow.remote[0]
+        for c in self.cfg.carriers:
+            if c.host == host and (c.port is None or c.port == flow.remote[1]):
+                return c
+        return None
+
+    def _sticky(self, call_id: str) -> str | None:
+        """The node a Call-ID went to last, while remembered: the credentials after a 401/407
+        and a registration's refreshes must reach the node that issued the nonce, whatever
+        the distribution mode (round robin would move them)."""
+        hit = self._affinity.get(call_id)
+        if hit is None:
+            return None
+        if hit[1] < self._now():
+            del self._affinity[call_id]
+            return None
+        return hit[0]
+
+    def _remember(self, call_id: str, node: NodeTarget) -> None:
+        aff = self._affinity
+        now = self._now()
+        aff[call_id] = (node.id, now + AFFINITY_TTL)
+        aff.move_to_end(call_id)
+        # oldest first (one TTL for all): drop what expired, and the oldest beyond the cap
+        while aff:
+            head = next(iter(aff.values()))
+            if head[1] >= now and len(aff) <= AFFINITY_MAX:
+                break
+            aff.popitem(last=False)
+
+    def _try_next(self, fwd: Forward) -> None:
+        node = fwd.candidates.pop(0)
+        fwd.node = node
+        if fwd.inbound and not fwd.request.to.tag:
+            self._remember(fwd.request.call_id, node)
+        fwd.provisional = fwd.any_response = False
+        flow = self.node_flow(node)
+        src = fwd.source
+        out = T.forward_request(
+            fwd.request, fwd.out_uri, self._via(flow, True),
+            contact=self._phone_contact_rewriter(src, flow),
+            extra=[(T.SOURCE_HEADER, f"{src.transport}:{_hp(src.remote)}")],
+        )
+        M.forwarded(node.id, out.method)
+        log.debug("%s → node %s", out.method, node.id)
+        self._send_request(fwd, out, flow)
+
+    def _send_request(self, fwd: Forward, out: Request, flow: Flow) -> None:
+        def go(msg: Request) -> None:
+            client = self.endpoint.send_request(msg, flow)
+            client.tu = fwd
+            fwd.client = client
+            fwd.target_flow = flow
+            if fwd.inbound and fwd.node is not None and not msg.to.tag:
+                self._call_later(self.cfg.node_timeout, self._no_answer, fwd, client)
+
+        self._media(out, fwd.tenant, None, go, lambda status: self._final_here(fwd, status))
+
+    def _no_answer(self, fwd: Forward, client: ClientTransaction) -> None:
+        """``node_timeout`` after sending: a node that said nothing at all is taken as down."""
+        if fwd.client is not client or client.last_response is not None or fwd.final or fwd.any_response:
+            return
+        if client.state is TransactionState.TERMINATED:
+            return
+        node = fwd.node
+        assert node is not None
+        if fwd.request.method == "INVITE":
+            # a live node's transaction layer answers 100 Trying at once: silence means dead
+            self.health.failed(node.id, self._now())
+        else:
+            # a slow registrar is not a dead node: one strike, the probes decide the rest
+            self.health.suspect(node.id, self._now())
+        if fwd.cancelled:
+            client.tu = Abandoned(node.id)
+            self._final_here(fwd, 487)
+            return
+        if fwd.candidates and fwd.request.method in _RETRYABLE and not fwd.request.to.tag:
+            log.warning("node %s did not answer %s within %.1fs: trying node %s",
+                        node.id, fwd.request.method, self.cfg.node_timeout, fwd.candidates[0].id)
+            M.failover("timeout")
+            client.tu = Abandoned(node.id)
+            self._try_next(fwd)
+
+    def _final_here(self, fwd: Forward, status: int) -> None:
+        """The SBC itself ends the transaction (no node answered, media unavailable, cancelled)."""
+        if fwd.final:
+            return
+        fwd.final = status
+        headers = [("Retry-After", "5")] if status == 503 else None
+        self.endpoint.send_response(make_response(fwd.request, status, None, to_tag=new_tag(), headers=headers))
+        self._ended(fwd)
+        if self.media is not None and fwd.request.method == "INVITE":
+            self._spawn(self.media.delete(fwd.request.call_id))
+
+    def _from_inside(self, req: Request, flow: Flow, txn: ServerTransaction) -> None:
+        token = T.token_of(req.uri_text, T.FLOW_PARAM)
+        fwd = Forward(txn, req, flow, False, "")
+        txn.tu = fwd
+        fwd.node = self.node_of(flow)
+        if token is not None:
+            target = T.read_phone_token(self.sealer, token)
+            if target is None:
+                M.unroutable("bad_token")
+                self._reply(req, 404, "Not Found")
+                return
+            fwd.out_uri = target.uri
+            out_flow = target.flow
+        else:
+            out_flow = self._carrier_flow(req)
+            if out_flow is None:
+                M.unroutable("no_target")
+                self._reply(req, 404, "Not Found (no SBC flow token in Request-URI)")
+                return
+        node_id = fwd.node.id if fwd.node else "?"
+        out = T.forward_request(req, fwd.out_uri, self._via(out_flow, False),
+                                contact=self._node_contact_rewriter(node_id, out_flow))
+        self._send_request(fwd, out, out_flow)
+
+    def _carrier_flow(self, req: Request) -> Flow | None:
+        """A node's request to a configured carrier address goes out through the SBC."""
+        u = req.uri
+        if not u.is_sip:
+            return None
+        host, port = u.host_bare, u.port or 5060
+        for c in self.cfg.carriers:
+            if c.host == host and (c.port is None or c.port == port):
+                transport = u.transport or "udp"
+                if transport == "udp":
+                    local = self.outside.bound.get("udp")
+                    if local is not None:
+                        return Flow("udp", (host, port), local)
+                return self.endpoint.transports.flow_to(transport, host, port)
+        return None
+
+    # --- ACK of a 2xx, CANCEL
+    def _ack(self, req: Request, flow: Flow, inside: bool) -> None:
+        if inside:
+            target = T.read_phone_token(self.sealer, T.token_of(req.uri_text, T.FLOW_PARAM) or "")
+            if target is None:
+                return
+            uri, out_flow = target.uri, target.flow
+        else:
+            nc = T.read_node_token(self.sealer, T.token_of(req.uri_text, T.NODE_PARAM) or "")
+            node = (self.dispatcher.node(nc.node_id) or self._node_by_contact(nc.uri)) if nc else None
+            if nc is None or node is None:
+                return
+            uri, out_flow = nc.uri, self.node_flow(node)
+        out = T.forward_request(req, uri, self._via(out_flow, not inside))
+
+        def go(msg: Request) -> None:
+            self.endpoint.send_stateless(msg, out_flow)
+
+        self._media(out, None, None, go, None)
+
+    def _cancel(self, req: Request) -> None:
+        inv = self.endpoint.layer.find_invite_server(req)
+        fwd = inv.tu if inv is not None else None
+        if not isinstance(fwd, Forward):
+            self._reply(req, 481)
+            return
+        self.endpoint.send_response(make_response(req, 200))
+        fwd.cancelled = True
+        if fwd.final:
+            return
+        if fwd.client is None:
+            self._final_here(fwd, 487)
+        elif fwd.any_response:
+            self._send_cancel(fwd)
+
+    def _send_cancel(self, fwd: Forward) -> None:
+        if fwd.cancel_sent or fwd.client is None:
+            return
+        fwd.cancel_sent = True
+        self._cancel_client(fwd.client)
+
+    def _cancel_client(self, client: ClientTransaction) -> None:
+        r = client.request
+        headers = [
+            ("Via", r.get("Via") or ""),
+            ("Max-Forwards", "70"),
+            ("From", r.get("From") or ""),
+            ("To", r.get("To") or ""),
+            ("Call-ID", r.get("Call-ID") or ""),
+            ("CSeq", f"{r.cseq.seq} CANCEL"),
+        ]
+        c = self.endpoint.send_request(Request("CANCEL", r.uri_text, headers), client.flow)
+        c.tu = _CANCEL
+
+    # ------------------------------------------------------------------ responses
+    def _on_response(self, resp: Response, txn: ClientTransaction) -> None:
+        tu = txn.tu
+        if type(tu) is Forward:
+            with olog.bind(call_id=_call_id(resp), tenant=tu.tenant or None):
+                self._forward_response(tu, resp, txn)
+        elif type(tu) is Probe:
+            self._probe_answered(tu, resp)
+        elif type(tu) is Abandoned:
+            self._wind_down(txn, resp)
+
+    def _forward_response(self, fwd: Forward, resp: Response, txn: ClientTransaction) -> None:
+        status = resp.status
+        M.response(status, OUTSIDE if fwd.inbound else INSIDE)
+        if fwd.client is not txn:
+            return
+        fwd.any_response = True
+        if status < 200 and fwd.cancelled:
+            self._send_cancel(fwd)
+        if status == 100:
+            return  # hop by hop: our server transaction sent its own
+        req = fwd.request
+        if (
+            status == 503 and fwd.inbound and fwd.candidates and not fwd.provisional and not fwd.cancelled
+            and req.method in _RETRYABLE and not req.to.tag
+        ):
+            node = fwd.node
+            assert node is not None
+            self.health.failed(node.id, self._now(), _retry_after(resp))
+            log.warning("node %s answered %s with 503: trying node %s", node.id, req.method, fwd.candidates[0].id)
+            M.failover("503")
+            self._try_next(fwd)
+            return
+        if status < 200:
+            fwd.provisional = True
+        elif not fwd.final:
+            fwd.final = status
+        if fwd.inbound:
+            rewrite = self._register_contact_restorer() if req.method == "REGISTER" else \
+                self._node_contact_rewriter(fwd.node.id if fwd.node else "?", fwd.source)
+        else:
+            rewrite = self._phone_contact_rewriter(fwd.target_flow or txn.flow, fwd.source)
+        out = T.forward_response(resp, T.via_headers(req), contact=rewrite)
+
+        def go(msg: Response) -> None:
+            self.endpoint.send_response(msg)
+
+        initial = req.method == "INVITE" and not req.to.tag
+        self._media(out, fwd.tenant or None, initial, go, None)
+        if status >= 200:
+            self._finished(fwd, req, resp)
+
+    def _finished(self, fwd: Forward, req: Request, resp: Response) -> None:
+        status = resp.status
+        if fwd.inbound and req.method in ("INVITE", "REGISTER"):
+            observe = getattr(self.guard, "observe_response", None)
+            if observe is not None:
+                observe(req, resp, fwd.source)
+        if req.method == "REGISTER" and fwd.inbound and 200 <= status < 300 and fwd.source.transport == "udp":
+            self._note_registration(fwd.source, resp)
+        if (req.method == "INVITE" and status >= 300 and not req.to.tag) or (req.method == "BYE" and status < 300):
+            self._ended(fwd)
+
+    def _ended(self, fwd: Forward) -> None:
+        req = fwd.request
+        if fwd.inbound:
+            ended = getattr(self.guard, "dialog_ended", None)
+            if ended is not None:
+                ended(req.call_id)
+
+    def _wind_down(self, txn: ClientTransaction, resp: Response) -> None:
+        """A node answered a request we had moved elsewhere: end what it started."""
+        if txn.request.method != "INVITE":
+            return
+        if 100 <= resp.status < 200:
+            if txn.state is TransactionState.PROCEEDING:
+                self._cancel_client(txn)
+        elif 200 <= resp.status < 300:
+            self._ack_and_bye(txn, resp)
+
+    def _ack_and_bye(self, txn: ClientTransaction, resp: Response) -> None:
+        r = txn.request
+        try:
+            contact = resp.contacts[0].uri if resp.contacts else r.uri
+        except SipError:
+            contact = r.uri
+        base = [
+            ("Max-Forwards", "70"),
+            ("From", r.get("From") or ""),
+            ("To", resp.get("To") or ""),
+            ("Call-ID", r.get("Call-ID") or ""),
+        ]
+        ack = Request("ACK", str(contact), [("Via", self._via(txn.flow, True))] + base + [("CSeq", f"{r.cseq.seq} ACK")])
+        self.endpoint.send_stateless(ack, txn.flow)
+        bye = Request("BYE", str(contact), [("Via", self._via(txn.flow, True))] + base + [("CSeq", f"{r.cseq.seq + 1} BYE")])
+        self.endpoint.send_request(bye, txn.flow).tu = _CANCEL
+
+    def _on_timeout(self, txn) -> None:
+        tu = txn.tu
+        if type(tu) is Probe:
+            self._probe_failed(tu)
+            return
+        if type(tu) is not Forward or not isinstance(txn, ClientTransaction):
+            return
+        fwd = tu
+        if fwd.client is not txn or fwd.final:
+            return
+        req = fwd.request
+        if fwd.inbound and fwd.node is not None and not fwd.any_response:
+            self.health.failed(fwd.node.id, self._now())
+            if fwd.candidates and not fwd.cancelled and req.method in _RETRYABLE and not req.to.tag:
+                M.failover("timeout")
+                self._try_next(fwd)
+                return
+        self._final_here(fwd, 487 if fwd.cancelled else 408)
+
+    # ------------------------------------------------------------------ Contact rewriting
+    def _phone_contact_rewriter(self, phone_flow: Flow, node_flow: Flow):
+        """Outside Contact → an SBC-internal URI carrying the phone's flow."""
+        host, port = self._address(node_flow.transport, True, node_flow)
+
+        def rewrite(na: NameAddr) -> NameAddr:
+            uri = na.uri
+            if not uri.is_sip:
+                return na
+            token = T.phone_token(self.sealer, phone_flow, str(uri))
+            masked = T.masquerade_uri(uri, host, port, node_flow.transport, T.FLOW_PARAM, token)
+            return NameAddr(masked, na.display, na.params)
+
+        return lambda value: T.rewrite_contacts(value, rewrite)
+
+    def _node_contact_rewriter(self, node_id: str, outside_flow: Flow):
+        """Node Contact → an SBC-external URI carrying the sealed node Contact."""
+        def rewrite(na: NameAddr) -> NameAddr:
+            uri = na.uri
+            if not uri.is_sip:
+                return na
+            host, port = self._address(outside_flow.transport, False, outside_flow)
+            token = T.node_token(self.sealer, node_id, str(uri))
+            return NameAddr(T.masquerade_uri(uri, host, port, outside_flow.transport, T.NODE_PARAM, token), na.display, na.params)
+
+        return lambda value: T.rewrite_contacts(value, rewrite)
+
+    def _register_contact_restorer(self):
+        """The registrar's 200 lists the bindings as the node knows them: give the phone its own
+        Contacts back; bindings that did not come through this SBC are not shown at all."""
+        def restore(na: NameAddr) -> NameAddr | None:
+            token = T.token_of(str(na.uri), T.FLOW_PARAM)
+            target = T.read_phone_token(self.sealer, token) if token else None
+            if target is None:
+                return None
+            try:
+                return NameAddr(Uri.parse(target.uri), na.display, na.params)
+            except RemoteProtocolError:
+                return None
+
+        return lambda value: T.rewrite_contacts(value, restore)
+
+    # ------------------------------------------------------------------ keep-alives
+    def _note_registration(self, flow: Flow, resp: Response) -> None:
+        try:
+            expires = [int(c.params.get("expires") or 0) for c in resp.contacts]
+        except (SipError, ValueError):
+            return
+        now = self._now()
+        if expires and max(expires) > 0:
+            self.registered_flows[flow] = now + max(expires)
+        else:
+            self.registered_flows.pop(flow, None)
+
+    def send_keepalives(self) -> int:
+        """CRLF to every phone registered over UDP (RFC 5626 §3.5.1's ping): keeps its NAT
+        binding open, so the node's calls reach it through the SBC."""
+        now = self._now()
+        transports = self.endpoint.transports
+        sent = 0
+        for flow, until in list(self.registered_flows.items()):
+            if until <= now:
+                del self.registered_flows[flow]
+                continue
+            try:
+                transports.send(b"\r\n\r\n", flow)
+                sent += 1
+            except OSError:
+                pass
+        return sent
+
+    # ------------------------------------------------------------------ node probes
+    def probe_due(self) -> None:
+        now = self._now()
+        for node_id in self.health.due(now):
+            node = self.dispatcher.node(node_id)
+            if node is None:
+                continue
+            self.health.probe_sent(node_id, now)
+            self._send_probe(node)
+
+    def _send_probe(self, node: NodeTarget) -> None:
+        flow = self.node_flow(node)
+        host, _ = self._address(flow.transport, True, flow)
+        target = f"sip:{_hp(node.address)}" + (f";transport={node.transport}" if node.transport != "udp" else "")
+        req = Request("OPTIONS", target, [
+            ("Via", self._via(flow, True)),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:sbc@{host if ':' not in host else '[' + host + ']'}>;tag={new_tag()}"),
+            ("To", f"<{target}>"),
+            ("Call-ID", new_call_id()),
+            ("CSeq", "1 OPTIONS"),
+        ])
+        probe = Probe(node.id)
+        try:
+            txn = self.endpoint.send_request(req, flow)
+        except (OSError, LocalProtocolError):
+            self._probe_failed(probe)
+            return
+        txn.tu = probe
+        self._call_later(self.cfg.probe_timeout, self._probe_failed, probe)
+
+    def _probe_answered(self, probe: Probe, resp: Response) -> None:
+        if probe.done or resp.status < 200:
+            return
+        probe.done = True
+        ok = resp.status != 503
+        M.probe(ok)
+        self.health.probe_result(probe.node_id, ok, self._now())
+
+    def _probe_failed(self, probe: Probe) -> None:
+        if probe.done:
+            return
+        probe.done = True
+        M.probe(False)
+        self.health.probe_result(probe.node_id, False, self._now())
+
+    # ------------------------------------------------------------------ media seam
+    def _media(self, msg: Message, tenant: str | None, initial: bool | None, then: Callable, fail) -> None:
+        """Let the media anchor (sbc.media, when configured) rewrite the SDP, then ``then(msg)``.
+
+        Only messages it has work for take the detour through a task: SDP bodies, BYE and
+        CANCEL (media deleted) and failed INVITEs. A relay that cannot be reached fails a
+        request with its status (503) rather than letting SDP bypass the relay."""
+        media = self.media
+        if media is None or not _media_work(msg):
+            then(msg)
+            return
+
+        async def run() -> None:
+            try:
+                await media.rewrite(msg, tenant=tenant, initial=initial)
+            except Exception as e:
+                if fail is not None and isinstance(msg, Request) and msg.body:
+                    log.warning("media anchoring failed, %s refused: %s", msg.method, e)
+                    fail(getattr(e, "status_hint", 503) if isinstance(e, SipError) else 503)
+                    self.endpoint.flush()
+                    return
+                log.warning("media anchoring failed; forwarded as it is: %s", e)
+            then(msg)
+            self.endpoint.flush()
+
+        self._spawn(run())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_event_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _now(self) -> float:
+        return self.endpoint.now()
+
+
+def _hp(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _media_work(msg: Message) -> bool:
+    if msg.body:
+        return True
+    if isinstance(msg, Request):
+        return msg.method == "BYE" or msg.method == "CANCEL"
+    return msg.status >= 300 and msg.cseq.method == "INVITE"  # type: ignore[attr-defined]
+
+
+def _is_ip(host: str) -> bool:
+    if ":" not in host and not host[-1:].isdigit():
+        return False  # a domain name (the common case) costs no ipaddress parse
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _retry_after(resp: Response) -> float:
+    v = (resp.get("Retry-After") or "").split(";")[0].split("(")[0].strip()
+    return float(min(int(v), 300)) if v.isdigit() else 0.0
+
+
+def _call_id(msg: Message) -> str | None:
+    try:
+        return msg.call_id
+    except SipError:
+        return None
+
+
+def _clean(reason: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in reason)[:120]

@@ -1,0 +1,59 @@
+"""Kafka-specific ACD log behaviour: at-least-once delivery and node restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cluster.kafka import KafkaBus
+from node.acd.events import CallJoined, Envelope, Offer, Position, encode
+from node.acd.service import AcdService, tenant_key
+from tests.peers.kafka import kafka_broker  # noqa: F401  (fixture)
+
+T = 5
+WAIT = 15.0
+
+
+async def test_a_record_delivered_twice_counts_once(kafka_broker: str) -> None:  # noqa: F811
+    topic = f"hivepbx.acd.test.{uuid.uuid4().hex[:8]}"
+    bus = KafkaBus(kafka_broker, fetch_max_wait_ms=10)
+    svc = AcdService(bus, "A", topic=topic, partitions=2)
+    try:
+        await svc.start()
+        await svc.configure_queue(T, "q", {"members": ["101"]})
+        # what a producer retry after a lost ack leaves: the same envelope at two offsets
+        raw = encode(Envelope("other/1", 1, 1.0, CallJoined(T, "q", "x1", "other")))
+        first = await bus.publish(topic, tenant_key(T), raw)
+        second = await bus.publish(topic, tenant_key(T), raw)
+        assert first[0] == second[0] and second[1] > first[1]
+        await svc.sync(WAIT)
+        assert svc.queue_calls(T, "q") == ["x1"]
+        assert svc.queue_report(T, "q")["offered"] == 1
+    finally:
+        await svc.close()
+        await bus.close()
+
+
+async def test_restarted_node_clears_its_previous_calls(kafka_broker: str) -> None:  # noqa: F811
+    topic = f"hivepbx.acd.test.{uuid.uuid4().hex[:8]}"
+    buses = [KafkaBus(kafka_broker, client_id=f"c{i}", fetch_max_wait_ms=10) for i in range(3)]
+    a = AcdService(buses[0], "A", topic=topic, partitions=2)
+    b = AcdService(buses[1], "B", topic=topic, partitions=2)
+    a2 = AcdService(buses[2], "A", topic=topic, partitions=2)
+    try:
+        await a.start()
+        await b.start()
+        await a.configure_queue(T, "q", {"members": ["101"]})
+        await a.join(T, "q", "a-old")
+        bq = await b.join(T, "q", "b1")
+        assert (await bq.next_of(Position, timeout=WAIT)).position == 2
+        await a.close()  # A crashes and comes back before membership noticed
+        await a2.start()
+        assert a2.queue_calls(T, "q") == ["b1"]
+        assert (await bq.next_of(Position, timeout=WAIT)).position == 1
+        await a2.login(T, "101")
+        assert (await bq.next_of(Offer, timeout=WAIT)).agent == "101"
+    finally:
+        for s in (a, b, a2):
+            await s.close()
+        await asyncio.gather(*(x.close() for x in buses))
