@@ -40,6 +40,8 @@ class EmbeddedLocationStore:
         self._db = db
         #: statements waiting for the next group commit, in order
         self._pending: list[tuple[str, tuple]] = []
+        #: the batch being committed now (a reload meanwhile must keep it, like _pending)
+        self._writing: list[tuple[str, tuple]] = []
         self._committed: asyncio.Future | None = None
         #: (tenant_id, extension) -> contact -> binding
         self._index: dict[tuple[int, str], dict[str, Binding]] = {}
@@ -53,7 +55,7 @@ class EmbeddedLocationStore:
             b = Binding(*row)
             index.setdefault((b.tenant_id, b.extension), {})[b.contact] = b
         # writes queued for the next group commit are not in the file yet
-        for sql, p in getattr(self, "_pending", ()):
+        for sql, p in (*getattr(self, "_writing", ()), *getattr(self, "_pending", ())):
             if sql is _UPSERT_SQL:
                 b = Binding(*p)
                 index.setdefault((b.tenant_id, b.extension), {})[b.contact] = b
@@ -108,6 +110,7 @@ class EmbeddedLocationStore:
         self._pending, self._committed = [], None
         if fut is None or not pending:
             return
+        self._writing = pending
         try:
             with self._db.write() as c:
                 sql = None
@@ -122,12 +125,14 @@ class EmbeddedLocationStore:
                     c.executemany(sql, batch)
         except BaseException as e:
             # nothing was written: the index is ahead of the file, so bring it back
+            self._writing = []
             self._reload()
             if not fut.done():
                 fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
             if not isinstance(e, Exception):
                 raise
             return
+        self._writing = []
         if not fut.done():
             fut.set_result(None)
 

@@ -99,3 +99,17 @@ def test_close_flushes_queued_writes(tmp_path):
 
     asyncio.run(go())
     assert ("1004", "sip:d@x") in _rows(tmp_path)
+
+
+async def test_another_writers_commit_during_the_group_commit_keeps_the_batch(tmp_path):
+    """db.write() reloads every view when another process committed: the batch being written
+    must survive that reload (a CLI change must not drop the REGISTERs of that turn)."""
+    backend = open_embedded(tmp_path)
+    loc = backend.locations
+    await backend.config.create_tenant("t", "t.example")
+    with sqlite3.connect(tmp_path / DB_FILENAME) as other:  # the CLI, in another process
+        other.execute("INSERT INTO tenants (name, domain, created_at) VALUES ('u', 'u.example', 0)")
+    await loc.save(_b("1005", "sip:e@127.0.0.1:5070", time.time() + 600))
+    assert [b.contact for b in await loc.lookup(1, "1005", time.time())] == ["sip:e@127.0.0.1:5070"]
+    assert ("1005", "sip:e@127.0.0.1:5070") in _rows(tmp_path)
+    backend.close()
