@@ -1,8 +1,9 @@
 """The ``cluster`` backend (entry point ``hivepbx.backends``): config, registrations,
 membership and leader election in etcd.
 
-CDRs are not here yet: the runtime keeps them in the node's SQLite (behind the CDR spool)
-until the Cassandra CdrStore is wired in. Kafka settings are carried for the event bus.
+CDRs go to Cassandra when contact points are configured (always behind the node's CDR
+spool); without them the runtime keeps them in the node's SQLite. Kafka settings are carried
+for the event bus.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class ClusterBackend:
         try:
             await self.membership.close()
         finally:
-            await self.stores.aclose()
+            try:
+                await self.stores.aclose()
+            finally:
+                if self.cdrs is not None:
+                    await self.cdrs.close()
 
 
 def _endpoints(cfg) -> tuple[str, ...]:
@@ -61,4 +66,12 @@ async def open_cluster(cfg) -> ClusterBackend:
     except BaseException:
         await stores.aclose()
         raise
-    return ClusterBackend(stores, membership)
+    try:
+        from cluster.cassandra.cdr_store import open_cdr_store
+
+        cdrs = await open_cdr_store(cfg)
+    except BaseException:
+        await membership.close()
+        await stores.aclose()
+        raise
+    return ClusterBackend(stores, membership, cdrs)
