@@ -40,6 +40,8 @@ log = logging.getLogger("hivepbx.pbx")
 
 _SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, REGISTER, SUBSCRIBE"
+#: what a store that cannot be reached raises (a backend's own errors subclass these)
+_STORE_DOWN = (ConnectionError, TimeoutError)
 _IN_DIALOG_ONLY = frozenset(("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "REFER"))
 
 
@@ -218,6 +220,12 @@ class PbxService:
         span = otrace.tracer().start_span("sip.register") if otrace.enabled() else None
         try:
             resp = await self.registrar.handle(req, flow, new_tag())
+        except _STORE_DOWN as e:
+            # the location store is unreachable (etcd down): the phone should retry, maybe
+            # through another node, not believe it is registered
+            log.warning("REGISTER not stored: %s", e)
+            resp = make_response(req, 503, "Service Unavailable (registration store unreachable)",
+                                 to_tag=new_tag(), headers=[("Retry-After", "5")])
         except Exception:
             log.exception("registrar failed")
             resp = make_response(req, 500, None, to_tag=new_tag())
@@ -255,6 +263,9 @@ class PbxService:
                 await self._route_invite(req, flow, txn)
         except SipError as e:
             self._fail(req, txn, e.status_hint, _clean(e.reason))
+        except _STORE_DOWN as e:
+            log.warning("INVITE not routed: %s", e)
+            self._fail(req, txn, 503, "Service Unavailable (configuration store unreachable)")
         except Exception:
             log.exception("INVITE handling failed")
             self._fail(req, txn, 500, None)
@@ -373,6 +384,9 @@ class PbxService:
 
     def register_dialog(self, call_id: str, local_tag: str, call: Call, side: str) -> None:
         self._dialogs[(call_id, local_tag)] = (call, side)
+
+    def unregister_dialog(self, call_id: str, local_tag: str) -> None:
+        self._dialogs.pop((call_id, local_tag), None)
 
     def _call_state(self, call, state: str) -> None:
         for listener in self.call_listeners:
