@@ -22,6 +22,8 @@ class ClusterBackend:
     stores: EtcdStores
     membership: EtcdMembership
     cdrs: object = None
+    #: the Kafka event bus (ACD queues, busy lamps) when bootstrap servers are configured
+    bus: object = None
 
     @property
     def config(self):
@@ -42,8 +44,12 @@ class ClusterBackend:
             try:
                 await self.stores.aclose()
             finally:
-                if self.cdrs is not None:
-                    await self.cdrs.close()
+                try:
+                    if self.cdrs is not None:
+                        await self.cdrs.close()
+                finally:
+                    if self.bus is not None:
+                        await self.bus.close()
 
 
 def _endpoints(cfg) -> tuple[str, ...]:
@@ -74,4 +80,6 @@ async def open_cluster(cfg) -> ClusterBackend:
         await membership.close()
         await stores.aclose()
         raise
-    return ClusterBackend(stores, membership, cdrs)
+    from cluster.kafka.bus import open_bus
+
+    return ClusterBackend(stores, membership, cdrs, open_bus(cfg))

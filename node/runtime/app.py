@@ -25,6 +25,13 @@ from node.pbx.media import MediaAnchors
 from node.pbx.service import PbxService
 from node.pbx.app_call import AppRuntime
 from node.pbx import ivr as _ivr  # noqa: F401  (registers the 'ivr' application)
+from node.pbx import voicemail  # registers the 'voicemail' application and the mailbox menu codes
+from node.pbx import queue_calls as _queue_calls  # noqa: F401  (registers the 'queue' application)
+from node.pbx import conference as _conference  # noqa: F401  (registers the 'conference' application)
+from node.pbx import recording as _recording
+from node.acd.service import SNAPSHOT_EVERY, AcdService
+from node.pbx.blf_bus import LineStateSharing
+from node.embedded.bus import InMemoryBus
 from node.media_engine.engine import MediaEngine
 from node.media_engine.prompts import PromptError, PromptLibrary
 from node.pbx.trunks import TrunkRegistrations
@@ -85,6 +92,9 @@ class Node:
         #: the CdrStore calls record into: the backend's, behind the spool when there is one
         self.cdrs = None
         self.cdr_spool: SpooledCdrStore | None = None
+        #: ACD queues (node/acd), on the backend's event bus when it has one (Kafka)
+        self.acd: AcdService | None = None
+        self.blf_sharing: LineStateSharing | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -112,6 +122,18 @@ class Node:
         prompts = PromptLibrary(cfg.data_dir)
         await self._build_prompts(prompts)
         self.service.apps = AppRuntime(self.media, prompts, cfg.advertise_address)
+        await voicemail.attach(self.service, cfg, prompts)
+        bus = getattr(self.backend, "bus", None)
+        # alone, the node shares its queues with nobody: a bounded in-process log, no snapshots
+        self.acd = AcdService(bus or InMemoryBus(max_records=50_000), cfg.node_id,
+                              snapshot_every=SNAPSHOT_EVERY if bus is not None else 0)
+        await self.acd.start()
+        self.acd.follow(self.backend.membership)  # a dead node's callers leave the queues
+        self.service.acd = self.acd  # read by node/pbx/queue_calls.py
+        if bus is not None:
+            # busy lamps of extensions whose calls run on other nodes
+            self.blf_sharing = LineStateSharing(bus, self.service.line_states, cfg.node_id)
+            await self.blf_sharing.start()
         self.endpoint.on_event = self.service.on_event
         M.track_transactions(lambda: layer.transaction_count)
         await self.transports.start(cfg.listens)
@@ -201,10 +223,17 @@ class Node:
             await self.transports.close()
         if self.endpoint is not None:
             self.endpoint.close()
+        if self.blf_sharing is not None:
+            await self.blf_sharing.close()
+            self.blf_sharing = None
+        if self.acd is not None:
+            await self.acd.close()
         if self.media is not None:
             self.media.close()
         if self.relay is not None:
             self.relay.close()
+        # call recordings of the calls just ended are still being written: none is lost
+        await _recording.drain()
         if self.cdr_spool is not None:
             # after the drain flushed the recorder into it; what the store does not take in
             # time stays on disk for the next start

@@ -45,6 +45,9 @@ class NodeBackend:
     election: object
     inner: object
     local: object = None  # the embedded backend lending its CdrStore, if any
+    #: node.ports.EventBus shared by the nodes (Kafka), None when the backend has none: the
+    #: runtime then runs ACD queues on an in-process bus and busy lamps stay on this node
+    bus: object = None
 
     async def aclose(self) -> None:
         try:
@@ -89,4 +92,4 @@ async def open_backend(cfg) -> NodeBackend:
         else:
             got.close()
         raise
-    return NodeBackend(got.config, got.locations, cdrs, membership, election, got, local)
+    return NodeBackend(got.config, got.locations, cdrs, membership, election, got, local, getattr(got, "bus", None))
