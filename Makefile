@@ -2,12 +2,13 @@
 # make test   install with the test peers (SIPp, baresip, ...), then run the whole suite;
 #             a test skipped for a missing tool fails it (only the Cassandra suite may skip)
 # make bench  install with the test peers, then run the benchmarks (bench/run)
+# make chaos  install with the test peers, then run the chaos drill (chaos/drill.py)
 
 SHELL := /bin/bash
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test bench
+.PHONY: install install-test demo test bench chaos
 
 install:
 	bash scripts/install-deps
@@ -24,3 +25,6 @@ test: install-test
 
 bench: install-test
 	@if [ -x bench/run ]; then bench/run; else echo "make bench: no benchmarks yet (bench/run)"; fi
+
+chaos: install-test
+	$(VENV)/bin/python -m chaos.drill
