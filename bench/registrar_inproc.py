@@ -124,6 +124,13 @@ async def main(n: int, profile: bool, burst: int) -> None:
             ok += sum(parse_datagram(raw).status == 200 for raw in answers)
         server_cpu = cpu[401] + cpu[200]
         split = cpu
+        gc.collect()
+        held = layer.transaction_count
+        import tracemalloc
+
+        if tracemalloc.is_tracing():
+            print(f"traced memory after the run: {tracemalloc.get_traced_memory()[0] / 1024:,.0f} KiB, "
+                  f"transactions held (Timer J): {held}")
         backend.close()
     print(f"registrations: {n}, 200 OK: {ok}")
     print(f"node CPU per registration (401 + 200): {server_cpu / n * 1e6:.1f} µs "

@@ -102,7 +102,7 @@ class Transaction:
         self._end: TimerEntry | None = None
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.id[0]} {self.state.value}>"
+        return f"<{type(self).__name__} {self.id[-1]} {self.id[0]} {self.state.value}>"
 
 
 class ClientTransaction(Transaction):
@@ -390,6 +390,11 @@ class TransactionLayer:
                     self._terminate(txn)
                 else:
                     txn._end = self._timers.schedule(now + self._t64, txn, _END)
+                    # for its 32 s in Completed a retransmission needs only the key and the
+                    # bytes of the answer: let the parsed request and response go (a
+                    # registration storm keeps ~250,000 of these alive)
+                    txn.request = None  # type: ignore[assignment]
+                    txn.last_response = None
             else:
                 txn.state = _PROCEEDING
 

@@ -496,7 +496,11 @@ class TestServerNonInvite:
         layer.receive(wire(req), UDP, 1.5)
         assert [m.status for m, _ in sent(layer)] == [200]
         layer.send_response(make_response(req, 500), 1.6)  # second final: discarded (§17.2.2)
-        assert sent(layer) == [] and txn.last_response.status == 200
+        assert sent(layer) == []
+        layer.receive(wire(req), UDP, 1.7)  # still the 200 that went out first
+        assert [m.status for m, _ in sent(layer)] == [200]
+        # Completed holds only what a retransmission needs: the parsed messages are let go
+        assert txn.request is None and txn.last_response is None
         assert layer.get_timer() == 0.6 + T64
         run_timers(layer, 0.6 + T64)
         assert events(layer) == []
