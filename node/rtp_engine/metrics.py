@@ -19,23 +19,39 @@ if TYPE_CHECKING:
 _FIELDS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "dropped_source",
            "dropped_no_destination", "dropped_send", "relatches")
 _relays: "weakref.WeakSet[RtpRelay]" = weakref.WeakSet()
+#: what relays that are gone had counted: exported counters never go down
+_retired: dict[str, int] = dict.fromkeys((*_FIELDS, "exhausted"), 0)
+_opened = 0
 
 
 def track(relay: "RtpRelay") -> None:
-    """Include ``relay`` in the exported metrics for as long as it lives."""
+    """Include ``relay`` in the exported metrics for as long as it lives, and its counts after."""
     _relays.add(relay)
+    weakref.finalize(relay, _retire, relay.closed_totals, relay.pool)
+
+
+def _retire(closed_totals, pool) -> None:
+    for k in _FIELDS:
+        _retired[k] += getattr(closed_totals, k)
+    _retired["exhausted"] += pool.exhausted
+
+
+def session_opened() -> None:
+    global _opened
+    _opened += 1
 
 
 class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
-        t = dict.fromkeys(_FIELDS, 0)
-        active = opened = ports_free = ports_used = exhausted = 0
+        t = {k: _retired[k] for k in _FIELDS}
+        active = ports_free = ports_used = 0
+        exhausted = _retired["exhausted"]
+        opened = _opened
         for relay in list(_relays):
             totals = relay.totals()
             for k in _FIELDS:
                 t[k] += getattr(totals, k)
             active += relay.session_count
-            opened += relay.sessions_opened
             ports_free += relay.pool.available
             ports_used += relay.pool.in_use
             exhausted += relay.pool.exhausted

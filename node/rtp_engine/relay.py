@@ -95,7 +95,7 @@ class _Socket(asyncio.DatagramProtocol):
         "src_host", "src_port", "sdp_host", "sdp_port", "dest",
         "cand_host", "cand_port", "cand_since", "cand_mark",
         "packets_in", "bytes_in", "packets_out", "bytes_out",
-        "dropped_source", "dropped_no_destination", "dropped_send", "relatches",
+        "dropped_source", "dropped_no_destination", "dropped_send", "relatches", "taps",
     )
 
     def __init__(self, relay: "RtpRelay") -> None:
@@ -123,6 +123,8 @@ class _Socket(asyncio.DatagramProtocol):
         self.cand_mark = 0
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.dropped_source = self.dropped_no_destination = self.dropped_send = self.relatches = 0
+        #: callables shown each packet (``_TappedSocket``); None on the plain fast path
+        self.taps: list | None = None
 
     # ------------------------------------------------------------------ hot path
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
@@ -213,6 +215,30 @@ class _Socket(asyncio.DatagramProtocol):
             self.leg._socket_gone()  # type: ignore[union-attr]
 
 
+class _TappedSocket(_Socket):
+    """A socket whose packets are shown to taps first (call recording, in-call keys, music on
+    hold). A socket becomes one by class change when the first tap is added and goes back
+    when the last is removed: plain calls never run this code, only tapped ones pay.
+    A tap returning False keeps the packet from being relayed (counted in, not out)."""
+
+    __slots__ = ()
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        if addr[1] != self.src_port or addr[0] != self.src_host:
+            if not self._learn(addr):
+                self.dropped_source += 1
+                return
+        relay = True
+        for tap in self.taps or ():
+            if tap(data) is False:
+                relay = False
+        if relay:
+            _Socket.datagram_received(self, data, addr)
+        else:
+            self.packets_in += 1
+            self.bytes_in += len(data)
+
+
 class RelayLeg:
     """One side of a session: an RTP socket (``local_port``, even) and RTCP (``local_port`` + 1)."""
 
@@ -260,6 +286,36 @@ class RelayLeg:
             self.rtcp.set_sdp(None, -1)
         else:
             self.rtcp.set_sdp(c_host, c_port)
+
+    # ------------------------------------------------------------------ taps and injection
+    def add_tap(self, tap) -> None:
+        """Show every RTP packet from this leg's peer to ``tap(data) -> bool | None`` (False:
+        do not relay it). Called on the event loop, per packet: keep it cheap."""
+        sock = self.rtp
+        if sock.taps is None:
+            sock.taps = []
+            sock.__class__ = _TappedSocket
+        sock.taps.append(tap)
+
+    def remove_tap(self, tap) -> None:
+        sock = self.rtp
+        if sock.taps and tap in sock.taps:
+            sock.taps.remove(tap)
+        if not sock.taps:
+            sock.taps = None
+            sock.__class__ = _Socket
+
+    def inject(self, packet: bytes) -> bool:
+        """Send an RTP packet of our own to this leg's peer, from the leg's port (the peer
+        sees the same source as the relayed media). False when there is nowhere to send."""
+        sock = self.rtp
+        dest = sock.dest
+        if dest is None or sock.transport is None or sock.paused or sock.lost:
+            return False
+        sock.transport.sendto(packet, dest)
+        sock.packets_out += 1
+        sock.bytes_out += len(packet)
+        return True
 
     @property
     def remote(self) -> tuple[str, int] | None:
@@ -411,6 +467,7 @@ class RtpRelay:
             raise
         self._sessions[session.id] = session
         self.sessions_opened += 1
+        metrics.session_opened()
         if self.closed:  # the relay was closed while we awaited
             session.close()
             raise RelayError("RTP relay is closed", 503)

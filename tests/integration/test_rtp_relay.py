@@ -422,6 +422,25 @@ async def test_prometheus_counters_follow_the_traffic(relay: RtpRelay) -> None:
     a.close(), b.close()
 
 
+async def test_prometheus_counters_never_go_down_when_a_relay_is_gone() -> None:
+    import gc
+
+    lo, hi = free_port_pair_range(4)
+    gone = RtpRelay(PortPool(lo, hi), "127.0.0.1")
+    s, a, b = await call(gone)
+    for seq in range(2):
+        a.send(rtp(seq), s.a.local_port)
+        await b.recv()
+    gone.close()
+    await gone.wait_closed()
+    a.close(), b.close()
+    before = (_metric("hivepbx_rtp_packets_total", direction="in"), _metric("hivepbx_rtp_sessions_opened_total"))
+    del gone, s
+    gc.collect()
+    after = (_metric("hivepbx_rtp_packets_total", direction="in"), _metric("hivepbx_rtp_sessions_opened_total"))
+    assert after == before  # a counter Prometheus sees go down reads as a restart
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
