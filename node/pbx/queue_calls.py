@@ -1,0 +1,152 @@
+"""Call queues as a destination: a caller dialling a queue's number (or a DID of type 'queue')
+waits in the tenant's shared ACD queue (node/acd) and is put through to the agent the ACD
+offers, an extension whose phones the node rings.
+
+The queue runs as an application of node/pbx/app_call.py: the node answers the caller, who
+hears ringback from the node's media endpoint while waiting (music and position announcements
+can be played there later), and each Offer becomes a transfer attempt to the agent. The ACD
+decides which agent and when, the same on every node; this module only acts on the decisions
+about its own calls and reports back what the phones did (answered, declined, hung up).
+
+Limits: one agent is rung at a time (a ring-all queue's further simultaneous offers are
+declined at once, so those agents rest ``retry_delay``); an agent answering in the instant the
+ACD times the offer out is still put through (the ACD then counts it as missed).
+
+Document (feature object kind 'queue', named by its number): node.acd.config.QueueConfig,
+e.g. {"members": ["1002", "1003"], "strategy": "longest-idle", "max_wait": 300,
+"overflow": "1009"}. Agents log in through ``AcdService.login`` (feature codes: later), or
+are logged in from the start with "static_members": true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from node.acd.config import KIND, QueueConfig
+from node.acd.events import CancelOffer, Offer, Overflow
+from node.acd.service import AcdService
+from node.config_rules import ConfigError
+from node.pbx import destinations
+from node.pbx import agent_codes  # noqa: F401  (agents' feature codes: log in/out, pause)
+from node.pbx.app_call import AppContext, register_app
+from observability import tracing as otrace
+
+__all__ = ["KIND", "put", "run"]
+
+log = logging.getLogger("hivepbx.queue")
+
+_NUMBER = re.compile(r"[0-9]{2,10}\Z")
+_background: set[asyncio.Task] = set()
+
+
+def _later(coro) -> None:
+    """Publish without waiting (we may be being cancelled); keep the task referenced."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def put(config, tenant_id: int, number: str, doc: object) -> dict:
+    """Validate and store a queue. Its number must not be another extension or feature."""
+    if not isinstance(number, str) or not _NUMBER.match(number):
+        raise ConfigError(f"queue number {number!r}: use 2 to 10 digits (callers dial it, DIDs point at it)")
+    out = QueueConfig.from_dict(doc).to_dict()
+    for member in out["members"]:
+        if await config.get_extension(tenant_id, member) is None:
+            raise ConfigError(f"queue member {member} is no extension of this tenant", 404)
+    if out["overflow"] is not None:
+        out["overflow"] = await destinations.check(config, tenant_id, out["overflow"], "queue overflow")
+    taken = await destinations.internal_kind(config, tenant_id, number)
+    if taken not in (None, KIND):
+        raise ConfigError(f"{number} is {'an' if taken == 'extension' else 'a'} {taken.replace('_', ' ')} of this"
+                          " tenant: pick another number for the queue", 409)
+    await config.put_object(tenant_id, KIND, number, out)
+    return out
+
+
+def _cancel_transfer(ctx: AppContext) -> None:
+    """Stop ringing the agent (the ACD withdrew the offer): ends the transfer as unanswered."""
+    stop = getattr(ctx.call, "_on_xfer_timeout", None)
+    if stop is not None:
+        stop()
+
+
+async def run(ctx: AppContext, number: str, doc: dict) -> None:
+    acd: AcdService | None = getattr(ctx.call.host, "acd", None)
+    tenant = ctx.tenant.id
+    if acd is None or not acd.ready:
+        log.warning("queue %s of tenant %s: no ACD on this node, hanging up", number, ctx.tenant.name)
+        return
+    try:
+        await acd.configure_queue(tenant, number, doc)  # the same document again is a no-op
+    except ConfigError as e:
+        log.warning("queue %s of tenant %s is invalid (%s): hanging up", number, ctx.tenant.name, e)
+        return
+    call = ctx.call.id
+    span = otrace.tracer().start_span("queue.call", attributes={
+        "hivepbx.tenant": ctx.tenant.name, "hivepbx.queue": number, "hivepbx.call_id": call}) \
+        if otrace.enabled() else None
+    qc = await acd.join(tenant, number, call)
+    connected = overflowed = False
+    try:
+        ctx.endpoint.tone("ringback")
+        while True:
+            d = await qc.next()
+            if span is not None:
+                span.add_event(type(d).__name__, {"agent": getattr(d, "agent", ""), "position": getattr(d, "position", 0)})
+            if isinstance(d, Overflow):
+                log.info("queue %s: call %s overflows (%s) to %s", number, call, d.reason, d.destination)
+                overflowed = True  # the call has left the queue
+                if d.destination:
+                    await ctx.transfer(d.destination)
+                return
+            if not isinstance(d, Offer):
+                continue  # Position (announcements come with the media helper), stale cancels
+            connected = await _offer(ctx, acd, qc, d)
+            if connected:
+                await asyncio.Event().wait()  # bridged: stay until the hang-up cancels us
+            ctx.endpoint.tone("ringback")
+    finally:
+        if span is not None:
+            span.set_attribute("hivepbx.queue_outcome", "connected" if connected else
+                               "overflow" if overflowed else "left")
+            span.end()
+        if connected:
+            _later(acd.ended(tenant, call))
+        elif not overflowed:
+            _later(acd.left(tenant, call))
+
+
+async def _offer(ctx: AppContext, acd: AcdService, qc, offer: Offer) -> bool:
+    """Ring the offered agent until it answers, fails, or the ACD withdraws the offer."""
+    tenant, call = offer.tenant, offer.call
+    xfer = asyncio.get_running_loop().create_task(ctx.transfer(offer.agent))
+    try:
+        while not xfer.done():
+            nxt = asyncio.ensure_future(qc.next())
+            done, _ = await asyncio.wait({xfer, nxt}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                break
+            d = nxt.result()
+            if isinstance(d, CancelOffer) and d.agent == offer.agent:
+                _cancel_transfer(ctx)  # ring timeout, caller gone, agent logged out, ...
+            elif isinstance(d, Offer):
+                await acd.declined(tenant, call, d.agent)  # one agent at a time (ring-all)
+            elif isinstance(d, Overflow):
+                _cancel_transfer(ctx)
+                qc._put(d)  # handled by run() once the transfer is over
+        result = await xfer
+    except BaseException:
+        xfer.cancel()
+        raise
+    if result.answered:
+        await acd.answered(tenant, call, offer.agent)
+        return True
+    await acd.declined(tenant, call, offer.agent)
+    return False
+
+
+register_app(KIND, run)
