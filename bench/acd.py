@@ -51,7 +51,10 @@ def engine_rate(calls: int, agents: int, strategy: str) -> None:
         off += 1
     talking: list[str] = []
     pending: list[tuple[str, str]] = []
+    peak = 0
     for i in range(calls):
+        if i % 100 == 0:
+            peak = max(peak, sum(len(e.queue_calls(1, f"q{q}")) for q in range(5)))
         ts += 0.01
         rec(CallJoined(1, f"q{rng.randrange(5)}", f"c{i}", "n1"))
         ds = e.apply(off, records[-1]); off += 1
@@ -76,7 +79,8 @@ def engine_rate(calls: int, agents: int, strategy: str) -> None:
     t2 = time.perf_counter()
     n = len(records)
     print(f"engine {strategy:13s}: {n} records ({calls} calls, {agents} agents, 5 queues) "
-          f"applied in {t1 - t0:.3f} s = {n / (t1 - t0):,.0f} records/s; decode {n / (t2 - t1):,.0f} records/s")
+          f"applied in {t1 - t0:.3f} s = {n / (t1 - t0):,.0f} records/s (peak {peak} callers waiting); "
+          f"decode {n / (t2 - t1):,.0f} records/s")
 
 
 async def latency(make_bus, label: str, samples: int) -> None:

@@ -15,6 +15,7 @@ Prints figures only; nothing here is a test. Loopback only, every load bounded b
 and -timeout.
 
     bench/sbc_load.py [--target kamailio|sbc|both] [--quick] [--call-rates 100,200,...]
+                      [--step-seconds N] [--no-repeat] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class SbcTarget(L.Target):
     calls_addr = f"127.0.0.1:{SBC_PORT}"
     dialled = L.HIVE_CALLEE
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, extra_sbc: str = "") -> None:
         super().__init__(work)
+        #: more `[sbc]` lines (bench/sbc_overload.py sets max_loop_lag)
+        self.extra_sbc = extra_sbc
         exe = L.REPO / ".venv" / "bin" / "hivepbx"
         self.exe = str(exe) if exe.exists() else (shutil.which("hivepbx") or str(exe))
 
@@ -56,6 +59,7 @@ class SbcTarget(L.Target):
             "probe_interval = 0\n"  # the SIPp UAS would take an OPTIONS for a call
             "keepalive_interval = 0\n"
             'log_level = "WARNING"\n'
+            f"{self.extra_sbc}"
             "[[nodes]]\n"
             'id = "uas"\n'
             f'address = "{L.UAS_HOST}:{L.UAS_PORT}"\n'
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short smoke sweep (about a minute)")
     ap.add_argument("--call-rates", type=lambda v: [int(x) for x in v.split(",")])
     ap.add_argument("--step-seconds", type=float)
+    ap.add_argument("--no-repeat", action="store_true", help="do not run the best rate again")
     ap.add_argument("--work-dir")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = L.QUICK if args.quick else L.FULL
     if args.step_seconds:
         plan.step_s = args.step_seconds
+    if args.no_repeat:
+        plan.repeat = False
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="hivepbx-sbc-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     names = ["kamailio", "sbc"] if args.target == "both" else [args.target]

@@ -195,6 +195,8 @@ def cmd_run(args: argparse.Namespace, output: Output) -> int:
         demo=args.demo,
         ring_timeout=args.ring_timeout,
         otel_exporter=args.otel_exporter,
+        trusted_sbcs=_ip_list(getattr(args, "trusted_sbc", []), "--trusted-sbc"),
+        **_smtp_settings(args),
         **getattr(args, "cluster_settings", {}),
     )
     try:
@@ -202,6 +204,28 @@ def cmd_run(args: argparse.Namespace, output: Output) -> int:
     except ImportError as e:
         raise CliError(f"the node runtime cannot be loaded: {e}") from None
     return int(app.run(config) or 0)
+
+
+def _ip_list(values: list[str], what: str) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_address(v.strip().strip("[]"))))
+        except ValueError:
+            raise CliError(f"invalid {what} {v!r}: expected an IP address") from None
+    return tuple(out)
+
+
+def _smtp_settings(args: argparse.Namespace) -> dict:
+    smtp = getattr(args, "smtp", "") or ""
+    if not smtp:
+        return {}
+    host, _, port = smtp.rpartition(":") if smtp.count(":") == 1 else (smtp, "", "")
+    try:
+        port_n = int(port) if port else 25
+    except ValueError:
+        raise CliError(f"invalid --smtp {smtp!r}: expected HOST or HOST:PORT") from None
+    return {"smtp_host": host or smtp, "smtp_port": port_n, "smtp_from": args.smtp_from}
 
 
 # ------------------------------------------------------------------ cluster node
@@ -609,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a call rings before 480 when the tenant sets none")
         q.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
                        help="export OpenTelemetry spans (default: spans are not recorded)")
+        q.add_argument("--trusted-sbc", action="append", default=[], metavar="IP",
+                       help="an SBC whose X-Hive-Source header names the real source (repeatable)")
+        q.add_argument("--smtp", metavar="HOST[:PORT]", default="",
+                       help="SMTP server for voicemail e-mails (default: no e-mails)")
+        q.add_argument("--smtp-from", default="voicemail@localhost", metavar="ADDRESS",
+                       help="sender address of voicemail e-mails")
         q.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(sync_handler=cmd_run)
@@ -722,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_routing import add_commands as add_routing_commands  # hunt groups, forwarding, ...
 
     add_routing_commands(sub, group, leaf, common)
+    from node.cli_voicemail import add_commands as add_vm_commands  # mailboxes, messages, greetings
+
+    add_vm_commands(sub, group, leaf, common)
+    from node.cli_media import add_commands as add_media_commands  # conferences, music on hold, recording
+
+    add_media_commands(sub, group, leaf, common)
     return p
 
 

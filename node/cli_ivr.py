@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from node.cli import EXIT_OK, CliError, Output, _data_dir, _tenant
+from node.cli_common import delete_object, get_object, route_dids
 from node.config_rules import ConfigError
 from node.media_engine.prompts import PromptError, PromptLibrary
 from node.pbx import ivr
@@ -36,8 +37,7 @@ def _menu(args) -> dict:
 async def ivr_add(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
     doc = await ivr.put(backend.config, t.id, args.number, _menu(args))
-    dids = [(await backend.config.create_did(t.id, n, ivr.KIND, args.number)).number for n in args.did]
-    via = f"; DID {', '.join(dids)} lead to it" if dids else ""
+    dids, via = await route_dids(backend, t, ivr.KIND, args.number, args.did)
     output.done(f"IVR {args.number} of tenant {t.name} saved ({len(doc['options'])} option(s)){via}",
                 {"tenant": t.name, "ivr": args.number, "menu": doc, "dids": dids})
     return EXIT_OK
@@ -57,17 +57,13 @@ async def ivr_list(args, backend, output: Output) -> int:
 
 async def ivr_show(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
-    doc = await backend.config.get_object(t.id, ivr.KIND, args.number)
-    if doc is None:
-        raise CliError(f"no IVR {args.number} in tenant {t.name}")
-    output.emit(doc)
+    output.emit(await get_object(backend, t, ivr.KIND, args.number, f"no IVR {args.number} in tenant {t.name}"))
     return EXIT_OK
 
 
 async def ivr_del(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
-    if not await backend.config.delete_object(t.id, ivr.KIND, args.number):
-        raise CliError(f"no IVR {args.number} in tenant {t.name}")
+    await delete_object(backend, t, ivr.KIND, args.number, f"no IVR {args.number} in tenant {t.name}")
     output.done(f"deleted IVR {args.number} of tenant {t.name}", {"deleted": "ivr", "tenant": t.name, "number": args.number})
     return EXIT_OK
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from node.cli import EXIT_OK, CliError, Output, _tenant
+from node.cli_common import delete_object, get_object, route_dids
 from node.pbx import feature_objects, forwarding, hunt_groups, time_switch
 
 
@@ -51,10 +52,7 @@ async def object_put(args, backend, output: Output) -> int:
 
 async def object_get(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
-    doc = await backend.config.get_object(t.id, args.kind, args.name)
-    if doc is None:
-        raise CliError(f"no {args.kind} {args.name!r} in tenant {t.name}")
-    output.emit(doc)
+    output.emit(await get_object(backend, t, args.kind, args.name, f"no {args.kind} {args.name!r} in tenant {t.name}"))
     return EXIT_OK
 
 
@@ -72,8 +70,7 @@ async def object_del(args, backend, output: Output) -> int:
             if d.dest_type == args.kind and d.dest_value == args.name]
     if dids:
         raise CliError(f"{args.kind} {args.name} is the destination of DID {', '.join(dids)}: delete the DID first")
-    if not await backend.config.delete_object(t.id, args.kind, args.name):
-        raise CliError(f"no {args.kind} {args.name!r} in tenant {t.name}")
+    await delete_object(backend, t, args.kind, args.name, f"no {args.kind} {args.name!r} in tenant {t.name}")
     output.done(f"deleted {args.kind} {args.name} of tenant {t.name}",
                 {"deleted": args.kind, "tenant": t.name, "name": args.name})
     return EXIT_OK
@@ -85,8 +82,7 @@ async def hunt_add(args, backend, output: Output) -> int:
     if args.fallback:
         doc["fallback"] = args.fallback
     out = await hunt_groups.save(backend.config, t.id, args.number, doc)
-    dids = [(await backend.config.create_did(t.id, n, hunt_groups.KIND, args.number)).number for n in args.did]
-    via = f"; DID {', '.join(dids)} lead to it" if dids else ""
+    dids, via = await route_dids(backend, t, hunt_groups.KIND, args.number, args.did)
     output.done(f"hunt group {args.number} ({args.strategy}) of tenant {t.name}: "
                 f"{', '.join(m['to'] for m in out['members'])}{via}",
                 {"tenant": t.name, "number": args.number, "data": out, "dids": dids})
@@ -96,8 +92,7 @@ async def hunt_add(args, backend, output: Output) -> int:
 async def switch_add(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
     out = await time_switch.save(backend.config, t.id, args.number, _json_arg(args.document))
-    dids = [(await backend.config.create_did(t.id, n, time_switch.KIND, args.number)).number for n in args.did]
-    via = f"; DID {', '.join(dids)} lead to it" if dids else ""
+    dids, via = await route_dids(backend, t, time_switch.KIND, args.number, args.did)
     output.done(f"time switch {args.number} of tenant {t.name} with {len(out['rules'])} rule(s){via}",
                 {"tenant": t.name, "number": args.number, "data": out, "dids": dids})
     return EXIT_OK
@@ -157,6 +152,17 @@ def _seconds(value: str) -> int:
     return n
 
 
+def _list_and_del(g, leaf, kind: str, what: str, plural: str) -> None:
+    """``list TENANT`` and ``del TENANT NUMBER`` of a feature reached at a number."""
+    q = leaf(g, "list", object_list, f"list {plural}")
+    q.add_argument("tenant", metavar="TENANT")
+    q.set_defaults(kind=kind)
+    q = leaf(g, "del", object_del, f"delete a {what}")
+    q.add_argument("tenant", metavar="TENANT")
+    q.add_argument("name", metavar="NUMBER")
+    q.set_defaults(kind=kind)
+
+
 def add_commands(sub, group, leaf, common: argparse.ArgumentParser) -> None:
     g = group("object", "feature objects (hunt_group, forwarding, time_switch, feature_codes, ...) as JSON")
     q = leaf(g, "put", object_put, "create or replace one, validated by its feature")
@@ -181,13 +187,7 @@ def add_commands(sub, group, leaf, common: argparse.ArgumentParser) -> None:
     q.add_argument("--group-ring", type=_seconds, default=0, metavar="SECONDS", help="whole hunt, 0 = no cap")
     q.add_argument("--fallback", metavar="DEST", help="where the call goes when nobody answers")
     q.add_argument("--did", action="append", default=[], metavar="NUMBER", help="also route this DID to it (repeatable)")
-    q = leaf(g, "list", object_list, "list hunt groups")
-    q.add_argument("tenant", metavar="TENANT")
-    q.set_defaults(kind=hunt_groups.KIND)
-    q = leaf(g, "del", object_del, "delete a hunt group")
-    q.add_argument("tenant", metavar="TENANT")
-    q.add_argument("name", metavar="NUMBER")
-    q.set_defaults(kind=hunt_groups.KIND)
+    _list_and_del(g, leaf, hunt_groups.KIND, "hunt group", "hunt groups")
 
     g = group("timeswitch", "time switches (routing by date, time and caller)")
     q = leaf(g, "add", switch_add, "create or replace the time switch reached at NUMBER")
@@ -195,13 +195,7 @@ def add_commands(sub, group, leaf, common: argparse.ArgumentParser) -> None:
     q.add_argument("number")
     q.add_argument("document", metavar="JSON", help="JSON text, @FILE or - for stdin (see node/pbx/time_switch.py)")
     q.add_argument("--did", action="append", default=[], metavar="NUMBER", help="also route this DID to it (repeatable)")
-    q = leaf(g, "list", object_list, "list time switches")
-    q.add_argument("tenant", metavar="TENANT")
-    q.set_defaults(kind=time_switch.KIND)
-    q = leaf(g, "del", object_del, "delete a time switch")
-    q.add_argument("tenant", metavar="TENANT")
-    q.add_argument("name", metavar="NUMBER")
-    q.set_defaults(kind=time_switch.KIND)
+    _list_and_del(g, leaf, time_switch.KIND, "time switch", "time switches")
 
     g = group("fwd", "call forwarding of an extension")
     q = leaf(g, "set", fwd_set, "set some forwards (the others stay)")

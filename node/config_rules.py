@@ -33,7 +33,7 @@ _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
 TRANSPORTS = ("udp", "tcp")
 #: besides an extension, a DID may lead to a feature object of that kind named by its number
-DID_DEST_TYPES = ("extension", "hunt_group", "time_switch", "ivr")
+DID_DEST_TYPES = ("extension", "hunt_group", "time_switch", "ivr", "conference", "voicemail")
 
 
 def _text(value: object, what: str) -> str:
@@ -50,14 +50,19 @@ def _int(value: object, what: str, lo: int, hi: int) -> int:
     return value
 
 
+def _matching(value: object, what: str, pattern: re.Pattern, hint: str) -> str:
+    v = _text(value, what)
+    if not pattern.fullmatch(v):
+        raise ConfigError(f"invalid {what} {v!r}: {hint}")
+    return v
+
+
+_NAME_HINT = "use 1-63 letters, digits, '-' or '_', starting with a letter"
+
+
 def tenant_name(value: object) -> str:
     # no dots and a leading letter: a name can never be mistaken for a domain or an id
-    v = _text(value, "tenant name")
-    if not _NAME.fullmatch(v):
-        raise ConfigError(
-            f"invalid tenant name {v!r}: use 1-63 letters, digits, '-' or '_', starting with a letter"
-        )
-    return v
+    return _matching(value, "tenant name", _NAME, _NAME_HINT)
 
 
 def domain(value: object, what: str = "domain") -> str:
@@ -97,10 +102,7 @@ def timezone(value: object) -> str:
 
 
 def extension_number(value: object) -> str:
-    v = _text(value, "extension number")
-    if not _EXT.fullmatch(v):
-        raise ConfigError(f"invalid extension number {v!r}: use 2 to 10 digits")
-    return v
+    return _matching(value, "extension number", _EXT, "use 2 to 10 digits")
 
 
 def password(value: object, what: str = "password") -> str:
@@ -152,12 +154,7 @@ def did_dest_type(value: object) -> str:
 
 
 def trunk_name(value: object) -> str:
-    v = _text(value, "trunk name")
-    if not _NAME.fullmatch(v):
-        raise ConfigError(
-            f"invalid trunk name {v!r}: use 1-63 letters, digits, '-' or '_', starting with a letter"
-        )
-    return v
+    return _matching(value, "trunk name", _NAME, _NAME_HINT)
 
 
 def host(value: object) -> str:
@@ -194,12 +191,9 @@ def credential(value: object, what: str) -> str:
 
 
 def route_prefix(value: object) -> str:
-    v = _text(value, "route prefix")
-    if not _PREFIX.fullmatch(v):
-        raise ConfigError(
-            f"invalid route prefix {v!r}: use digits (optionally a leading +), or an empty prefix for the default route"
-        )
-    return v
+    return _matching(
+        value, "route prefix", _PREFIX, "use digits (optionally a leading +), or an empty prefix for the default route"
+    )
 
 
 def strip(value: object) -> int:
@@ -207,10 +201,7 @@ def strip(value: object) -> int:
 
 
 def prepend(value: object) -> str:
-    v = _text(value, "prepend")
-    if not _PREFIX.fullmatch(v):
-        raise ConfigError(f"invalid prepend {v!r}: use digits, optionally with a leading +")
-    return v
+    return _matching(value, "prepend", _PREFIX, "use digits, optionally with a leading +")
 
 
 def priority(value: object) -> int:
@@ -221,6 +212,66 @@ def unknown_options(kind: str, opts: dict, allowed: tuple[str, ...]) -> None:
     extra = sorted(set(opts) - set(allowed))
     if extra:
         raise TypeError(f"unknown {kind} option(s): {', '.join(extra)} (allowed: {', '.join(allowed)})")
+
+
+# --- whole records: every ConfigStore backend checks a new record here, then writes it
+
+
+def new_tenant(name: object, domain_name: object, opts: dict) -> tuple[str, str, int, int, str]:
+    """(name, domain, max_calls, ring_timeout, timezone) of a tenant to create."""
+    unknown_options("tenant", opts, ("max_calls", "ring_timeout", "timezone"))
+    return (
+        tenant_name(name),
+        domain(domain_name),
+        max_calls(opts.get("max_calls", 0)),
+        ring_timeout(opts.get("ring_timeout", 30)),
+        timezone(opts.get("timezone", "UTC")),
+    )
+
+
+def new_extension(number: object, secret: object, opts: dict) -> tuple[str, str, str, str, bool]:
+    """(number, password, display_name, callerid_number, voicemail_enabled) of an extension to create."""
+    unknown_options("extension", opts, ("display_name", "callerid_number", "voicemail_enabled"))
+    return (
+        extension_number(number),
+        password(secret),
+        display_name(opts.get("display_name", "")),
+        callerid_number(opts.get("callerid_number", "")),
+        bool(opts.get("voicemail_enabled", False)),
+    )
+
+
+def new_did(number: object, dest_type: object, dest_value: object) -> tuple[str, str, str]:
+    """(number, dest_type, dest_value) of a DID to create."""
+    return did_number(number), did_dest_type(dest_type), extension_number(dest_value)
+
+
+def new_trunk(name: object, host_value: object, opts: dict) -> tuple[str, str, int, str, str, str, bool, str]:
+    """(name, host, port, transport, username, password, register, from_domain) of a trunk to create."""
+    unknown_options("trunk", opts, ("port", "transport", "username", "password", "register", "from_domain"))
+    name = trunk_name(name)
+    host_value = host(host_value)
+    port_value = port(opts.get("port", 5060))
+    transport_value = transport(opts.get("transport", "udp"))
+    username = credential(opts.get("username", ""), "trunk username")
+    secret = credential(opts.get("password", ""), "trunk password")
+    register = bool(opts.get("register", False))
+    from_domain = opts.get("from_domain", "")
+    from_domain = domain(from_domain, "from domain") if from_domain else ""
+    if register and not username:
+        raise ConfigError("a trunk that registers needs a username")
+    return name, host_value, port_value, transport_value, username, secret, register, from_domain
+
+
+def new_route(prefix: object, opts: dict) -> tuple[str, int, str, int]:
+    """(prefix, strip, prepend, priority) of an outbound route to create."""
+    unknown_options("route", opts, ("strip", "prepend", "priority"))
+    return (
+        route_prefix(prefix),
+        strip(opts.get("strip", 0)),
+        prepend(opts.get("prepend", "")),
+        priority(opts.get("priority", 0)),
+    )
 
 
 #: feature object kinds: lower-case word, like 'ivr', 'voicemail', 'hunt_group', 'queue'

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-interval", type=float, metavar="SECONDS")
     p.add_argument("--node-timeout", type=float, metavar="SECONDS",
                    help="no answer from a node within this: the request moves to the next node")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="N processes share the listening ports (SO_REUSEPORT), one event loop each")
+    p.add_argument("--otel-exporter", choices=("console", "otlp"), help="export OpenTelemetry spans")
     p.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
     return p
@@ -90,8 +93,12 @@ def config_from_args(args: argparse.Namespace) -> SbcConfig:
             if v < 0.05 and not (name == "probe_interval" and v == 0):
                 raise SbcConfigError(f"--{name.replace('_', '-')}: must be at least 0.05")
             kw[name] = v
+    if args.workers is not None:
+        kw["workers"] = args.workers
     if args.log_level:
         kw["log_level"] = args.log_level
+    if args.otel_exporter:
+        kw["otel_exporter"] = args.otel_exporter
     return validate(cfg.with_(**kw))
 
 

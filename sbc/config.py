@@ -12,7 +12,9 @@ TOML layout (every key optional except the node list, unless etcd is configured)
     internal_advertise = "10.0.0.5"
     mode = "hash"                   # hash | round_robin | static
     dc = "dc1"
-    http = "127.0.0.1:9090"         # /metrics
+    workers = 1                     # processes sharing the ports (SO_REUSEPORT)
+    max_loop_lag = 0.1              # seconds a message may wait (loop lag + socket backlog) before new calls get 503 (0 = never)
+    http = "127.0.0.1:9090"         # /metrics (worker i: port + i)
     secret = "long random string"   # seals the tokens in Contact URIs; keep it across restarts
     probe_interval = 2.0            # seconds between OPTIONS probes of each node (0 = none)
     node_timeout = 2.0              # no answer at all from a node within this: try the next one
@@ -128,8 +130,17 @@ class SbcConfig:
     etcd_prefix: str = "/hivepbx/"
     max_message_size: int = 65535
     log_level: str = "INFO"
+    #: OpenTelemetry span exporter: None (no spans recorded), 'console' or 'otlp'
+    otel_exporter: str | None = None
     protection: dict = field(default_factory=dict)
     media: dict = field(default_factory=dict)
+    #: processes sharing the listening ports (SO_REUSEPORT; see sbc/workers.py)
+    workers: int = 1
+    #: how long a message may wait (seconds, smoothed: event-loop lag + the UDP receive
+    #: backlog) before new INVITEs/REGISTERs get 503 + Retry-After (sbc/overload.py); 0 = never
+    max_loop_lag: float = 0.1
+    #: the Retry-After of those 503s (seconds)
+    shed_retry_after: int = 2
 
     def with_(self, **kw: Any) -> "SbcConfig":
         return replace(self, **kw)
@@ -305,7 +316,7 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
     known = {
         "listen", "internal_listen", "tls_cert", "tls_key", "advertise", "internal_advertise", "mode", "dc", "http", "secret",
         "probe_interval", "probe_timeout", "down_after", "up_after", "node_timeout", "keepalive_interval",
-        "max_message_size", "log_level",
+        "max_message_size", "log_level", "otel_exporter", "workers", "max_loop_lag", "shed_retry_after",
     }
     unknown = set(s) - known
     if unknown:
@@ -350,10 +361,20 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
     for key in ("down_after", "up_after"):
         if key in s:
             kw[key] = _num(s, key, int, 1, 1, "sbc")
+    if "workers" in s:
+        kw["workers"] = _num(s, "workers", int, 1, 1, "sbc")
+    if "max_loop_lag" in s:
+        kw["max_loop_lag"] = _num(s, "max_loop_lag", float, 0, 0, "sbc")
+    if "shed_retry_after" in s:
+        kw["shed_retry_after"] = _num(s, "shed_retry_after", int, 1, 1, "sbc")
     if "max_message_size" in s:
         kw["max_message_size"] = _num(s, "max_message_size", int, 0, 1024, "sbc")
     if "log_level" in s:
         kw["log_level"] = str(s["log_level"]).upper()
+    if "otel_exporter" in s:
+        if s["otel_exporter"] not in ("console", "otlp"):
+            raise SbcConfigError("sbc.otel_exporter: 'console' or 'otlp'")
+        kw["otel_exporter"] = s["otel_exporter"]
     if "nodes" in data:
         if not isinstance(data["nodes"], list):
             raise SbcConfigError("nodes: expected an array of tables ([[nodes]])")
@@ -407,4 +428,10 @@ def validate(cfg: SbcConfig) -> SbcConfig:
             raise SbcConfigError(f"sbc.{key}: no such file {path!r}")
     if cfg.mode not in MODES:
         raise SbcConfigError(f"mode: {cfg.mode!r} is not one of {MODES}")
+    if cfg.workers < 1 or cfg.workers > 256:
+        raise SbcConfigError(f"sbc.workers: 1 to 256, got {cfg.workers}")
+    if cfg.workers > 1:
+        for ls in cfg.listens + cfg.internal_listens:
+            if ls.port == 0:
+                raise SbcConfigError(f"sbc.workers: {ls.transport}:{ls.host}:0 — workers share fixed ports, give one")
     return cfg

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from sbc.config import NodeTarget, TenantPolicy
 
 _SCALE = float(1 << 64)
+ORDER_CACHE = 50_000
 
 
 def hrw_score(key: str, node: NodeTarget) -> float:
@@ -48,6 +49,8 @@ class Dispatcher:
         self.nodes: tuple[NodeTarget, ...] = tuple(nodes)
         self._by_id = {n.id: n for n in self.nodes}
         self._rr_current: dict[str, float] = {n.id: 0.0 for n in self.nodes}
+        #: tenant → its rendezvous order: fixed until the node list changes, so computed once
+        self._orders: dict[str, list[NodeTarget]] = {}
 
     def node(self, node_id: str) -> NodeTarget | None:
         return self._by_id.get(node_id)
@@ -74,7 +77,7 @@ class Dispatcher:
             ranked = self._hash_order(tenant)
         up = [n for n in ranked if is_up(n.id)]
         if not up:
-            return ranked
+            return list(ranked)  # a copy: the caller pops from it, ranked may be the cached order
         home = ranked[0].dc
         if mode == "static" and policy is not None:
             # the operator's list is tried in its order; the rest same datacenter first
@@ -84,8 +87,14 @@ class Dispatcher:
         return sorted(up, key=lambda n: n.dc != home)
 
     def _hash_order(self, key: str) -> list[NodeTarget]:
-        key = key.lower()
-        return sorted(self.nodes, key=lambda n: hrw_score(key, n), reverse=True)
+        order = self._orders.get(key)
+        if order is None:
+            low = key.lower()
+            order = sorted(self.nodes, key=lambda n: hrw_score(low, n), reverse=True)
+            if len(self._orders) >= ORDER_CACHE:
+                self._orders.clear()  # bounded: tenants are many, a recomputation is cheap
+            self._orders[key] = order
+        return order
 
     def _round_robin(self, is_up: Callable[[str], bool]) -> list[NodeTarget]:
         """Smooth weighted round robin among the nodes that are up (nginx's algorithm)."""

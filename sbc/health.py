@@ -105,6 +105,17 @@ class Health:
         if st.up:
             self._set(node_id, st, False, now)
 
+    def revive(self, now: float, after: float) -> list[str]:
+        """Without probes, a node taken down passively is tried again ``after`` seconds later
+        (and past its Retry-After): otherwise nothing would ever bring it back."""
+        back = []
+        for node_id, st in self.states.items():
+            if not st.up and now >= st.changed_at + after and now >= st.hold_until:
+                st.fails = 0
+                self._set(node_id, st, True, now)
+                back.append(node_id)
+        return back
+
     def suspect(self, node_id: str, now: float) -> None:
         """A request went unanswered where a slow node is possible: counts as one failed probe."""
         st = self.states.get(node_id)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
 from node.sip.flow import Flow
+from node.sip.headers import Via
 from node.sip.ids import new_branch, new_call_id, new_tag
 from node.sip.message import Message, Request, Response, make_response
 from node.sip.transaction import (
@@ -40,13 +41,19 @@ from node.sip.transaction import (
 )
 from node.sip.uri import NameAddr, Uri
 from observability import logging as olog
+from observability import tracing as otrace
 from sbc import metrics as M
 from sbc import topology as T
 from sbc.config import NodeTarget, SbcConfig
 from sbc.dispatch import Dispatcher
 from sbc.health import Health
+from sbc.overload import NEW_WORK, LoadMeter
+from sbc.workers import branch_owner, conn_owner
 
 log = logging.getLogger("hivepbx.sbc")
+# observability.logging's context: set directly on the per-message path (cheaper than bind())
+_CALL_ID = olog.call_id_var
+_TENANT = olog.tenant_var
 
 OUTSIDE = "outside"
 INSIDE = "inside"
@@ -57,6 +64,7 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 #: and how many are remembered at most
 AFFINITY_TTL = 32.0
 AFFINITY_MAX = 200_000
+CONTACT_CACHE = 16_384
 _RETRYABLE = frozenset(("INVITE", "REGISTER", "OPTIONS", "SUBSCRIBE", "MESSAGE", "PUBLISH"))
 
 
@@ -64,19 +72,24 @@ class Forward:
     """One proxied transaction: the server side, the current client side, the candidates."""
 
     __slots__ = (
-        "server", "request", "source", "inbound", "tenant", "candidates", "node", "client", "out_uri",
-        "provisional", "any_response", "cancelled", "cancel_sent", "final", "target_flow",
+        "request", "source", "inbound", "tenant", "candidates", "node", "client", "client_id", "out_uri",
+        "provisional", "any_response", "cancelled", "cancel_sent", "final", "target_flow", "span",
     )
 
     def __init__(self, server: ServerTransaction, request: Request, source: Flow, inbound: bool, tenant: str) -> None:
-        self.server = server
+        # the server transaction is not kept (it holds us as its tu), and the client one only
+        # until the final answer: no reference cycle outlives the call set-up, so reference
+        # counting frees a finished transaction pair at once instead of the cyclic GC, whose
+        # full collections over a loaded SBC's heap stalled it for up to a second
         self.request = request
         self.source = source
         self.inbound = inbound
         self.tenant = tenant
         self.candidates: list[NodeTarget] = []
         self.node: NodeTarget | None = None
+        #: the current client transaction until the final answer; its id for good
         self.client: ClientTransaction | None = None
+        self.client_id: tuple | None = None
         self.out_uri = request.uri_text
         self.provisional = False  # a provisional > 100 came: the node owns the call now
         self.any_response = False
@@ -84,6 +97,8 @@ class Forward:
         self.cancel_sent = False
         self.final = 0
         self.target_flow: Flow | None = None
+        #: OpenTelemetry span of an initial request from outside (only when tracing is on)
+        self.span = None
 
 
 class Abandoned:
@@ -150,10 +165,26 @@ class Proxy:
         #: UDP flows of phones with a live registration → expiry (for CRLF keep-alives)
         self.registered_flows: dict[Flow, float] = {}
         self._node_addr: dict[tuple[str, int], NodeTarget] = {}
+        #: ((side, peer...), Contact value) → rewritten value: see _memo
+        self._contact_cache: dict[tuple, str] = {}
         #: Call-ID → (node id, until): see _sticky
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._node_host: dict[str, NodeTarget | None] = {}
+        #: several workers on one port (sbc/workers.py): this one's index, their number, the
+        #: relay to a sibling, and the tag our branches end with
+        self.worker = 0
+        self.workers = 1
+        self._relay: Callable | None = None
+        self._branch_tag = ""
+        #: event-loop lag → load shedding (fed by the runtime; never sheds unless fed)
+        self.load = LoadMeter(cfg.max_loop_lag)
+        #: messages received (the load meter prices the socket backlog per message)
+        self.received = 0
         self.refresh_nodes()
+
+    def set_worker(self, index: int, count: int, relay: Callable) -> None:
+        self.worker, self.workers, self._relay = index, count, relay
+        self._branch_tag = f".w{index}" if count > 1 else ""
 
     def refresh_nodes(self) -> None:
         self._node_addr = {n.address: n for n in self.dispatcher.nodes}
@@ -165,6 +196,7 @@ class Proxy:
     # ------------------------------------------------------------------ entry points
     def message_received(self, item, flow: Flow) -> None:
         """The transports' callback: the Guard sees what comes from outside before anything."""
+        self.received += 1
         if not self.is_inside(flow):
             try:
                 if isinstance(item, Message):
@@ -180,7 +212,58 @@ class Proxy:
             except Exception:
                 # a fault in the protection layer must not take signalling down with it
                 log.exception("the Guard failed on a message from %s:%s; accepted", *flow.remote[:2])
+            if (self.load.fraction and type(item) is Request and item.method in NEW_WORK and not self._shed_ok(item)
+                    and self.load.refuse()):
+                self._shed(item, flow)
+                return
+        if self.workers > 1 and isinstance(item, Message):
+            owner = self._owner(item, flow)
+            if owner is not None and owner != self.worker and owner < self.workers:
+                self._relay(owner, item, flow)  # type: ignore[misc]
+                M.RELAYED.inc()
+                return
         self.endpoint.message_received(item, flow)
+
+    def _shed_ok(self, req: Request) -> bool:
+        """In-dialog requests (a To tag, or our node token) are never shed: calls must end."""
+        try:
+            if req.to.tag or T.token_of(req.uri_text, T.NODE_PARAM) is not None:
+                return True
+            # a retransmission of an INVITE we took: its transaction answers it, not a 503
+            return req.method == "INVITE" and self.endpoint.layer.find_invite_server(req) is not None
+        except SipError:
+            return True
+
+    def _shed(self, req: Request, flow: Flow) -> None:
+        M.SHED.labels("loop_lag").inc()
+        if req.method == "OPTIONS":
+            return  # a keep-alive or a monitor: silence is answer enough under overload
+        try:
+            resp = make_response(req, 503, None, to_tag=new_tag(),
+                                 headers=[("Retry-After", str(self.cfg.shed_retry_after))])
+            self.endpoint.send_stateless(resp, flow)
+        except (SipError, LocalProtocolError):
+            pass
+
+    def relayed_in(self, item, flow: Flow) -> None:
+        """A message a sibling worker received for us (already judged by its Guard)."""
+        self.endpoint.message_received(item, flow)
+
+    def _owner(self, msg: Message, flow: Flow) -> int | None:
+        """The worker a message belongs to when it is not whoever received it: a response
+        to one of its branches, a request towards a phone on one of its connections."""
+        if type(msg) is Response:
+            try:
+                return branch_owner(msg.vias[0].branch)
+            except SipError:
+                return None
+        token = T.token_of(msg.uri_text, T.FLOW_PARAM)  # type: ignore[attr-defined]
+        if token is None:
+            return None
+        target = T.read_phone_token(self.sealer, token)
+        if target is None or not target.flow.conn_id:
+            return None  # UDP: every worker sends from the shared socket
+        return conn_owner(target.flow.conn_id)
 
     def _blocked(self, msg: Message, flow: Flow, verdict) -> None:
         if verdict.action != "reject" or not isinstance(msg, Request) or msg.method == "ACK":
@@ -195,8 +278,11 @@ class Proxy:
     def on_event(self, ev) -> None:
         if type(ev) is RequestReceived:
             req = ev.request
-            with olog.bind(call_id=_call_id(req)):
+            token = _CALL_ID.set(_call_id(req))  # every log line of this request names the call
+            try:
                 self._on_request(req, ev.flow, ev.transaction)
+            finally:
+                _CALL_ID.reset(token)
         elif type(ev) is ResponseReceived:
             if ev.transaction is not None:
                 self._on_response(ev.response, ev.transaction)
@@ -237,7 +323,18 @@ class Proxy:
     def _via(self, flow: Flow, inside: bool, branch: str | None = None) -> str:
         host, port = self._address(flow.transport, inside, flow)
         hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return f"SIP/2.0/{flow.transport.upper()} {hp};branch={branch or new_branch()};rport"
+        return f"SIP/2.0/{flow.transport.upper()} {hp};branch={branch or new_branch() + self._branch_tag};rport"
+
+    def _via_pair(self, flow: Flow, inside: bool) -> tuple[str, Via | None]:
+        """Our Via for a forwarded request, as text and as the object the transaction layer
+        would otherwise parse back out of it (IPv4 hosts; None lets the layer parse)."""
+        host, port = self._address(flow.transport, inside, flow)
+        branch = new_branch() + self._branch_tag
+        transport = flow.transport.upper()
+        if ":" in host:
+            return f"SIP/2.0/{transport} [{host}]:{port};branch={branch};rport", None
+        return (f"SIP/2.0/{transport} {host}:{port};branch={branch};rport",
+                Via(transport, host, port, {"branch": branch, "rport": None}))
 
     def node_flow(self, node: NodeTarget) -> Flow:
         if node.transport == "udp":
@@ -298,7 +395,8 @@ class Proxy:
         tenant = self.tenant_of(req, flow)
         fwd = Forward(txn, req, flow, True, tenant)
         txn.tu = fwd
-        with olog.bind(tenant=tenant):
+        t_tenant = _TENANT.set(tenant or None)  # every log line of this request names the tenant
+        try:
             if token is not None:
                 target = T.read_node_token(self.sealer, token)
                 if target is None:
@@ -317,11 +415,16 @@ class Proxy:
                 if method == "INVITE" and not req.to.tag and not self._admitted(fwd):
                     return
                 fwd.candidates = self.dispatcher.candidates(tenant, self.health.is_up, self._sticky(req.call_id))
+                if otrace.enabled():
+                    fwd.span = otrace.tracer("hivepbx.sbc").start_span(
+                        f"sbc.{method.lower()}", attributes={"sip.call_id": req.call_id, "hivepbx.tenant": tenant})
                 if not fwd.candidates:
                     M.unroutable("no_node")
                     self._reply(req, 503, None, [("Retry-After", "10")])
                     return
             self._try_next(fwd)
+        finally:
+            _TENANT.reset(t_tenant)
 
     def _admitted(self, fwd: Forward) -> bool:
         """The Guard's per-tenant call admission (IP/GeoIP filter, call limits), if it has one."""
@@ -388,10 +491,11 @@ class Proxy:
         fwd.provisional = fwd.any_response = False
         flow = self.node_flow(node)
         src = fwd.source
+        via, via_view = self._via_pair(flow, True)
         out = T.forward_request(
-            fwd.request, fwd.out_uri, self._via(flow, True),
+            fwd.request, fwd.out_uri, via,
             contact=self._phone_contact_rewriter(src, flow),
-            extra=[(T.SOURCE_HEADER, f"{src.transport}:{_hp(src.remote)}")],
+            extra=[(T.SOURCE_HEADER, f"{src.transport}:{_hp(src.remote)}")], via_view=via_view,
         )
         M.forwarded(node.id, out.method)
         log.debug("%s → node %s", out.method, node.id)
@@ -402,6 +506,7 @@ class Proxy:
             client = self.endpoint.send_request(msg, flow)
             client.tu = fwd
             fwd.client = client
+            fwd.client_id = client.id
             fwd.target_flow = flow
             if fwd.inbound and fwd.node is not None and not msg.to.tag:
                 self._call_later(self.cfg.node_timeout, self._no_answer, fwd, client)
@@ -410,7 +515,7 @@ class Proxy:
 
     def _no_answer(self, fwd: Forward, client: ClientTransaction) -> None:
         """``node_timeout`` after sending: a node that said nothing at all is taken as down."""
-        if fwd.client is not client or client.last_response is not None or fwd.final or fwd.any_response:
+        if fwd.client_id != client.id or client.last_response is not None or fwd.final or fwd.any_response:
             return
         if client.state is TransactionState.TERMINATED:
             return
@@ -438,6 +543,8 @@ class Proxy:
         if fwd.final:
             return
         fwd.final = status
+        fwd.client = None
+        self._span_end(fwd, status)
         headers = [("Retry-After", "5")] if status == 503 else None
         self.endpoint.send_response(make_response(fwd.request, status, None, to_tag=new_tag(), headers=headers))
         self._ended(fwd)
@@ -464,8 +571,9 @@ class Proxy:
                 self._reply(req, 404, "Not Found (no SBC flow token in Request-URI)")
                 return
         node_id = fwd.node.id if fwd.node else "?"
-        out = T.forward_request(req, fwd.out_uri, self._via(out_flow, False),
-                                contact=self._node_contact_rewriter(node_id, out_flow))
+        via, via_view = self._via_pair(out_flow, False)
+        out = T.forward_request(req, fwd.out_uri, via, contact=self._node_contact_rewriter(node_id, out_flow),
+                                via_view=via_view)
         self._send_request(fwd, out, out_flow)
 
     def _carrier_flow(self, req: Request) -> Flow | None:
@@ -497,7 +605,8 @@ class Proxy:
             if nc is None or node is None:
                 return
             uri, out_flow = nc.uri, self.node_flow(node)
-        out = T.forward_request(req, uri, self._via(out_flow, not inside))
+        via, via_view = self._via_pair(out_flow, not inside)
+        out = T.forward_request(req, uri, via, via_view=via_view)
 
         def go(msg: Request) -> None:
             self.endpoint.send_stateless(msg, out_flow)
@@ -542,8 +651,13 @@ class Proxy:
     def _on_response(self, resp: Response, txn: ClientTransaction) -> None:
         tu = txn.tu
         if type(tu) is Forward:
-            with olog.bind(call_id=_call_id(resp), tenant=tu.tenant or None):
+            t_call = _CALL_ID.set(_call_id(resp))
+            t_tenant = _TENANT.set(tu.tenant or None)
+            try:
                 self._forward_response(tu, resp, txn)
+            finally:
+                _TENANT.reset(t_tenant)
+                _CALL_ID.reset(t_call)
         elif type(tu) is Probe:
             self._probe_answered(tu, resp)
         elif type(tu) is Abandoned:
@@ -552,7 +666,7 @@ class Proxy:
     def _forward_response(self, fwd: Forward, resp: Response, txn: ClientTransaction) -> None:
         status = resp.status
         M.response(status, OUTSIDE if fwd.inbound else INSIDE)
-        if fwd.client is not txn:
+        if fwd.client_id != txn.id:
             return
         fwd.any_response = True
         if status < 200 and fwd.cancelled:
@@ -561,20 +675,26 @@ class Proxy:
             return  # hop by hop: our server transaction sent its own
         req = fwd.request
         if (
-            status == 503 and fwd.inbound and fwd.candidates and not fwd.provisional and not fwd.cancelled
-            and req.method in _RETRYABLE and not req.to.tag
+            (status == 503 or status == 408) and fwd.inbound and fwd.candidates and not fwd.provisional
+            and not fwd.cancelled and req.method in _RETRYABLE and not req.to.tag
         ):
+            # serial forking: nothing of the request has happened yet, another node may serve it
             node = fwd.node
             assert node is not None
-            self.health.failed(node.id, self._now(), _retry_after(resp))
-            log.warning("node %s answered %s with 503: trying node %s", node.id, req.method, fwd.candidates[0].id)
-            M.failover("503")
+            if status == 503:
+                # overloaded or draining: no new work there until it says so (or the probes)
+                self.health.failed(node.id, self._now(), _retry_after(resp))
+            log.warning("node %s answered %s with %d: trying node %s", node.id, req.method, status,
+                        fwd.candidates[0].id)
+            M.failover(str(status))
             self._try_next(fwd)
             return
         if status < 200:
             fwd.provisional = True
         elif not fwd.final:
             fwd.final = status
+            fwd.client = None  # nothing is CANCELled any more: break the cycle (see Forward)
+            self._span_end(fwd, status)
         if fwd.inbound:
             rewrite = self._register_contact_restorer() if req.method == "REGISTER" else \
                 self._node_contact_rewriter(fwd.node.id if fwd.node else "?", fwd.source)
@@ -600,6 +720,15 @@ class Proxy:
             self._note_registration(fwd.source, resp)
         if (req.method == "INVITE" and status >= 300 and not req.to.tag) or (req.method == "BYE" and status < 300):
             self._ended(fwd)
+
+    def _span_end(self, fwd: Forward, status: int) -> None:
+        span = fwd.span
+        if span is not None:
+            fwd.span = None
+            span.set_attribute("sip.status_code", status)
+            if fwd.node is not None:
+                span.set_attribute("hivepbx.node", fwd.node.id)
+            span.end()
 
     def _ended(self, fwd: Forward) -> None:
         req = fwd.request
@@ -643,7 +772,7 @@ class Proxy:
         if type(tu) is not Forward or not isinstance(txn, ClientTransaction):
             return
         fwd = tu
-        if fwd.client is not txn or fwd.final:
+        if fwd.client_id != txn.id or fwd.final:
             return
         req = fwd.request
         if fwd.inbound and fwd.node is not None and not fwd.any_response:
@@ -667,7 +796,25 @@ class Proxy:
             masked = T.masquerade_uri(uri, host, port, node_flow.transport, T.FLOW_PARAM, token)
             return NameAddr(masked, na.display, na.params)
 
-        return lambda value: T.rewrite_contacts(value, rewrite)
+        return self._memo(("p", phone_flow, node_flow.transport, host, port), rewrite)
+
+    def _memo(self, key: tuple, rewrite):
+        """A Contact rewriter memoised on (side, peer, value): a phone or a node repeats the
+        same Contact call after call, and the tokens are deterministic, so the parse, the
+        crypto and the formatting are done once per distinct value."""
+        cache = self._contact_cache
+
+        def run(value: str) -> str:
+            k = (key, value)
+            out = cache.get(k)
+            if out is None:
+                out = T.rewrite_contacts(value, rewrite)
+                if len(cache) >= CONTACT_CACHE:
+                    cache.clear()
+                cache[k] = out
+            return out
+
+        return run
 
     def _node_contact_rewriter(self, node_id: str, outside_flow: Flow):
         """Node Contact → an SBC-external URI carrying the sealed node Contact."""
@@ -675,11 +822,11 @@ class Proxy:
             uri = na.uri
             if not uri.is_sip:
                 return na
-            host, port = self._address(outside_flow.transport, False, outside_flow)
             token = T.node_token(self.sealer, node_id, str(uri))
             return NameAddr(T.masquerade_uri(uri, host, port, outside_flow.transport, T.NODE_PARAM, token), na.display, na.params)
 
-        return lambda value: T.rewrite_contacts(value, rewrite)
+        host, port = self._address(outside_flow.transport, False, outside_flow)
+        return self._memo(("n", node_id, outside_flow.transport, host, port), rewrite)
 
     def _register_contact_restorer(self):
         """The registrar's 200 lists the bindings as the node knows them: give the phone its own
@@ -823,11 +970,20 @@ def _media_work(msg: Message) -> bool:
 def _is_ip(host: str) -> bool:
     if ":" not in host and not host[-1:].isdigit():
         return False  # a domain name (the common case) costs no ipaddress parse
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+    hit = _IP_SEEN.get(host)
+    if hit is None:
+        try:
+            ipaddress.ip_address(host)
+            hit = True
+        except ValueError:
+            hit = False
+        if len(_IP_SEEN) >= 4096:
+            _IP_SEEN.clear()
+        _IP_SEEN[host] = hit
+    return hit
+
+
+_IP_SEEN: dict[str, bool] = {}  # host → is an IP literal (trunks and SIPp-style URIs repeat theirs)
 
 
 def _retry_after(resp: Response) -> float:

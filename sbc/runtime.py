@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
 import signal
+import socket
+import struct
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,16 +24,33 @@ from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
 from node.transport.sockets import Listen
 from observability import logging as olog
+from observability import tracing as otrace
 from sbc import metrics as M
 from sbc.config import NodeTarget, SbcConfig, SbcConfigError, parse_hostport
 from sbc.dispatch import Dispatcher
 from sbc.health import Health
+from sbc.overload import SO_MEMINFO, CostMeter, backlog_seconds
 from sbc.membership import MembershipFeed, open_etcd_membership
 from sbc.proxy import Proxy, SideAddresses
 from sbc.topology import Sealer
 from sbc.transports import SbcTransports, server_tls_context
+from sbc.workers import Relay, Worker, run_workers, set_conn_ids
 
 log = logging.getLogger("hivepbx.sbc")
+
+#: with probing off, seconds before a node taken down by a failed request is tried again
+REVIVE_AFTER = 10.0
+#: The cyclic GC and a loaded SBC: the transactions of the last 32 s (Timer J/L) are ~10^6
+#: objects, and a full collection over them stalled the loop for up to 0.8 s (SIP
+#: retransmissions, failed calls far below CPU saturation). Per-call objects form no cycles
+#: (see sbc/proxy.py Forward), so reference counting frees them; every GC_FREEZE_EVERY s what
+#: is alive moves to the permanent generation (gc.freeze) and collections scan only what is
+#: new. The rare cyclic garbage is collected by a full collection after GC_FULL_QUIET s when
+#: few transactions are alive (a pause of milliseconds), after GC_FULL_MAX s in any case.
+GC_FREEZE_EVERY = 1.0
+GC_FULL_QUIET = 60.0
+GC_QUIET_TRANSACTIONS = 2000
+GC_FULL_MAX = 900.0
 
 
 def load_guard(section: dict, transactions=None):
@@ -96,8 +117,13 @@ def _sides(requested: tuple[Listen, ...], bound: list[Listen]) -> dict[str, tupl
 
 
 class Sbc:
-    def __init__(self, cfg: SbcConfig, *, guard=None, media=None, membership=None) -> None:
+    def __init__(self, cfg: SbcConfig, *, guard=None, media=None, membership=None, worker: Worker | None = None) -> None:
         self.cfg = cfg
+        #: one of several processes sharing the ports (sbc/workers.py), or None
+        self.worker = worker
+        self.relay: Relay | None = None
+        #: the process's GC is this SBC's to tune (serve(); not when tests share the loop)
+        self._own_gc = False
         self.transports: SbcTransports | None = None
         self.endpoint: SipEndpoint | None = None
         self.proxy: Proxy | None = None
@@ -122,6 +148,9 @@ class Sbc:
         tls = server_tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         self.transports = SbcTransports(self.endpoint.message_received, cfg.max_message_size, tls)
         self.endpoint.transports = self.transports
+        if self.worker is not None:
+            set_conn_ids(self.worker)
+            self.transports.reuse_port = True
         await self.transports.start(cfg.listens + cfg.internal_listens)
         outside = SideAddresses(_sides(cfg.listens, self.transports.listens), cfg.advertise_address)
         if cfg.internal_listens:
@@ -137,6 +166,7 @@ class Sbc:
         )
         for n in cfg.nodes:
             M.node_up(n.id, True)
+        M.TRANSACTIONS.set_function(lambda: layer.transaction_count)
         guard = self._guard if self._guard is not None else load_guard(cfg.protection, lambda: layer.transaction_count)
         media = self._media if self._media is not None else load_media(cfg.media)
         if media is not None and hasattr(media, "start"):
@@ -148,6 +178,10 @@ class Sbc:
         )
         self.endpoint.on_event = self.proxy.on_event
         self.transports.on_message = self.proxy.message_received
+        if self.worker is not None:
+            self.relay = Relay(self.worker)
+            await self.relay.start(self.proxy.relayed_in, cfg.max_message_size)
+            self.proxy.set_worker(self.worker.index, self.worker.count, self.relay.send)
         if self.membership is None and cfg.etcd_endpoints:
             self.membership, self._close_membership = await open_etcd_membership(cfg, f"sbc-{os.getpid()}")
         if self.membership is not None:
@@ -155,8 +189,14 @@ class Sbc:
             self._feed.start()
         if cfg.probe_interval > 0:
             self._tasks.append(loop.create_task(self._probe_loop()))
+        else:
+            self._tasks.append(loop.create_task(self._revive_loop()))
         if cfg.keepalive_interval > 0:
             self._tasks.append(loop.create_task(self._keepalive_loop()))
+        if cfg.max_loop_lag > 0:
+            self._tasks.append(loop.create_task(self._lag_loop()))
+        if self._own_gc:
+            self._tasks.append(loop.create_task(self._gc_loop()))
         self.http_runner, self.http_port = await self._start_http()
 
     def _node_changed(self, node_id: str, up: bool) -> None:
@@ -174,6 +214,55 @@ class Sbc:
             except Exception:
                 log.exception("node probing failed")
             await asyncio.sleep(tick)
+
+    async def _revive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.health.revive(self.endpoint.now(), REVIVE_AFTER)
+
+    def _queued_bytes(self) -> int:
+        total = 0
+        for t in self.transports._udp.values():
+            sock = t.get_extra_info("socket")
+            try:
+                total += struct.unpack_from("I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
+            except (OSError, AttributeError, struct.error):
+                pass
+        return total
+
+    async def _lag_loop(self) -> None:
+        """Feeds the load meter: how late a timer due every ``interval`` runs, plus what the
+        datagrams waiting in the kernel will take (sbc/overload.py)."""
+        loop = asyncio.get_running_loop()
+        meter = self.proxy.load
+        cost = CostMeter()
+        was = False
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(meter.interval)
+            lag = loop.time() - t0 - meter.interval
+            price = cost.update(time.process_time(), self.proxy.received)
+            now = meter.observe(lag + backlog_seconds(self._queued_bytes(), price)) > 0
+            if now != was:
+                was = now
+                if now:
+                    log.warning("overloaded (messages wait %.0f ms): some new calls get 503", meter.smoothed * 1000)
+                else:
+                    log.warning("load back to normal: new calls accepted again")
+
+    async def _gc_loop(self) -> None:
+        """Keeps the cyclic GC off the live transactions (see GC_FREEZE_EVERY)."""
+        loop = asyncio.get_running_loop()
+        last_full = loop.time()
+        while True:
+            await asyncio.sleep(GC_FREEZE_EVERY)
+            now = loop.time()
+            quiet = self.endpoint.layer.transaction_count < GC_QUIET_TRANSACTIONS  # a short pause
+            if now - last_full >= GC_FULL_MAX or (quiet and now - last_full >= GC_FULL_QUIET):
+                gc.unfreeze()
+                gc.collect()
+                last_full = now
+            gc.freeze()
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -197,8 +286,11 @@ class Sbc:
         app.router.add_get("/health", health)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        port = self.cfg.http_port
+        if self.worker is not None and port:
+            port += self.worker.index  # each worker's own /metrics and /health
         try:
-            site = web.TCPSite(runner, self.cfg.http_host, self.cfg.http_port)
+            site = web.TCPSite(runner, self.cfg.http_host, port)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -243,6 +335,9 @@ class Sbc:
         if self.http_runner is not None:
             await self.http_runner.cleanup()
             self.http_runner = None
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         if self.transports is not None:
             await self.transports.close()
         if self.endpoint is not None:
@@ -266,7 +361,7 @@ class Sbc:
 
 def _banner(sbc: Sbc) -> str:
     cfg = sbc.cfg
-    lines = ["hivepbx SBC running"]
+    lines = ["hivepbx SBC running" + (f" (worker {sbc.worker.index + 1} of {sbc.worker.count})" if sbc.worker else "")]
     lines.append("  outside : " + ", ".join(f"{t}:{h}:{p}" for t, (h, p) in sbc.proxy.outside.bound.items()))
     lines.append("  inside  : " + ", ".join(f"{t}:{h}:{p}" for t, (h, p) in sbc.proxy.inside.bound.items()))
     lines.append(f"  mode    : {cfg.mode}" + (f" (dc {cfg.dc})" if cfg.dc else ""))
@@ -276,10 +371,17 @@ def _banner(sbc: Sbc) -> str:
     return "\n".join(lines)
 
 
-async def serve(cfg: SbcConfig) -> None:
+async def serve(cfg: SbcConfig, worker: Worker | None = None) -> None:
     olog.setup_logging(cfg.log_level)
-    sbc = Sbc(cfg)
+    otrace.setup_tracing("hivepbx-sbc", cfg.otel_exporter)
+    sbc = Sbc(cfg, worker=worker)
+    sbc._own_gc = True
     await sbc.start()
+    # as the node does: what start-up built is never collected, collections are rarer; then
+    # _gc_loop keeps the live transactions frozen (GC_FREEZE_EVERY)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     print(_banner(sbc), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -289,15 +391,18 @@ async def serve(cfg: SbcConfig) -> None:
     await stop.wait()
     log.info("shutting down")
     await sbc.stop()
+    otrace.shutdown_tracing()
 
 
-def run(cfg: SbcConfig) -> int:
+def run(cfg: SbcConfig, worker: Worker | None = None) -> int:
+    if worker is None and cfg.workers > 1:
+        return run_workers(cfg, run)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, worker))
     else:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, worker))
     return 0
 
 

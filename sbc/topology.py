@@ -60,10 +60,12 @@ class Sealer:
         self._mac_key = hmac.new(secret, b"hivepbx-sbc-mac", hashlib.sha256).digest()
         self._nonce_key = hmac.new(secret, b"hivepbx-sbc-nonce", hashlib.sha256).digest()
         self._aead = AESGCM(hmac.new(secret, b"hivepbx-sbc-enc", hashlib.sha256).digest())
+        #: token → payload of tokens already opened (an in-dialog request repeats its token)
+        self._opened: dict[str, str] = {}
 
     def sign(self, payload: str) -> str:
         data = payload.encode()
-        mac = hmac.new(self._mac_key, data, hashlib.sha256).digest()[:12]
+        mac = hmac.digest(self._mac_key, data, "sha256")[:12]
         return f"{_b64(data)}.{_b64(mac)}"
 
     def unsign(self, token: str) -> str | None:
@@ -72,7 +74,7 @@ class Sealer:
             return None
         try:
             data = _unb64(body)
-            ok = hmac.compare_digest(_unb64(mac), hmac.new(self._mac_key, data, hashlib.sha256).digest()[:12])
+            ok = hmac.compare_digest(_unb64(mac), hmac.digest(self._mac_key, data, "sha256")[:12])
             return data.decode() if ok else None
         except (ValueError, UnicodeDecodeError):
             return None
@@ -80,10 +82,21 @@ class Sealer:
     def seal(self, payload: str) -> str:
         data = payload.encode()
         # synthetic nonce (SIV style): deterministic, so the same Contact gives the same URI
-        nonce = hmac.new(self._nonce_key, data, hashlib.sha256).digest()[:12]
+        nonce = hmac.digest(self._nonce_key, data, "sha256")[:12]
         return _b64(nonce + self._aead.encrypt(nonce, data, None))
 
     def unseal(self, token: str) -> str | None:
+        hit = self._opened.get(token)
+        if hit is not None:
+            return hit
+        out = self._unseal(token)
+        if out is not None:
+            if len(self._opened) >= 4096:
+                self._opened.clear()
+            self._opened[token] = out  # only authentic tokens are remembered
+        return out
+
+    def _unseal(self, token: str) -> str | None:
         try:
             raw = _unb64(token)
             if len(raw) < 12 + 16:
@@ -206,8 +219,26 @@ def copy_headers(msg, *, contact=None, extra_drop: frozenset[str] = frozenset())
     return out
 
 
-def forward_request(req: Request, uri: str, via: str, *, contact=None, extra: list[tuple[str, str]] | None = None) -> Request:
-    """The request as the SBC sends it on: its own Via only, Max-Forwards decremented."""
+#: typed views a forwarded message shares with the one it was made from (the headers behind
+#: them cross unchanged), so the transaction layer does not parse again what the parser checked
+_SHARED_VIEWS = ("call_id", "cseq", "from", "to", "content_type")
+
+
+def _share_views(src, dst, vias) -> None:
+    cache = src._cache
+    out = dst._cache
+    for k in _SHARED_VIEWS:
+        v = cache.get(k)
+        if v is not None:
+            out[k] = v
+    if vias is not None:
+        out["vias"] = vias
+
+
+def forward_request(req: Request, uri: str, via: str, *, contact=None, extra: list[tuple[str, str]] | None = None,
+                    via_view=None) -> Request:
+    """The request as the SBC sends it on: its own Via only, Max-Forwards decremented.
+    ``via_view``: the Via object ``via`` is the text of, when the caller has it."""
     headers = copy_headers(req, contact=contact)
     mf = None
     for i, (name, value) in enumerate(headers):
@@ -221,14 +252,18 @@ def forward_request(req: Request, uri: str, via: str, *, contact=None, extra: li
     headers.insert(0, ("Via", via))
     if extra:
         headers.extend(extra)
-    return Request(req.method, uri, headers, req.body)
+    out = Request(req.method, uri, headers, req.body)
+    _share_views(req, out, [via_view] if via_view is not None else None)
+    return out
 
 
 def forward_response(resp: Response, request_vias: list[tuple[str, str]], *, contact=None) -> Response:
     """The response as the SBC sends it back: the Via headers of the request it answers,
     exactly as that request arrived (the server transaction finds itself by their text)."""
     headers = copy_headers(resp, contact=contact)
-    return Response(resp.status, resp.reason, request_vias + headers, resp.body)
+    out = Response(resp.status, resp.reason, request_vias + headers, resp.body)
+    _share_views(resp, out, None)
+    return out
 
 
 def via_headers(req: Request) -> list[tuple[str, str]]:

@@ -122,6 +122,7 @@ class SbcTransports(SipTransports):
                 holder: dict = {}
                 server = await loop.create_server(
                     lambda: _TlsProtocol(self, holder["local"]), ls.host, ls.port, ssl=self.tls, backlog=1024,
+                    reuse_port=self.reuse_port or None,
                 )
                 sock = server.sockets[0].getsockname()
                 holder["local"] = (sock[0], sock[1])
@@ -169,7 +170,8 @@ class SbcTransports(SipTransports):
         app.router.add_get("/ws", handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, ls.host, ls.port, ssl_context=self.tls if ls.transport == "wss" else None)
+        site = web.TCPSite(runner, ls.host, ls.port, ssl_context=self.tls if ls.transport == "wss" else None,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         self._runners.append(runner)
         addr = runner.addresses[0]
@@ -180,7 +182,7 @@ class SbcTransports(SipTransports):
         if flow.transport not in EDGE_TRANSPORTS:
             super().send(data, flow)
             return
-        conn = self._streams.get(flow.conn_id)
+        conn = self._streams.get(flow.conn_id)  # ids are per worker (sbc/workers.py)
         if conn is None or not conn.write(data):
             log.info("%s connection to %s is gone: message dropped", flow.transport, flow.remote)
 

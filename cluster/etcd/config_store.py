@@ -253,12 +253,7 @@ class EtcdConfigStore:
     # --- tenants
 
     async def create_tenant(self, name: str, domain: str, **opts) -> Tenant:
-        rules.unknown_options("tenant", opts, ("max_calls", "ring_timeout", "timezone"))
-        name = rules.tenant_name(name)
-        domain = rules.domain(domain)
-        max_calls = rules.max_calls(opts.get("max_calls", 0))
-        ring_timeout = rules.ring_timeout(opts.get("ring_timeout", 30))
-        timezone = rules.timezone(opts.get("timezone", "UTC"))
+        name, domain, max_calls, ring_timeout, timezone = rules.new_tenant(name, domain, opts)
         k, t = self._k, self._t
         for _ in range(MAX_ATTEMPTS):
             tid, seq_cmp, seq_put = await self._counter("tenant")
@@ -317,12 +312,7 @@ class EtcdConfigStore:
     # --- extensions
 
     async def create_extension(self, tenant_id: int, number: str, password: str, **opts) -> Extension:
-        rules.unknown_options("extension", opts, ("display_name", "callerid_number", "voicemail_enabled"))
-        number = rules.extension_number(number)
-        password = rules.password(password)
-        display_name = rules.display_name(opts.get("display_name", ""))
-        callerid = rules.callerid_number(opts.get("callerid_number", ""))
-        voicemail = bool(opts.get("voicemail_enabled", False))
+        number, password, display_name, callerid, voicemail = rules.new_extension(number, password, opts)
         k, t = self._k, self._t
         key = k.ext(tenant_id, number)
         for _ in range(MAX_ATTEMPTS):
@@ -376,9 +366,7 @@ class EtcdConfigStore:
     # --- DIDs
 
     async def create_did(self, tenant_id: int, number: str, dest_type: str, dest_value: str) -> Did:
-        number = rules.did_number(number)
-        dest_type = rules.did_dest_type(dest_type)
-        dest_value = rules.extension_number(dest_value)
+        number, dest_type, dest_value = rules.new_did(number, dest_type, dest_value)
         k, t = self._k, self._t
         key = k.did(rules.did_key(number))
         # the destination: an extension, or the feature object of that kind named by the number
@@ -424,20 +412,7 @@ class EtcdConfigStore:
     # --- trunks
 
     async def create_trunk(self, tenant_id: int, name: str, host: str, **opts) -> Trunk:
-        rules.unknown_options(
-            "trunk", opts, ("port", "transport", "username", "password", "register", "from_domain")
-        )
-        name = rules.trunk_name(name)
-        host = rules.host(host)
-        port = rules.port(opts.get("port", 5060))
-        transport = rules.transport(opts.get("transport", "udp"))
-        username = rules.credential(opts.get("username", ""), "trunk username")
-        password = rules.credential(opts.get("password", ""), "trunk password")
-        register = bool(opts.get("register", False))
-        from_domain = opts.get("from_domain", "")
-        from_domain = rules.domain(from_domain, "from domain") if from_domain else ""
-        if register and not username:
-            raise ConfigError("a trunk that registers needs a username")
+        name, host, port, transport, username, password, register, from_domain = rules.new_trunk(name, host, opts)
         k, t = self._k, self._t
         key = k.trunk(tenant_id, name)
         for _ in range(MAX_ATTEMPTS):
@@ -485,11 +460,7 @@ class EtcdConfigStore:
     # --- outbound routes
 
     async def create_route(self, tenant_id: int, prefix: str, trunk_name: str, **opts) -> OutboundRoute:
-        rules.unknown_options("route", opts, ("strip", "prepend", "priority"))
-        prefix = rules.route_prefix(prefix)
-        strip = rules.strip(opts.get("strip", 0))
-        prepend = rules.prepend(opts.get("prepend", ""))
-        priority = rules.priority(opts.get("priority", 0))
+        prefix, strip, prepend, priority = rules.new_route(prefix, opts)
         k, t = self._k, self._t
         for _ in range(MAX_ATTEMPTS):
             await self._require_tenant(tenant_id)

@@ -1,5 +1,5 @@
 """Kafka backend of node.ports.EventBus (shared ACD queues and busy lamps across nodes)."""
 
-from cluster.kafka.bus import KafkaBus
+from cluster.kafka.bus import KafkaBus, open_bus
 
-__all__ = ["KafkaBus"]
+__all__ = ["KafkaBus", "open_bus"]

@@ -19,7 +19,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 
 from node.ports import BusRecord
 
-__all__ = ["KafkaBus"]
+__all__ = ["KafkaBus", "open_bus"]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +120,14 @@ class KafkaBus:
             if self._producer is not None:
                 producer, self._producer = self._producer, None
                 await producer.stop()
+
+
+def open_bus(cfg) -> KafkaBus | None:
+    """The node's bus from its config (``kafka_bootstrap``; ``node_id`` as client id), None when
+    no Kafka is configured. For the cluster backend to expose as ``bus`` (the runtime runs the
+    ACD on ``backend.bus`` when there is one) and to close in its ``aclose``."""
+    bootstrap = tuple(getattr(cfg, "kafka_bootstrap", ()) or ())
+    if not bootstrap:
+        return None
+    return KafkaBus(bootstrap, client_id=f"hivepbx-{getattr(cfg, 'node_id', 'node')}",
+                    replication_factor=int(getattr(cfg, "kafka_replication_factor", 1)))

@@ -16,7 +16,7 @@ STRATEGIES = ("ring-all", "longest-idle", "round-robin", "fewest-calls", "random
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _AGENT = re.compile(r"[0-9]{2,10}")
 _FIELDS = ("strategy", "priority", "members", "ring_timeout", "max_wait", "max_len", "overflow",
-           "wrapup", "retry_delay", "service_level", "join_empty")
+           "wrapup", "retry_delay", "service_level", "join_empty", "static_members")
 
 
 def queue_name(value: object) -> str:
@@ -40,7 +40,8 @@ class QueueConfig:
     ``max_len`` (None: unlimited) send callers to ``overflow`` (a destination for call control,
     e.g. "ext:200"; None: the call is refused). ``retry_delay``: rest after an agent misses an
     offer, so an agent whose phone rejects at once is not offered the same call in a loop.
-    ``join_empty``: callers may wait while no agent is logged in."""
+    ``join_empty``: callers may wait while no agent is logged in. ``static_members``: members
+    start logged in (no login step; they may still log out and pause)."""
 
     strategy: str = "longest-idle"
     priority: int = 0
@@ -53,6 +54,7 @@ class QueueConfig:
     retry_delay: float = 5.0
     service_level: float = 20.0
     join_empty: bool = True
+    static_members: bool = False
 
     @classmethod
     def from_dict(cls, data: object) -> "QueueConfig":
@@ -78,8 +80,9 @@ class QueueConfig:
         overflow = d["overflow"]
         if overflow is not None and (not isinstance(overflow, str) or not 0 < len(overflow) <= 200):
             raise ConfigError(f"queue overflow must be a destination string or null, not {overflow!r}")
-        if not isinstance(d["join_empty"], bool):
-            raise ConfigError(f"queue join_empty must be true or false, not {d['join_empty']!r}")
+        for flag in ("join_empty", "static_members"):
+            if not isinstance(d[flag], bool):
+                raise ConfigError(f"queue {flag} must be true or false, not {d[flag]!r}")
         return cls(
             strategy=d["strategy"], priority=prio, members=tuple(members),
             ring_timeout=_seconds(d["ring_timeout"], "queue ring_timeout", 1, 600),  # type: ignore[arg-type]
@@ -88,7 +91,7 @@ class QueueConfig:
             wrapup=_seconds(d["wrapup"], "queue wrapup", 0, 3600),  # type: ignore[arg-type]
             retry_delay=_seconds(d["retry_delay"], "queue retry_delay", 1, 600),  # type: ignore[arg-type]
             service_level=_seconds(d["service_level"], "queue service_level", 1, 3600),  # type: ignore[arg-type]
-            join_empty=d["join_empty"],
+            join_empty=d["join_empty"], static_members=d["static_members"],
         )
 
     def to_dict(self) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from node.acd.config import QueueConfig
 from node.acd.events import (
@@ -233,6 +233,58 @@ class AcdEngine:
                                a.owner, a.stats) for _, a in sorted(t.agents.items()))))
         return (self._now, self._offset, tuple(out))
 
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def export_state(self) -> dict:
+        """The whole state as JSON-able data: a node starts from it and replays only the records
+        after ``offset`` (the log need not be kept from the beginning)."""
+        tenants = {}
+        for tid, t in self._tenants.items():
+            tenants[str(tid)] = {
+                "queues": [{"name": q.name, "cfg": q.cfg.to_dict(), "waiting": q.waiting, "rr_last": q.rr_last,
+                            "answered_by": q.answered_by, "stats": asdict(q.stats)} for q in t.queues.values()],
+                "calls": [{"queue": c.queue, "call": c.call, "node": c.node, "priority": c.priority, "seq": c.seq,
+                           "joined": c.joined, "state": c.state, "ringing": c.ringing, "agent": c.agent,
+                           "answered": c.answered, "position": c.position} for c in t.calls.values()],
+                "agents": [{"name": a.name, "logged_in": a.logged_in, "paused": a.paused, "activity": a.activity,
+                            "call": a.call, "idle_since": a.idle_since, "rest_until": a.rest_until, "owner": a.owner,
+                            "stats": asdict(a.stats)} for a in t.agents.values()],
+            }
+        return {"version": 1, "now": self._now, "offset": self._offset, "arrivals": self._arrivals,
+                "seen": self._seen, "ignored": self.ignored, "tenants": tenants}
+
+    @classmethod
+    def from_state(cls, doc: dict) -> "AcdEngine":
+        """The engine ``export_state`` described; raises ValueError on a document it cannot use."""
+        try:
+            if doc.get("version") != 1:
+                raise ValueError(f"unknown ACD snapshot version {doc.get('version')!r}")
+            e = cls()
+            e._now, e._offset, e._arrivals = float(doc["now"]), int(doc["offset"]), int(doc["arrivals"])
+            e._seen = {str(k): int(v) for k, v in doc["seen"].items()}
+            e.ignored = int(doc["ignored"])
+            for tid, td in doc["tenants"].items():
+                tenant = int(tid)
+                t = e._tenants[tenant] = _Tenant()
+                for qd in td["queues"]:
+                    t.queues[qd["name"]] = _Queue(
+                        qd["name"], QueueConfig.from_dict(qd["cfg"]), waiting=list(qd["waiting"]), rr_last=qd["rr_last"],
+                        answered_by=dict(qd["answered_by"]), stats=QueueStats(**qd["stats"]))
+                for cd in td["calls"]:
+                    c = t.calls[cd["call"]] = _Call(**{**cd, "ringing": dict(cd["ringing"])})
+                    q = t.queues.get(c.queue)
+                    if c.state == WAITING and q is not None and q.cfg.max_wait is not None:
+                        e._push(c.joined + q.cfg.max_wait, _MAX_WAIT, tenant, c.call, "")
+                    for agent, when in c.ringing.items():
+                        e._push(when, _RING, tenant, c.call, agent)
+                for ad in td["agents"]:
+                    a = t.agents[ad["name"]] = _Agent(**{**ad, "stats": AgentStats(**ad["stats"])})
+                    if a.activity == WRAP_UP:
+                        e._push(a.rest_until, _REST, tenant, a.name, "")
+            return e
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"bad ACD snapshot: {err!r}") from None
+
     # ---- events --------------------------------------------------------------------------------
 
     def _event(self, ev: object) -> None:
@@ -317,6 +369,8 @@ class AcdEngine:
             return
         q.cfg = cfg
         for m in cfg.members:
+            if m not in t.agents and cfg.static_members:
+                self._agent(t, m).logged_in = True  # first seen here: starts logged in
             self._agent(t, m)
         if cfg.max_wait is not None:
             for cid in q.waiting:
@@ -520,19 +574,14 @@ class AcdEngine:
         free = {n for n, a in t.agents.items() if a.available}
         if not free:
             return
-        order = []
-        for q in t.queues.values():
-            if not free.intersection(q.cfg.members):
-                continue
-            for cid in q.waiting:
-                c = t.calls[cid]
-                if c.ringing and q.cfg.strategy != "ring-all":
-                    continue  # one agent at a time
-                order.append((-q.cfg.priority, -c.priority, c.seq, cid, q))
-        order.sort(key=lambda o: o[:3])
-        for _, _, _, cid, q in order:
+        # best first: queue priority, then each queue's own order (caller priority, arrival),
+        # merged lazily so a long queue costs nothing once the free agents are taken
+        streams = [self._ranked(t, q) for q in t.queues.values() if not free.isdisjoint(q.cfg.members)]
+        for _, _, _, cid, q in heapq.merge(*streams):
             if not free:
                 return
+            if t.calls[cid].ringing and q.cfg.strategy != "ring-all":
+                continue  # one agent at a time
             cands = [m for m in q.cfg.members if m in free]
             if not cands:
                 continue
@@ -547,6 +596,13 @@ class AcdEngine:
                 c.ringing[agent] = deadline
                 self._push(deadline, _RING, tenant, cid, agent)
                 self._out.append(Offer(tenant, q.name, cid, agent, c.node))
+
+    @staticmethod
+    def _ranked(t: _Tenant, q: _Queue):
+        prio = -q.cfg.priority
+        for cid in q.waiting:
+            c = t.calls[cid]
+            yield prio, -c.priority, c.seq, cid, q
 
     def _pick(self, t: _Tenant, q: _Queue, c: _Call, cands: list[str]) -> str:
         strategy = q.cfg.strategy

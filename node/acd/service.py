@@ -5,8 +5,9 @@ agent answered) and waits for the log to come back, because only the log's order
 on every node. Each node applies every record of every partition with one AcdEngine per
 partition and acts only on decisions about its own calls (``Decision.node``).
 
-On start a node replays the log from the beginning, then publishes NodeLeft(itself) to every
-partition: that both ends whatever a previous incarnation of the node left in the queues and
+On start a node loads the newest snapshot of each partition (``<topic>.snapshots``; every node
+writes one every ``snapshot_every`` records), replays the log after it, then publishes
+NodeLeft(itself) to every partition: that both ends whatever a previous incarnation of the node left in the queues and
 serves as the catch-up barrier (the node is ready once it has applied its own marker).
 
 Deadlines (ring timeout, max wait, wrap-up) fire when someone publishes a Tick: the node
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -35,7 +37,7 @@ from node.acd.events import (
     Connected, Decision, Envelope, Event, NodeLeft, OfferAnswered, OfferDeclined, Overflow, QueueConfigured,
     QueueRemoved, Tick, decode, encode,
 )
-from node.ports import EventBus
+from node.ports import BusRecord, EventBus
 
 __all__ = ["AcdService", "QueuedCall", "TOPIC", "DEFAULT_PARTITIONS"]
 
@@ -47,6 +49,10 @@ DEFAULT_PARTITIONS = 16
 RECORDS = Counter("hivepbx_acd_records", "ACD log records applied by this node", ["result"])
 DECISIONS = Counter("hivepbx_acd_decisions", "ACD decisions about this node's calls", ["kind"])
 TICKS = Counter("hivepbx_acd_ticks", "Ticks this node published for due ACD deadlines")
+SNAPSHOTS = Counter("hivepbx_acd_snapshots", "ACD state snapshots this node wrote")
+
+#: records of a partition between two snapshots (0: none; the log is replayed from its start)
+SNAPSHOT_EVERY = 5000
 
 
 def tenant_key(tenant: int) -> str:
@@ -88,7 +94,8 @@ class QueuedCall:
 
 class AcdService:
     def __init__(self, bus: EventBus, node: str, *, topic: str = TOPIC, partitions: int = DEFAULT_PARTITIONS,
-                 clock: Callable[[], float] = time.time, tick_grace: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.time, tick_grace: float = 2.0,
+                 snapshot_every: int = SNAPSHOT_EVERY) -> None:
         if not node:
             raise ValueError("node id is empty")
         self.node = node
@@ -106,6 +113,12 @@ class AcdService:
         self._calls: dict[tuple[int, str], QueuedCall] = {}
         self._ticked: dict[int, tuple[float, float]] = {}  # partition -> (deadline, when published)
         self._tasks: list[asyncio.Task] = []
+        self._snap_topic = topic + ".snapshots"
+        self._snap_every = snapshot_every
+        self._snapped: list[int] = []  # per partition: offset of the last snapshot taken or loaded
+        self._snap_queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        #: partition -> offset of the snapshot this node started from (tests, health)
+        self.restored: dict[int, int] = {}
         self.ready = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -114,9 +127,17 @@ class AcdService:
         n = await self._bus.ensure_topic(self._topic, self._want_partitions)
         self._engines = [AcdEngine() for _ in range(n)]
         self._applied = [-1] * n
+        self._snapped = [-1] * n
+        if self._snap_every > 0:
+            await self._load_snapshots(n, timeout)
+            self._tasks.append(asyncio.create_task(self._write_snapshots(), name=f"acd-snapshots-{self.node}"))
         self._tasks.append(asyncio.create_task(self._consume(), name=f"acd-consume-{self.node}"))
-        marks = [await self._publish(NodeLeft(self.node), partition=p) for p in range(n)]
-        await asyncio.wait_for(self._wait_applied(marks), timeout)
+        try:
+            marks = [await self._publish(NodeLeft(self.node), partition=p) for p in range(n)]
+            await asyncio.wait_for(self._wait_applied(marks), timeout)
+        except BaseException:
+            await self.close()
+            raise
         self.ready = True
         self._tasks.append(asyncio.create_task(self._timer(), name=f"acd-timer-{self.node}"))
         log.info("acd ready on %s: %d partitions replayed to %s", self.node, n, self._applied)
@@ -199,6 +220,25 @@ class AcdService:
         for p in range(len(self._engines)):
             await self._publish(NodeLeft(node), partition=p)
 
+    def follow(self, membership) -> Callable[[], None]:
+        """Publish NodeLeft when ``membership`` (node.ports.Membership) says a node left; returns
+        the unsubscribe. Every node does it: the repeats are no-ops in the engine."""
+
+        def on_event(event: str, node: str, info: dict | None) -> None:
+            if event == "left" and node != self.node and self.ready:
+                task = asyncio.get_running_loop().create_task(self._node_left_logged(node))
+                self._tasks.append(task)
+                task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+        return membership.watch(on_event)
+
+    async def _node_left_logged(self, node: str) -> None:
+        try:
+            await self.node_left(node)
+            log.info("acd: node %s left: its calls left the queues", node)
+        except Exception:
+            log.exception("acd: could not publish that node %s left", node)
+
     # ---- reads ---------------------------------------------------------------------------------
 
     async def sync(self, timeout: float = 10.0) -> list[tuple[int, int]]:
@@ -266,31 +306,99 @@ class AcdService:
         self._progress = asyncio.Event()
 
     async def _consume(self) -> None:
-        async for rec in self._bus.subscribe(self._topic):
-            if rec.partition >= len(self._engines):
-                RECORDS.labels("bad").inc()
-                continue
+        """Apply the log; if reading fails (broker gone), read on from where we were."""
+        while True:
+            start = {p: off + 1 for p, off in enumerate(self._applied)}
             try:
-                env = decode(rec.value)
-            except ValueError as e:
-                RECORDS.labels("bad").inc()
-                log.warning("acd: skipping bad record %s/%d@%d: %s", rec.topic, rec.partition, rec.offset, e)
-                self._applied[rec.partition] = max(self._applied[rec.partition], rec.offset)
-                self._progressed()
-                continue
-            try:
-                decisions = self._engines[rec.partition].apply(rec.offset, env)
-            except Exception:  # an engine bug must not stop the node's ACD: log it loudly
-                RECORDS.labels("failed").inc()
-                log.exception("acd: record %d@%d failed to apply", rec.partition, rec.offset)
-                decisions = []
-            else:
-                RECORDS.labels("applied").inc()
+                async for rec in self._bus.subscribe(self._topic, start):
+                    self._apply(rec)
+                return  # the bus was closed
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                RECORDS.labels("read_error").inc()
+                log.exception("acd: reading %s failed; reading on in 1 s", self._topic)
+                await asyncio.sleep(1.0)
+
+    def _apply(self, rec: BusRecord) -> None:
+        if rec.partition >= len(self._engines):
+            RECORDS.labels("bad").inc()
+            return
+        try:
+            env = decode(rec.value)
+        except ValueError as e:
+            RECORDS.labels("bad").inc()
+            log.warning("acd: skipping bad record %s/%d@%d: %s", rec.topic, rec.partition, rec.offset, e)
             self._applied[rec.partition] = max(self._applied[rec.partition], rec.offset)
-            for d in decisions:
-                if d.node == self.node:
-                    self._route(d)
             self._progressed()
+            return
+        try:
+            decisions = self._engines[rec.partition].apply(rec.offset, env)
+        except Exception:  # an engine bug must not stop the node's ACD: log it loudly
+            RECORDS.labels("failed").inc()
+            log.exception("acd: record %d@%d failed to apply", rec.partition, rec.offset)
+            decisions = []
+        else:
+            RECORDS.labels("applied").inc()
+        self._applied[rec.partition] = max(self._applied[rec.partition], rec.offset)
+        self._maybe_snapshot(rec.partition)
+        for d in decisions:
+            if d.node == self.node:
+                self._route(d)
+        self._progressed()
+
+    # ---- snapshots: start from a recent state instead of the log's beginning ---------------------
+
+    async def _load_snapshots(self, n: int, timeout: float) -> None:
+        """Latest snapshot per partition from the snapshot topic (compacted on a real cluster,
+        key = partition), read up to a marker we publish ourselves."""
+        await self._bus.ensure_topic(self._snap_topic, 1)
+        _, mark = await self._bus.publish(self._snap_topic, "marker", b"{}", partition=0)
+        best: dict[int, dict] = {}
+        it = self._bus.subscribe(self._snap_topic)
+
+        async def read() -> None:
+            async for rec in it:
+                if rec.key.startswith("partition:"):
+                    try:
+                        doc = json.loads(rec.value)
+                        p, off = int(doc["partition"]), int(doc["offset"])
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("acd: unreadable snapshot record at %d", rec.offset)
+                    else:
+                        if 0 <= p < n and off > best.get(p, {}).get("offset", -1):
+                            best[p] = doc
+                if rec.offset >= mark:
+                    return
+
+        try:
+            await asyncio.wait_for(read(), timeout)
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+        for p, doc in best.items():
+            try:
+                engine = AcdEngine.from_state(doc["state"])
+            except ValueError as e:
+                log.warning("acd: snapshot of partition %d unusable (%s): replaying its log", p, e)
+                continue
+            self._engines[p] = engine
+            self._applied[p] = self._snapped[p] = self.restored[p] = engine.offset
+
+    def _maybe_snapshot(self, p: int) -> None:
+        if self._snap_every > 0 and self._applied[p] - self._snapped[p] >= self._snap_every:
+            self._snapped[p] = self._applied[p]
+            doc = {"partition": p, "offset": self._applied[p], "node": self.node,
+                   "state": self._engines[p].export_state()}
+            self._snap_queue.put_nowait((p, json.dumps(doc, separators=(",", ":")).encode()))
+
+    async def _write_snapshots(self) -> None:
+        while True:
+            p, raw = await self._snap_queue.get()
+            try:
+                await self._bus.publish(self._snap_topic, f"partition:{p}", raw, partition=0)
+                SNAPSHOTS.inc()
+            except Exception:
+                log.exception("acd: writing the snapshot of partition %d failed", p)
 
     def _route(self, d: Decision) -> None:
         qc = self._calls.get((d.tenant, d.call))

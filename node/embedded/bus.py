@@ -3,7 +3,9 @@
 It behaves like the Kafka bus where the contract cares (per-partition order, stable key to
 partition, replay from any offset, explicit partitions for broadcasts) so the ACD service runs
 on either unchanged and the same contract tests hold for both. Nothing survives the process:
-a single node has no one to share its queues with.
+a single node has no one to share its queues with. ``max_records`` bounds each partition
+like Kafka's retention (oldest records go; offsets keep counting; a reader behind the start
+jumps to it), so a long-running node's memory stays flat.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ __all__ = ["InMemoryBus"]
 
 
 class _Topic:
-    __slots__ = ("name", "logs", "changed")
+    __slots__ = ("name", "logs", "base", "changed")
 
     def __init__(self, name: str, partitions: int) -> None:
         self.name = name
         self.logs: list[list[tuple[str, bytes]]] = [[] for _ in range(partitions)]
+        self.base = [0] * partitions  # offset of logs[p][0]
         # a fresh Event per wake-up: set() wakes every reader waiting on the old one
         self.changed = asyncio.Event()
 
@@ -30,10 +33,13 @@ class _Topic:
 class InMemoryBus:
     """Ordered, replayable, in memory. Single event loop; publish never blocks."""
 
-    def __init__(self, *, default_partitions: int = 4) -> None:
+    def __init__(self, *, default_partitions: int = 4, max_records: int | None = None) -> None:
         if default_partitions < 1:
             raise ValueError("default_partitions must be >= 1")
+        if max_records is not None and max_records < 1:
+            raise ValueError("max_records must be >= 1 or None")
         self._default = default_partitions
+        self._max = max_records
         self._topics: dict[str, _Topic] = {}
         self._closed = False
 
@@ -71,9 +77,14 @@ class InMemoryBus:
             raise ValueError(f"partition {partition} out of range 0..{n - 1} for {topic!r}")
         log = t.logs[partition]
         log.append((key, bytes(value)))
+        offset = t.base[partition] + len(log) - 1
+        if self._max is not None and len(log) > self._max + self._max // 4:
+            drop = len(log) - self._max  # in chunks: a list's head is costly to cut one at a time
+            del log[:drop]
+            t.base[partition] += drop
         t.changed.set()
         t.changed = asyncio.Event()
-        return partition, len(log) - 1
+        return partition, offset
 
     async def subscribe(self, topic: str, start: dict[int, int] | None = None) -> AsyncIterator[BusRecord]:
         t = self._topic(topic, True)
@@ -82,8 +93,12 @@ class InMemoryBus:
             waiter = t.changed
             progressed = False
             for p, log in enumerate(t.logs):
-                while pos[p] < len(log):
-                    key, value = log[pos[p]]
+                while True:
+                    pos[p] = max(pos[p], t.base[p])  # trimmed meanwhile: on from the oldest kept
+                    i = pos[p] - t.base[p]
+                    if i >= len(log):
+                        break
+                    key, value = log[i]
                     yield BusRecord(topic, p, pos[p], key, value)
                     pos[p] += 1
                     progressed = True

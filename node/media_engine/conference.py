@@ -11,6 +11,7 @@ per member is taking its frame and sending its packet.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +31,14 @@ class Conference:
         self.name = name
         self.members: list[MediaEndpoint] = []
         self._mixer = _mixer_of(engine)
+        #: 20 ms frames everyone hears on top of the mix (entry / exit tones), in order
+        self._overlay: deque[np.ndarray] = deque()
+
+    def overlay(self, samples: np.ndarray) -> None:
+        """Let every member hear ``samples`` (8 kHz int16) on top of the mix, from the next tick."""
+        x = np.asarray(samples, dtype=np.int16)
+        x = np.concatenate([x, np.zeros((-len(x)) % FRAME, dtype=np.int16)])
+        self._overlay.extend(x.reshape(-1, FRAME).astype(np.int32))
 
     def add(self, ep: "MediaEndpoint") -> None:
         if ep in self.members:
@@ -62,6 +71,7 @@ class _Mixer:
         self._starts = np.zeros(0, dtype=np.intp)
         self._owner = np.zeros(0, dtype=np.intp)
         self._buf = np.zeros((0, FRAME), dtype=np.int16)
+        self._confs: list[Conference] = []
 
     def join(self, conf: Conference) -> None:
         if conf not in self.conferences:
@@ -79,6 +89,7 @@ class _Mixer:
 
     def _layout(self) -> None:
         confs = [c for c in self.conferences if c.members]
+        self._confs = confs
         self._members = [ep for c in confs for ep in c.members]
         sizes = [len(c.members) for c in confs]
         self._starts = np.cumsum([0] + sizes[:-1]).astype(np.intp)
@@ -102,6 +113,10 @@ class _Mixer:
                 buf[i] = frame
         wide = buf.astype(np.int32)
         heard = np.add.reduceat(wide, self._starts, axis=0)[self._owner] - wide
+        for ci, conf in enumerate(self._confs):
+            if conf._overlay:
+                start = int(self._starts[ci])
+                heard[start:start + len(conf.members)] += conf._overlay.popleft()
         np.clip(heard, -32768, 32767, out=heard)
         heard = heard.astype(np.int16)
         ulaw = g711.encode_array(g711.PCMU, heard)

@@ -16,7 +16,6 @@ not a thousand encoders.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -32,11 +31,10 @@ from node.media.tones import FRAME, TONES, render
 from node.media.wav import read_wav
 from node.rtp_engine.errors import RelayError
 from node.rtp_engine.port_pool import PortPool
+from node.rtp_engine.sockets import bind_pair, has_ipv6, normalize_host
 
 log = logging.getLogger("hivepbx.media")
 
-_BIND_ATTEMPTS = 16
-_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _CACHE_ENTRIES = 256
 
 
@@ -50,7 +48,7 @@ class MediaEngine:
     def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, period: float = 0.020) -> None:
         self.pool = pool
         if bind_host == "":
-            bind_host = "::" if _has_ipv6() else "0.0.0.0"
+            bind_host = "::" if has_ipv6() else "0.0.0.0"
         self.bind_host = bind_host
         self.family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
         self.dual_stack = self.family == socket.AF_INET6 and bind_host == "::"
@@ -119,44 +117,11 @@ class MediaEngine:
             self.pool.release(ep.local_port)
 
     def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
-        last: OSError | None = None
-        for _ in range(min(_BIND_ATTEMPTS, self.pool.capacity)):
-            port = self.pool.acquire()
-            socks: list[socket.socket] = []
-            try:
-                for p in (port, port + 1):
-                    s = socket.socket(self.family, _DGRAM_NONBLOCK)
-                    socks.append(s)
-                    if self.dual_stack:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    s.bind((self.bind_host, p))
-                return port, socks[0], socks[1]
-            except OSError as e:
-                for s in socks:
-                    s.close()
-                self.pool.release(port)
-                if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise RelayError(f"cannot bind RTP socket on {self.bind_host}:{port}: {e}") from e
-                last = e
-        raise RelayError(f"no bindable RTP port pair on {self.bind_host}: {last}", 503)
+        return bind_pair(self.pool, self.family, self.bind_host, self.dual_stack)
 
     def normalize(self, host: str) -> str | None:
         """``host`` as the kernel reports sources on our sockets; None for 0.0.0.0 / ::."""
-        try:
-            if self.family == socket.AF_INET:
-                packed = socket.inet_pton(socket.AF_INET, host)
-                return None if packed == b"\0\0\0\0" else socket.inet_ntop(socket.AF_INET, packed)
-            if ":" not in host:
-                packed4 = socket.inet_pton(socket.AF_INET, host)
-                if packed4 == b"\0\0\0\0":
-                    return None
-                if not self.dual_stack:
-                    raise RelayError(f"IPv4 media address {host} on an IPv6-only engine", 488)
-                host = "::ffff:" + socket.inet_ntop(socket.AF_INET, packed4)
-            packed = socket.inet_pton(socket.AF_INET6, host)
-            return None if packed == bytes(16) else socket.inet_ntop(socket.AF_INET6, packed)
-        except OSError:
-            raise RelayError(f"media address {host!r} is not an IP address", 488) from None
+        return normalize_host(host, self.family, self.dual_stack, "engine")
 
     # ------------------------------------------------------------------ the clock
     def add_ticker(self, t: Ticker) -> None:
@@ -256,14 +221,3 @@ class _Drain(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         pass
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False

@@ -44,6 +44,9 @@ DEFAULT_PROMPTS: dict[str, str] = {
     "goodbye": "Thank you for calling. Goodbye.",
     "closed": "Our office is now closed. Please call again during business hours.",
     "hold": "Please hold. Your call is important to us.",
+    "conf-pin": "Please enter the conference PIN, followed by the pound key.",
+    "conf-bad-pin": "That PIN is not valid.",
+    "conf-full": "This conference is full. Please try again later.",
 }
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")

@@ -62,6 +62,8 @@ log = logging.getLogger("hivepbx.app")
 USER_AGENT = "hivepbx"
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
 _RETRY_STATUSES = frozenset((408, 500, 502, 503, 504))
+#: a transfer's plan reached an application target (internal status, never sent)
+_APP_REACHED = 1
 #: an application: ``await run(ctx, name, document)``
 AppFn = Callable[["AppContext", str, dict], Awaitable[None]]
 #: kind of feature object → application (filled by the application modules on import)
@@ -93,6 +95,8 @@ class AppContext:
         self.tenant = call.tenant
         self.caller = call.caller
         self.config = call.host.config
+        #: why the application was reached (``AppTarget.arg``: voicemail's "busy" / "unavailable")
+        self.arg = ""
 
     @property
     def endpoint(self) -> "MediaEndpoint":
@@ -146,6 +150,21 @@ class AppRuntime:
         call = AppCall(host, self, req, txn, flow, plan, caller)
         host._spawn(call.setup())
 
+    def take_over(self, host: "PbxService", call, app) -> None:
+        """A ringing ``Call`` whose plan reached an application (``Target.app``: voicemail
+        after busy / no answer): answer its caller here. The application call keeps the
+        call's id, start and to-tag (one CDR, the early dialog's tag) and its external-call
+        slot; busy lamps see the ringing call end and the application call begin."""
+        plan = RoutePlan(call.tenant, call.plan.direction, call.plan.callee, external=call.plan.external, app=app)
+        ac = AppCall(host, self, call.invite, call.txn, call.a_flow, plan, call.caller)
+        ac.id, ac.start, ac.a_tag = call.id, call.start, call.a_tag
+        ac.counts_external, call.counts_external = call.counts_external, False
+        ac.taken_over = True
+        host.calls[ac.id] = ac
+        call.txn.tu = None  # a CANCEL from now on marks the transaction; setup answers 487
+        host._call_state(call, "terminated")
+        host._spawn(ac.setup())
+
 
 class AppCall:
     def __init__(self, host: "PbxService", apps: AppRuntime, invite: Request, txn, flow: Flow,
@@ -190,6 +209,10 @@ class AppCall:
         self._xfer_plan: RoutePlan | None = None
         self._attempt_first = 0
         self._attempt_timer: asyncio.TimerHandle | None = None
+        #: answering a ringing Call's caller (``AppRuntime.take_over``): already counted
+        self.taken_over = False
+        #: a transfer reached an application target (an extension's voicemail)
+        self._xfer_app = None
 
     # ------------------------------------------------------------------ answer
     async def setup(self) -> None:
@@ -199,7 +222,7 @@ class AppCall:
                 self._reject(415, None, [("Accept", "application/sdp")])
                 return
             plan = self.plan
-            if plan.external:
+            if plan.external and not self.taken_over:
                 limit = self.tenant.max_calls
                 if limit and host._external.get(self.tenant.id, 0) >= limit:
                     self.hangup_cause = "tenant-call-limit"
@@ -225,7 +248,8 @@ class AppCall:
                 return
             txn.tu = self
             host.calls[self.id] = self
-            M.call_started()
+            if not self.taken_over:
+                M.call_started()
             if otrace.enabled():
                 self.span = otrace.tracer().start_span("call", attributes={
                     "hivepbx.tenant": self.tenant.name, "hivepbx.direction": plan.direction,
@@ -258,7 +282,8 @@ class AppCall:
         self.disposition = _disposition(status)
         self.hangup_cause = self.hangup_cause or f"sip-{status}"
         self.host.calls[self.id] = self
-        M.call_started()
+        if not self.taken_over:
+            M.call_started()
         self.state = CallState.ENDED
         self.host.call_ended(self)  # type: ignore[arg-type]
 
@@ -266,7 +291,7 @@ class AppCall:
         app = self.plan.app
         assert app is not None
         try:
-            await self.run_app(app.kind, app.name)
+            await self.run_app(app.kind, app.name, app.arg)
         except asyncio.CancelledError:
             return
         except Exception:
@@ -275,7 +300,7 @@ class AppCall:
             self.hangup_cause = self.hangup_cause or "app-done"
             self.hangup_both("app-done")
 
-    async def run_app(self, kind: str, name: str) -> bool:
+    async def run_app(self, kind: str, name: str, arg: str = "") -> bool:
         fn = APPS.get(kind)
         doc = await self.host.config.get_object(self.tenant.id, kind, name) if fn is not None else None
         if fn is None or doc is None:
@@ -286,7 +311,9 @@ class AppCall:
             if self._depth > 16:
                 log.warning("application nesting too deep at %s %s", kind, name)
                 return False
-            await fn(AppContext(self), name, doc)
+            ctx = AppContext(self)
+            ctx.arg = arg
+            await fn(ctx, name, doc)
             return True
         finally:
             self._depth -= 1
@@ -426,6 +453,15 @@ class AppCall:
                 timer.cancel()
             self._cancel_attempt_timer()
             self._xfer = None
+        app, self._xfer_app = self._xfer_app, None
+        if app is not None:
+            # the destination's plan ended in an application (its voicemail): run it here
+            self.ep.stop_output()
+            if self.b_ep is not None:
+                self.b_ep.close()
+                self.b_ep = None
+            ok = await self.run_app(app.kind, app.name, app.arg)
+            return TransferResult(False, 200 if ok else 404, number)
         if status == 200:
             self.transferred_to = number
             log.info("application call transferred to %s", number)
@@ -468,6 +504,13 @@ class AppCall:
             return False
         self._attempt_first = len(self.legs)
         for target in plan.attempts[self._xfer_attempt]:
+            if target.app is not None:
+                for leg in self.legs:
+                    if leg.final == 0:
+                        self._cancel_leg(leg)
+                self._xfer_app = target.app
+                self._xfer_done(_APP_REACHED)
+                return True
             try:
                 flow = self.host.flow_for(target)
             except OSError as e:

@@ -24,6 +24,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from node.model import Cdr
+from node.pbx import hold, recording
 from node.pbx.routing import RoutePlan, Target
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
@@ -145,6 +146,12 @@ class Call:
         self.counts_external = False
         #: requests forwarded and not yet answered, per side they were sent to
         self.pending: dict[str, Forwarded | None] = {"a": None, "b": None}
+        #: the SDP the answering side gave (a transfer offers it to the new party)
+        self.b_sdp = b""
+        #: a transfer in progress (node/pbx/transfer.py), told about BYEs and the call's end
+        self.transfer = None
+        #: the side of the party the CDR calls the caller (a transfer can move it to b)
+        self.caller_side = "a"
 
     # ------------------------------------------------------------------ start
     def start_routing(self) -> None:
@@ -166,6 +173,8 @@ class Call:
             return False
         self._attempt_first = len(self.legs)
         for target in self.plan.attempts[self.attempt]:
+            if target.app is not None:
+                return self._to_application(target)
             try:
                 flow = self.host.flow_for(target)
             except OSError as e:
@@ -181,6 +190,26 @@ class Call:
                 return self._goto_attempt(self.plan.rules[self.attempt].on_fail)
             return self._next_attempt()
         self._arm_attempt_timer()
+        return True
+
+    def _to_application(self, target: Target) -> bool:
+        """The plan reached an application (voicemail after busy / no answer): the node
+        answers the caller itself (node/pbx/app_call.py ``AppRuntime.take_over``), which
+        keeps this call's id and start (one CDR); this call ends without one of its own."""
+        apps = self.host.apps
+        if apps is None:
+            return False
+        for leg in self.legs:
+            if leg.final == 0:
+                self._cancel_leg(leg)
+        self._cancel_ring_timer()
+        self._cancel_attempt_timer()
+        self.state = CallState.ENDED
+        if self.media is not None:
+            self.media.close()
+        if self.span is not None:
+            self.span.end()
+        apps.take_over(self.host, self, target.app)
         return True
 
     # ------------------------------------------------------------------ attempts with rules
@@ -277,6 +306,7 @@ class Call:
             headers.append(("P-Asserted-Identity", f"<sip:{number}@{from_domain}>"))
         if self.plan.privacy:
             headers.append(("Privacy", "id"))
+        headers.extend(self.plan.extra_headers)
         if auth_header is not None:
             headers.append(auth_header)
         body = b""
@@ -385,6 +415,7 @@ class Call:
                 self.host.endpoint.send_stateless(leg.ack, leg.flow)
             return
         self.answered_leg = leg
+        self.b_sdp = resp.body
         leg.final = resp.status
         self.host.register_dialog(leg.dialog.call_id, leg.dialog.local_tag, self, "b")
         for other in self.legs:
@@ -412,6 +443,7 @@ class Call:
         self._cancel_ring_timer()
         self._cancel_attempt_timer()
         self.host.call_answered(self)
+        self._media_features_answered()
 
     def _answer_a(self, body: bytes) -> None:
         headers = [("Contact", self._a_contact()), ("Allow", _ALLOW)]
@@ -506,9 +538,16 @@ class Call:
         if not dialog.accepts(req):
             self.host.endpoint.send_response(make_response(req, 500, "Server Internal Error (CSeq out of order)"))
             return
+        if method == "REFER":
+            from node.pbx import transfer
+
+            transfer.on_refer(self, side, req)
+            return
         if method == "BYE":
+            if self.transfer is not None and self.transfer.on_bye(side, req):
+                return
             self.host.endpoint.send_response(make_response(req, 200, None))
-            self.hangup_cause = "caller-bye" if side == "a" else "callee-bye"
+            self.hangup_cause = "caller-bye" if side == self.caller_side else "callee-bye"
             self._bye_side("b" if side == "a" else "a")
             self.end()
             return
@@ -581,6 +620,8 @@ class Call:
             headers.append(("Contact", self._a_contact() if fwd.from_side == "a" else self._b_contact()))
         out = make_response(req, resp.status, resp.reason, headers=headers, body=body)
         ep.send_response(out)
+        if req.method in ("INVITE", "UPDATE") and 200 <= resp.status < 300 and req.body and resp.body:
+            self._media_offer_answered(fwd.from_side, req.body, resp.body)
 
     def on_forwarded_timeout(self, fwd: Forwarded) -> None:
         other = "b" if fwd.from_side == "a" else "a"
@@ -695,14 +736,33 @@ class Call:
         if self.state is CallState.ENDED:
             return
         self.state = CallState.ENDED
+        if self.transfer is not None:
+            self.transfer.abort()
         self._cancel_ring_timer()
         self._cancel_attempt_timer()
         if self._retrans_timer is not None:
             self._retrans_timer.cancel()
             self._retrans_timer = None
+        self._media_features_ended()
         if self.media is not None:
             self.media.close()
         self.host.call_ended(self)
+
+    # ------------------------------------------------------------------ media features
+    # (music on hold: node/pbx/hold.py; call recording: node/pbx/recording.py)
+    def _media_features_answered(self) -> None:
+        if self.media is not None:
+            recording.on_answered(self)
+
+    def _media_offer_answered(self, offerer: str, offer: bytes, answer: bytes) -> None:
+        if self.media is not None:
+            hold.on_offer_answered(self, offerer, offer, answer)
+
+    def _media_features_ended(self) -> None:
+        if getattr(self, "hold", None) is not None:
+            hold.on_call_ended(self)
+        if getattr(self, "recorder", None) is not None:
+            recording.on_call_ended(self)
 
     def cdr(self) -> Cdr:
         return Cdr(

@@ -196,7 +196,10 @@ class Ctx:
                 doc = time_switch.validate(await self.config.get_object(self.tenant.id, kind, d.value))
                 return await time_switch.compile_switch(self, d.value, doc)
             doc = await forwarding.load(self.config, self.tenant.id, d.value)
-            return await forwarding.compile_extension(self, d.value, forwarding.validate(doc) if doc else doc, ring)
+            frag = await forwarding.compile_extension(self, d.value, forwarding.validate(doc) if doc else doc, ring)
+            from node.pbx import voicemail  # its mailbox answers busy / no answer (when enabled)
+
+            return await voicemail.fallback(self, d.value, frag)
         except ConfigError as e:
             # a document written around its feature's checks (another tool, an old version)
             log.warning("tenant %s: %s %s is misconfigured: %s", self.tenant.name, kind, d.value, e)
@@ -238,7 +241,13 @@ async def _needs_features(config: ConfigStore, tenant_id: int, number: str) -> b
     kind = await destinations.internal_kind(config, tenant_id, number)
     if kind in destinations.DIALLABLE_KINDS:
         return True
-    return kind == "extension" and not forwarding.is_plain(await forwarding.load(config, tenant_id, number))
+    if kind != "extension":
+        return False
+    if not forwarding.is_plain(await forwarding.load(config, tenant_id, number)):
+        return True
+    from node.pbx import voicemail
+
+    return await voicemail.enabled(config, tenant_id, number)
 
 
 async def plan_outgoing(
@@ -261,6 +270,10 @@ async def plan_outgoing(
             plan.fail_status, plan.fail_reason = fc.status, fc.reason
             return plan
         dialled, privacy = fc.dial, fc.privacy
+        if fc.feature == "page":
+            from node.pbx import paging
+
+            return await paging.plan(tenant, caller, dialled, config, locations)
     internal = await destinations.internal_kind(config, tenant.id, dialled) is not None
     why_not = await screening.check_dial(config, tenant.id, caller.number, dialled, internal)
     if why_not is not None:

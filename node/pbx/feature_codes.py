@@ -44,9 +44,23 @@ ACTIONS = {
     "daynight_day": (False, False, True),
     "daynight_night": (False, False, True),
     "hide_callerid": (True, False, False),
+    # node/pbx/speed_dial.py, node/pbx/pickup.py, node/pbx/paging.py: dial the code then an index / extension
+    "speed_dial": (True, False, False),
+    "pickup": (False, False, False),
+    "directed_pickup": (True, False, False),
+    "page": (True, False, False),
 }
 FORWARD_TYPES = ("unconditional", "busy", "no_answer", "unreachable")
 DONE_STATUS = 603
+#: actions that are an application the node answers with (the voicemail menu): action → fn
+APPLICATIONS: dict = {}
+
+
+def register_application(action: str, fn) -> None:
+    """A code whose action is a dialogue with the caller (``await fn(ctx, code, doc)``)
+    instead of a beep: answered by the node like a done feature call."""
+    ACTIONS[action] = (False, False, False)
+    APPLICATIONS[action] = fn
 
 
 def code(value: object) -> str:
@@ -101,6 +115,8 @@ class Outcome:
     privacy: bool = False
     #: the code that matched
     code: str = ""
+    #: a call feature the dialled number goes on to ('page': call it with auto-answer)
+    feature: str = ""
 
 
 def match(codes: dict[str, dict], dialled: str) -> tuple[str, dict, str] | None:
@@ -132,14 +148,28 @@ async def handle(config: ConfigStore, tenant_id: int, ext: str, dialled: str) ->
         return Outcome(484, f"Address Incomplete (dial {c} then a number)")
     try:
         out = await _run(config, tenant_id, ext, action, doc, rest)
-        return Outcome(out.status, out.reason, out.dial, out.privacy, c)
+        return Outcome(out.status, out.reason, out.dial, out.privacy, c, out.feature)
     except ConfigError as e:
         return Outcome(e.status_hint if e.status_hint in (403, 404, 409) else 484, _phrase(str(e)))
 
 
 async def _run(config: ConfigStore, tenant_id: int, ext: str, action: str, doc: dict, rest: str) -> Outcome:
+    if action in APPLICATIONS:
+        return Outcome(DONE_STATUS, f"Done: {action.replace('_', ' ')}")
     if action == "hide_callerid":
         return Outcome(dial=rest, privacy=True)
+    if action == "speed_dial":
+        from node.pbx import speed_dial
+
+        number = await speed_dial.lookup(config, tenant_id, ext, rest)
+        if number is None:
+            return Outcome(404, f"Not Found (no speed dial {rest})")
+        return Outcome(dial=number)
+    if action == "page":
+        return Outcome(dial=rest, feature="page")
+    if action in ("pickup", "directed_pickup"):
+        # a ringing call is picked up before the dial plan runs (node/pbx/pickup.py): none was
+        return Outcome(480, "Temporarily Unavailable (no ringing call to pick up)")
     if action.startswith("dnd_"):
         current = bool((await forwarding.load(config, tenant_id, ext)).get("dnd"))
         on = {"dnd_on": True, "dnd_off": False}.get(action, not current)
@@ -170,6 +200,10 @@ async def _run(config: ConfigStore, tenant_id: int, ext: str, action: str, doc: 
 async def confirm(ctx, code: str, doc: dict) -> None:
     """The application a done feature call runs (node/pbx/app_call.py): a beep, then the
     node hangs up."""
+    fn = APPLICATIONS.get(doc.get("action"))
+    if fn is not None:
+        await fn(ctx, code, doc)
+        return
     ctx.endpoint.tone("beep")
     await asyncio.sleep(BEEP_SECONDS)
     ctx.endpoint.stop_output()

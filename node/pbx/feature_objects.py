@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from node.config_rules import ConfigError
-from node.pbx import feature_codes, forwarding, hunt_groups, screening, time_switch
+from node.pbx import (
+    feature_codes, forwarding, hunt_groups, paging, park, pickup, screening, speed_dial, time_switch,
+)
 from node.ports import ConfigStore
 
 Saver = Callable[[ConfigStore, int, str, dict], Awaitable[dict]]
@@ -34,6 +36,10 @@ SAVERS: dict[str, Saver] = {
     time_switch.HOLIDAYS: time_switch.save_holidays,
     time_switch.DAYNIGHT: _daynight,
     feature_codes.KIND: feature_codes.save,
+    speed_dial.KIND: speed_dial.save,
+    paging.KIND: paging.save,
+    pickup.KIND: pickup.save,
+    park.KIND: park.save,
     screening.CALLER_ID: screening.save_caller_id,
     screening.COS: screening.save_cos,
     screening.BLOCK_LIST: _single("inbound", screening.save_block_list),

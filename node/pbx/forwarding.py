@@ -6,6 +6,8 @@
      "busy": "1009",                           # when the phones answer busy (or DND is on)
      "no_answer": "2000", "no_answer_ring": 15,  # after ring time (seconds)
      "unreachable": "tel:017012345",           # when no phone is registered
+                                               # (busy / no_answer / unreachable may be "voicemail":
+                                               #  the extension's own mailbox, node/pbx/voicemail.py)
      "follow_me": {"mode": "ordered",          # or "simultaneous"
                    "destinations": [{"to": "1001", "ring": 10}, {"to": "tel:017012345", "ring": 20}]},
      "active": {"weekdays": "mon-fri", "time": "08:00-18:00"}}   # optional: when forwards/follow-me apply
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from node.pbx.dialplan import Ctx, Frag
 
 KIND = "forwarding"
+#: a busy / no-answer / unreachable forward to the extension's own voicemail
+VOICEMAIL = "voicemail"
 _DESTS = ("unconditional", "busy", "no_answer", "unreachable")
 _KEYS = ("dnd", "no_answer_ring", "follow_me", "active") + _DESTS
 MAX_FOLLOW_ME = 10
@@ -51,7 +55,9 @@ def validate(doc: object) -> dict:
     if not isinstance(out["dnd"], bool):
         raise ConfigError(f"dnd must be true or false, not {out['dnd']!r}")
     for key in _DESTS:
-        if doc.get(key) not in (None, ""):
+        if doc.get(key) == VOICEMAIL and key != "unconditional":
+            out[key] = VOICEMAIL  # the extension's own mailbox (node/pbx/voicemail.py)
+        elif doc.get(key) not in (None, ""):
             out[key] = str(destinations.parse(doc[key], f"forward {key.replace('_', ' ')} destination"))
     if "no_answer_ring" in doc:
         out["no_answer_ring"] = _ring(doc["no_answer_ring"], "no_answer_ring")
@@ -91,6 +97,12 @@ async def save(config: ConfigStore, tenant_id: int, number: str, doc: object) ->
         raise ConfigError(f"extension {number} does not exist in this tenant", 404)
     out = validate(doc)
     for key in _DESTS:
+        if out.get(key) == VOICEMAIL:
+            from node.pbx import voicemail
+
+            if await voicemail.load(config, tenant_id, number) is None:
+                raise ConfigError(f"extension {number} has no mailbox to forward to", 404)
+            continue
         if key in out:
             if out[key] == number:
                 raise ConfigError(f"extension {number} cannot forward ({key.replace('_', ' ')}) to itself")
@@ -127,7 +139,7 @@ async def compile_extension(ctx: "Ctx", number: str, doc: dict, ring: float) -> 
 
     if doc.get("dnd"):
         if doc.get("busy"):
-            return await ctx.dest(doc["busy"])
+            return await _dest(ctx, number, doc["busy"], "busy")
         return Frag(None, [], 486, "Busy Here (do not disturb)")
     if doc.get("active") and not time_rules.holds(
         time_rules.parse_when(doc["active"]), time_rules.local(ctx.now, ctx.tenant.timezone or "UTC")
@@ -143,17 +155,25 @@ async def compile_extension(ctx: "Ctx", number: str, doc: dict, ring: float) -> 
         targets = await ctx.phones(number)
         if not targets:
             if doc.get("unreachable"):
-                return await ctx.dest(doc["unreachable"])
+                return await _dest(ctx, number, doc["unreachable"], "unavailable")
             return Frag(None, [], 480, "Temporarily Unavailable (not registered)")
         frag = ctx.add(targets, na_ring or ring)
     # only the phones' (or follow-me's) own busy / no answer is forwarded, not that of the
     # destination forwarded to
     nexts = {}
     if doc.get("busy"):
-        nexts["busy"] = await ctx.dest(doc["busy"])
+        nexts["busy"] = await _dest(ctx, number, doc["busy"], "busy")
     if doc.get("no_answer"):
-        nexts["noanswer"] = await ctx.dest(doc["no_answer"])
+        nexts["noanswer"] = await _dest(ctx, number, doc["no_answer"], "unavailable")
     return ctx.branches(frag, nexts)
+
+
+async def _dest(ctx: "Ctx", number: str, value: str, greeting: str) -> "Frag":
+    if value == VOICEMAIL:
+        from node.pbx import voicemail
+
+        return voicemail.app_attempt(ctx, number, greeting)
+    return await ctx.dest(value)
 
 
 async def _follow_me(ctx: "Ctx", number: str, fm: dict) -> "Frag":
@@ -174,7 +194,12 @@ async def _follow_me(ctx: "Ctx", number: str, fm: dict) -> "Frag":
             if targets:
                 frags.append(ctx.add(targets, e.get("ring", 0)))
             continue
-        f = await ctx.dest(e["to"], e.get("ring", 0))
+        # a follow-me step is one stop of a list: its own voicemail must not end the list
+        ctx.list_depth = getattr(ctx, "list_depth", 0) + 1
+        try:
+            f = await ctx.dest(e["to"], e.get("ring", 0))
+        finally:
+            ctx.list_depth -= 1
         if f.entry is not None:
             frags.append(f)
     if not frags:

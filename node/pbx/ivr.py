@@ -180,7 +180,7 @@ async def put(config, tenant_id: int, ivr_name: str, doc: object) -> dict:
     n = name(ivr_name)
     out = validate(doc)
     taken = await destinations.internal_kind(config, tenant_id, n)
-    if taken is not None:
+    if taken is not None and taken != KIND:  # replacing the IVR itself is fine
         raise ConfigError(f"{n} is {'an' if taken == 'extension' else 'a'} {taken.replace('_', ' ')} of this tenant:"
                           " pick another number for the IVR", 409)
     await config.put_object(tenant_id, KIND, n, out)

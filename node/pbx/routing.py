@@ -33,6 +33,9 @@ class Target:
     flow: Flow | None = None
     #: which member of a hunt group / follow-me list this target rings ("" = none)
     member: str = ""
+    #: kind 'app': the node answers the call itself and runs this application (voicemail
+    #: after busy / no answer: node/pbx/call.py hands the caller over to node/pbx/app_call.py)
+    app: "AppTarget | None" = None
 
 
 @dataclass(slots=True)
@@ -77,6 +80,8 @@ class RoutePlan:
     on_answer: Callable[[Target], None] | None = None
     #: the node answers the call itself and runs this application (node/pbx/app_call.py)
     app: "AppTarget | None" = None
+    #: headers every INVITE of the plan carries (paging: auto-answer, node/pbx/paging.py)
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +90,18 @@ class AppTarget:
 
     kind: str
     name: str
+    #: what the application is told about why it was reached ("busy", "unavailable", ...)
+    arg: str = ""
 
 
 #: feature object kinds that are applications, reached by dialling their name (a number)
 #: or through a DID of that type
-APP_KINDS = ("ivr",)
+APP_KINDS = ("ivr", "queue", "conference")
+
+
+#: applications a DID may lead to that are never dialled by their name (a mailbox is named
+#: by its extension's number: node/pbx/voicemail.py)
+DID_ONLY_APP_KINDS = ("voicemail",)
 
 
 async def app_plan(tenant: Tenant, direction: str, number: str, config: ConfigStore) -> RoutePlan | None:
@@ -184,7 +196,7 @@ async def plan_from_trunk(
     if tenant is None:
         return None
     plan = RoutePlan(tenant, "inbound", did.dest_value, external=True)
-    if did.dest_type in APP_KINDS:
+    if did.dest_type in APP_KINDS or did.dest_type in DID_ONLY_APP_KINDS:
         plan.app = AppTarget(did.dest_type, did.dest_value)
         return plan
     if did.dest_type != "extension":

@@ -38,7 +38,7 @@ from observability import tracing as otrace
 
 log = logging.getLogger("hivepbx.pbx")
 
-_SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+_SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(("replaces",))  # RFC 3891: node/pbx/replaces.py
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, REGISTER, SUBSCRIBE"
 #: what a store that cannot be reached raises (a backend's own errors subclass these)
 _STORE_DOWN = (ConnectionError, TimeoutError)
@@ -59,6 +59,7 @@ class PbxService:
         t2: float = 4.0,
     ) -> None:
         self.cfg = cfg
+        self._trusted_sbcs = frozenset(getattr(cfg, "trusted_sbcs", ()))
         self.endpoint = endpoint
         self.config = config
         self.locations = locations
@@ -285,6 +286,20 @@ class PbxService:
             return
         self.endpoint.send_response(make_response(req, status, reason, to_tag=new_tag(), headers=headers))
 
+    def _source_host(self, req: Request, flow: Flow) -> str:
+        """Where a request really came from: behind a trusted SBC its X-Hive-Source header
+        (``transport:host:port``, put there by the SBC, which strips any from outside), else
+        the packet's source. Nobody else's header is believed."""
+        host = flow.remote[0]
+        if host not in self._trusted_sbcs:
+            return host
+        v = req.get("X-Hive-Source")
+        if not v:
+            return host
+        _, _, hp = v.partition(":")
+        src = hp[1:hp.find("]")] if hp.startswith("[") else hp.rpartition(":")[0]
+        return src or host
+
     async def _route_invite(self, req: Request, flow: Flow, txn) -> None:
         now = time.time()
         dialled = req.uri.user_unescaped or ""
@@ -293,7 +308,7 @@ class PbxService:
             return
         plan: RoutePlan | None = None
         caller: Caller
-        trunks = await self.config.trunks_by_address(flow.remote[0])
+        trunks = await self.config.trunks_by_address(self._source_host(req, flow))
         if trunks:
             plan = await dialplan.plan_inbound(trunks, dialled, req.from_.uri.user_unescaped or "anonymous",
                                                self.config, self.locations, self.features)
@@ -318,6 +333,8 @@ class PbxService:
                 self._reject(req, txn, 403, "Forbidden")
                 return
             caller = Caller(ext.number, ext.display_name, tenant.domain, ext)
+            if await self._call_feature(req, txn, flow, tenant, ext, dialled):
+                return
             plan = await dialplan.plan_outgoing(tenant, ext, dialled, self.config, self.locations, self.features)
         tenant = plan.tenant
         if plan.app is not None and self.apps is not None and not plan.fail_status:
@@ -370,6 +387,17 @@ class PbxService:
             call.start_routing()
             if call.state is CallState.RINGING:
                 self._call_state(call, "early")
+
+    async def _call_feature(self, req: Request, txn, flow: Flow, tenant, ext, dialled: str) -> bool:
+        """Features that take over an existing call instead of routing a new one (pickup,
+        park retrieval, INVITE with Replaces): True when one handled the INVITE."""
+        from node.pbx import park, pickup, replaces
+
+        if req.get("Replaces") is not None:
+            return await replaces.on_invite(self, req, txn, flow, tenant, ext)
+        if await pickup.try_pickup(self, req, txn, flow, tenant, ext, dialled):
+            return True
+        return await park.try_retrieve(self, req, txn, flow, tenant, ext, dialled)
 
     # ------------------------------------------------------------------ call host API
     def flow_for(self, target: Target) -> Flow:

@@ -34,7 +34,6 @@ the counters through a collector at scrape time (``node.rtp_engine.metrics``).
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import socket
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ from dataclasses import dataclass
 from node.rtp_engine import metrics
 from node.rtp_engine.errors import BadRemote, RelayError
 from node.rtp_engine.port_pool import PortPool
+from node.rtp_engine.sockets import bind_pair, has_ipv6, normalize_host
 
 __all__ = ["PortPool", "RtpRelay", "RelaySession", "RelayLeg", "LegStats", "SessionStats"]
 
 #: bytes queued in a socket's transport before we drop instead of queueing more (~90 ms of
 #: 50 G.711 streams): a relay must not buffer its way into latency and memory growth
 _WRITE_HIGH_WATER = 64 * 1024
-_BIND_ATTEMPTS = 16
-_DGRAM_NONBLOCK = socket.SOCK_DGRAM | getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +401,7 @@ class RtpRelay:
     def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, relatch_after: float = 1.0) -> None:
         self.pool = pool
         if bind_host == "":
-            bind_host = "::" if _has_ipv6() else "0.0.0.0"
+            bind_host = "::" if has_ipv6() else "0.0.0.0"
         self.bind_host = bind_host
         self.family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
         try:
@@ -505,29 +503,7 @@ class RtpRelay:
 
     # ------------------------------------------------------------------ internals
     def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
-        """An even port from the pool with its RTP and RTCP sockets bound. A port some other
-        process holds goes back to the end of the queue and the next one is tried."""
-        last: OSError | None = None
-        for _ in range(min(_BIND_ATTEMPTS, self.pool.capacity)):
-            port = self.pool.acquire()
-            socks: list[socket.socket] = []
-            try:
-                for p in (port, port + 1):
-                    # non-blocking from socket(2) on: saves a syscall per socket on call setup
-                    s = socket.socket(self.family, _DGRAM_NONBLOCK)
-                    socks.append(s)
-                    if self.dual_stack:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    s.bind((self.bind_host, p))
-                return port, socks[0], socks[1]
-            except OSError as e:
-                for s in socks:
-                    s.close()
-                self.pool.release(port)
-                if e.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise RelayError(f"cannot bind RTP socket on {self.bind_host}:{port}: {e}") from e
-                last = e
-        raise RelayError(f"no bindable RTP port pair on {self.bind_host}: {last}", 503)
+        return bind_pair(self.pool, self.family, self.bind_host, self.dual_stack)
 
     def _close_session(self, session: RelaySession) -> None:
         self._sessions.pop(session.id, None)
@@ -540,21 +516,7 @@ class RtpRelay:
 
     def _normalize(self, host: str) -> str | None:
         """``host`` as the kernel reports sources on our sockets; None for 0.0.0.0/::."""
-        try:
-            if self.family == socket.AF_INET:
-                packed = socket.inet_pton(socket.AF_INET, host)
-                return None if packed == b"\0\0\0\0" else socket.inet_ntop(socket.AF_INET, packed)
-            if ":" not in host:
-                packed4 = socket.inet_pton(socket.AF_INET, host)
-                if packed4 == b"\0\0\0\0":
-                    return None
-                if not self.dual_stack:
-                    raise BadRemote(f"IPv4 media address {host} on an IPv6-only relay")
-                host = "::ffff:" + socket.inet_ntop(socket.AF_INET, packed4)
-            packed = socket.inet_pton(socket.AF_INET6, host)
-            return None if packed == bytes(16) else socket.inet_ntop(socket.AF_INET6, packed)
-        except OSError:
-            raise BadRemote(f"media address {host!r} is not an IP address this relay can reach") from None
+        return normalize_host(host, self.family, self.dual_stack, "relay")
 
 
 class _Totals:
@@ -585,14 +547,3 @@ class _Totals:
         for leg in (session.a, session.b):
             self.add_socket(leg.rtp)
             self.add_socket(leg.rtcp)
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False

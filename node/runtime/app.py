@@ -209,6 +209,8 @@ class Node:
                 log.exception("leaving the cluster failed")
         if self.service is not None:
             await self.service.drain(drain_timeout)
+            if getattr(self.service, "voicemail", None) is not None:
+                await self.service.voicemail.close()  # e-mails of the last messages
         if self.trunks is not None:
             # un-REGISTER while the sockets are still open (bounded by its stop_timeout)
             await self.trunks.stop()

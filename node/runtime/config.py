@@ -58,6 +58,9 @@ class NodeConfig:
     #: challenge and abandons the request at the first one that is not MD5, whatever the order,
     #: and SIPp 3.6 reads only the first. Add "SHA-256" where every phone copes with it.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    #: SBC addresses whose X-Hive-Source header (the real source of a request, see sbc/README.md)
+    #: is believed, so carrier trunks are recognised by address behind them; nobody else's is
+    trusted_sbcs: tuple[str, ...] = ()
     #: refuse SIP messages larger than this (bytes)
     max_message_size: int = 65535
     #: seconds before an unanswered outbound leg gets 480 when the tenant has no own value
@@ -81,3 +84,7 @@ class NodeConfig:
     log_level: str = "INFO"
     #: create the demo tenant on start when the store has no tenant
     demo: bool = False
+    #: voicemail e-mail notification (node/pbx/notify_mail.py): SMTP server ('' = off), port, sender
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "voicemail@localhost"

@@ -58,11 +58,13 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
             log.warning("cannot enlarge the UDP receive buffer")
 
 
-def _bind_socket(host: str, port: int, kind: int) -> socket.socket:
+def _bind_socket(host: str, port: int, kind: int, reuse_port: bool = False) -> socket.socket:
     fam = _family(host)
     sock = socket.socket(fam, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several processes share the port; the kernel spreads the peers over them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if fam == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_DGRAM:
@@ -153,6 +155,9 @@ class _TcpProtocol(asyncio.Protocol):
 class SipTransports:
     """All SIP sockets of a process."""
 
+    #: bind the listeners with SO_REUSEPORT (the SBC's workers share their ports)
+    reuse_port = False
+
     def __init__(self, on_message: OnMessage, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.on_message = on_message
         self.max_size = max_size
@@ -169,7 +174,7 @@ class SipTransports:
         for ls in listens:
             kind = socket.SOCK_DGRAM if ls.transport == "udp" else socket.SOCK_STREAM
             try:
-                sock = _bind_socket(ls.host, ls.port, kind)
+                sock = _bind_socket(ls.host, ls.port, kind, self.reuse_port)
             except OSError as e:
                 if _family(ls.host) == socket.AF_INET6 and e.errno in (97, 99):  # no IPv6 here
                     log.warning("IPv6 unavailable, not listening on [%s]:%s/%s", ls.host, ls.port, ls.transport)

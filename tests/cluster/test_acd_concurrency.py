@@ -16,7 +16,7 @@ from node.acd.events import CancelOffer, Connected, Offer, decode
 from node.acd.service import AcdService
 from node.ports import EventBus
 from tests.peers.kafka import kafka_broker  # noqa: F401  (fixture)
-from tests.unit.acd.test_acd_properties import check_invariants
+from tests.unit.acd.logbuilder import check_invariants
 
 T = 3
 AGENTS = ["101", "102", "103", "104"]

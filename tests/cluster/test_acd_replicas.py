@@ -123,8 +123,20 @@ async def test_node_crash_frees_its_calls_and_agents(new_node: NewNode) -> None:
     assert (await a1.next_of(Offer, timeout=WAIT)).agent == "301"
     b1 = await b.join(T, "q", "b1")
     assert (await b1.next_of(Position, timeout=WAIT)).position == 2
+    watchers = []
+
+    class FakeMembership:  # node.ports.Membership as far as follow() needs it
+        def watch(self, cb):
+            watchers.append(cb)
+            return lambda: watchers.remove(cb)
+
+    unwatch = b.follow(FakeMembership())
     await a.close()  # A crashes: no more events from it
-    await b.node_left("A")  # membership (etcd) told B
+    for cb in list(watchers):
+        cb("joined", "Z", {})  # ignored
+        cb("left", "A", None)  # membership (etcd) tells B
+    unwatch()
+    assert not watchers
     assert (await b1.next_of(Offer, timeout=WAIT)).agent == "301"
     await settle(b)
     assert b.queue_calls(T, "q") == ["b1"]
@@ -164,3 +176,59 @@ async def test_bad_records_are_skipped(new_node: NewNode) -> None:
         await a.configure_queue(T, "q", {"strategy": "nope"})
     with pytest.raises(ValueError):
         await a.join(T, "q", "c1")  # already queued here
+
+
+async def test_reading_resumes_after_a_bus_error() -> None:
+    """A read failure (broker gone) must not stop the node's ACD: it reads on from where it was."""
+    from node.embedded.bus import InMemoryBus
+
+    class FlakyBus(InMemoryBus):
+        failures = 1
+
+        async def subscribe(self, topic, start=None):
+            n = 0
+            async for rec in super().subscribe(topic, start):
+                n += 1
+                if n == 5 and self.failures:
+                    self.failures -= 1
+                    raise ConnectionError("broker went away")
+                yield rec
+
+    bus = FlakyBus()
+    a = AcdService(bus, "A", topic="acd.flaky", partitions=2)
+    try:
+        await a.start()
+        await a.configure_queue(T, "q", {"members": ["101"]})
+        await a.login(T, "101")
+        qc = await a.join(T, "q", "c1")
+        assert (await qc.next_of(Offer, timeout=WAIT)).agent == "101"
+        assert bus.failures == 0
+        await a.sync(WAIT)
+        assert a.queue_report(T, "q")["offered"] == 1  # nothing applied twice, nothing lost
+    finally:
+        await a.close()
+
+
+async def test_late_node_starts_from_a_snapshot(new_node: NewNode) -> None:
+    a = await new_node("A", snapshot_every=4)
+    await a.configure_queue(T, "q", {"members": ["501", "502"], "ring_timeout": 60})
+    await a.login(T, "501")
+    await a.login(T, "502")
+    for i in range(6):
+        qc = await a.join(T, "q", f"c{i}")
+        off = await qc.next_of(Offer, timeout=WAIT)
+        await a.answered(T, f"c{i}", off.agent)
+        await a.ended(T, f"c{i}")
+    await a.pause(T, "501")
+    await a.pause(T, "502")
+    waiting = await a.join(T, "q", "w1")
+    await a.sync(WAIT)
+    await asyncio.sleep(0.2)  # snapshots are written in the background
+    c = await new_node("C", snapshot_every=4)
+    assert c.restored, "C replayed the whole log instead of starting from a snapshot"
+    marks = await a.sync(WAIT)
+    await c.caught_up(marks, WAIT)
+    assert c.snapshot() == a.snapshot()
+    assert c.queue_report(T, "q")["answered"] == 6
+    await c.unpause(T, "502")
+    assert (await waiting.next_of(Offer, timeout=WAIT)).agent == "502"

@@ -10,10 +10,8 @@ import re
 import pytest
 
 from node.pbx import queue_calls
-from node.runtime.app import Node
-from tests.interop.conftest import RunningNode, node_config
+from tests.interop.conftest import RunningNode
 from tests.peers.kafka import kafka_broker  # noqa: F401  (module fixture)
-from tests.peers.net import free_port
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
@@ -23,32 +21,8 @@ PW = {"1001": "pw-1001-secret", "1002": "pw-1002-secret", "1003": "pw-1003-secre
 
 
 @pytest.fixture
-async def cluster(tmp_path, etcd_server, etcd_prefix, kafka_broker):  # noqa: F811
-    nodes: list[RunningNode] = []
-    try:
-        for name in ("a", "b"):
-            port = free_port("127.0.0.1")
-            cfg = node_config(
-                tmp_path / name, port, ring_timeout=8, backend="cluster", node_id=f"kn-{name}",
-                etcd_endpoints=(etcd_server.endpoint,), etcd_prefix=etcd_prefix, membership_ttl=2,
-                kafka_bootstrap=(kafka_broker,),
-            )
-            node = Node(cfg)
-            try:
-                await node.start()
-            except BaseException:
-                await node.stop(0)
-                raise
-            nodes.append(RunningNode(node, port))
-        yield nodes
-    finally:
-        for n in nodes:
-            await n.node.stop(1.0)
-        from cluster.etcd import connect
-
-        client = await connect(etcd_server.endpoint)
-        await client.delete_prefix(etcd_prefix.encode())
-        await client.close()
+async def cluster(cluster_nodes, kafka_broker):  # noqa: F811
+    return await cluster_nodes("kn", kafka_bootstrap=(kafka_broker,))
 
 
 async def _tenant(a: RunningNode, b: RunningNode):

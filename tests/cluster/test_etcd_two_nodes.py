@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from node.runtime.app import Node
-from tests.interop.conftest import RunningNode, node_config
-from tests.peers.net import free_port
+from tests.interop.conftest import RunningNode
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
@@ -22,32 +20,9 @@ PW1, PW2 = "pw-1001-secret", "pw-1002-secret"
 
 
 @pytest.fixture
-async def cluster(tmp_path, etcd_server, etcd_prefix):
+async def cluster(cluster_nodes):
     """Nodes 'node-a' and 'node-b' in this test's event loop, each with its own ports and data dir."""
-    nodes: list[RunningNode] = []
-    try:
-        for name in ("a", "b"):
-            port = free_port("127.0.0.1")
-            cfg = node_config(
-                tmp_path / name, port, ring_timeout=8, backend="cluster", node_id=f"node-{name}",
-                etcd_endpoints=(etcd_server.endpoint,), etcd_prefix=etcd_prefix, membership_ttl=2,
-            )
-            node = Node(cfg)
-            try:
-                await node.start()
-            except BaseException:
-                await node.stop(0)
-                raise
-            nodes.append(RunningNode(node, port))
-        yield nodes
-    finally:
-        for n in nodes:
-            await n.node.stop(1.0)
-        from cluster.etcd import connect
-
-        client = await connect(etcd_server.endpoint)
-        await client.delete_prefix(etcd_prefix.encode())
-        await client.close()
+    return await cluster_nodes("node")
 
 
 async def _until(predicate, timeout: float) -> float:

@@ -57,3 +57,19 @@ async def test_restarted_node_clears_its_previous_calls(kafka_broker: str) -> No
         for s in (a, b, a2):
             await s.close()
         await asyncio.gather(*(x.close() for x in buses))
+
+
+async def test_open_bus_from_node_config(kafka_broker: str) -> None:  # noqa: F811
+    from types import SimpleNamespace
+
+    from cluster.kafka import open_bus
+
+    assert open_bus(SimpleNamespace(kafka_bootstrap=())) is None
+    bus = open_bus(SimpleNamespace(kafka_bootstrap=(kafka_broker,), node_id="n1"))
+    assert bus is not None
+    try:
+        topic = f"hivepbx.acd.test.{uuid.uuid4().hex[:8]}"
+        assert await bus.ensure_topic(topic, 2) == 2
+        assert (await bus.publish(topic, "k", b"v"))[1] == 0
+    finally:
+        await bus.close()

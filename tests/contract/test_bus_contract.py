@@ -125,3 +125,18 @@ async def test_embedded_unknown_topic_is_lookup_error() -> None:
 
     with pytest.raises(LookupError):
         await InMemoryBus().partitions("no.such.topic")
+
+
+async def test_embedded_retention_keeps_offsets_counting() -> None:
+    from node.embedded.bus import InMemoryBus
+
+    bus = InMemoryBus(max_records=10)
+    await bus.ensure_topic("t", 1)
+    offs = [(await bus.publish("t", "k", str(i).encode()))[1] for i in range(30)]
+    assert offs == list(range(30))
+    got = await _read(bus, "t", 10)  # from "earliest": what is left (at least the last 10), offsets unchanged
+    first = got[0].offset
+    assert 18 <= first <= 20
+    assert [r.offset for r in got] == list(range(first, first + 10))
+    assert [r.value for r in got] == [str(i).encode() for i in range(first, first + 10)]
+    assert [r.offset for r in await _read(bus, "t", 3, {0: 27})] == [27, 28, 29]

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from node.media.dtmf import TelephoneEvent
 from node.media.rtp import RtpPacket, parse_rtp
 from node.rtp_engine import BadRemote, PortPool, PortsExhausted, RelayError, RtpRelay
+from node.rtp_engine.sockets import has_ipv6
 from node.sip.errors import SipError
 
 #: guard against a hang, not a performance assertion
@@ -441,16 +442,7 @@ async def test_prometheus_counters_never_go_down_when_a_relay_is_gone() -> None:
     assert after == before  # a counter Prometheus sees go down reads as a restart
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
 
 
 @needs_ipv6

@@ -30,7 +30,7 @@ DOMAIN = "alpha.example"
 PASSWORDS = {"1001": "pw-1001-secret", "1002": "pw-1002-secret"}
 
 
-def node_config(tmp_path: Path, name: str) -> tuple[NodeConfig, int]:
+def node_config(tmp_path: Path, name: str, **kw) -> tuple[NodeConfig, int]:
     ip = NODE_IPS[name]
     port = free_port(ip)
     rtp = free_port("127.0.0.1", span=16)
@@ -38,7 +38,7 @@ def node_config(tmp_path: Path, name: str) -> tuple[NodeConfig, int]:
         data_dir=tmp_path / f"node-{name}",
         listens=(Listen("udp", ip, port), Listen("tcp", ip, port)),
         http_port=0, rtp_port_min=rtp, rtp_port_max=rtp + 15, rtp_bind="127.0.0.1",
-        node_id=name, ring_timeout=8, nat_ping_interval=0,
+        node_id=name, ring_timeout=8, nat_ping_interval=0, **kw,
     )
     return cfg, port
 
@@ -99,20 +99,22 @@ def sbc_config(node_ports: dict[str, int], **kw) -> SbcConfig:
         internal_listens=(Listen("udp", INSIDE_IP, inside_port), Listen("tcp", INSIDE_IP, inside_port)),
         nodes=nodes, http_port=0, probe_interval=0.5, probe_timeout=0.5, node_timeout=1.0,
         down_after=2, up_after=2, secret=b"test-secret-test-secret", keepalive_interval=0,
+        # the nodes share the test's event loop: their work would read as the SBC's overload
+        max_loop_lag=0,
     )
     base.update(kw)
     return SbcConfig(**base)
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, names=("a", "b"), **sbc_kw):
+async def stack(tmp_path: Path, names=("a", "b"), node_kw: dict | None = None, **sbc_kw):
     nodes: dict[str, RunningNode] = {}
     ports: dict[str, int] = {}
     tenants = {}
     st: Stack | None = None
     try:
         for name in names:
-            cfg, port = node_config(tmp_path, name)
+            cfg, port = node_config(tmp_path, name, **(node_kw or {}))
             node = Node(cfg)
             try:
                 await node.start()

@@ -60,6 +60,16 @@ def test_no_live_node_still_gives_every_node():
     assert len(d.candidates("x.example", lambda i: False)) == 4
 
 
+def test_candidates_are_the_callers_to_consume():
+    # the proxy pops the nodes it tries: that must never eat into the cached order
+    d = Dispatcher(NODES)
+    for is_up in (up_all, lambda i: False, lambda i: i == "b1"):
+        first = d.candidates("x.example", is_up)
+        expected = list(first)
+        first.clear()
+        assert d.candidates("x.example", is_up) == expected
+
+
 def test_weights_bias_the_hash():
     nodes = (NodeTarget("heavy", "10.0.0.1", weight=3), NodeTarget("light", "10.0.0.2", weight=1))
     d = Dispatcher(nodes)
@@ -192,3 +202,11 @@ def test_membership_feeds_the_node_list_with_labels_from_the_config():
     assert node_from_member("pbx3", {}, {}) is None
     feed.stop()
     assert m.callbacks == []
+
+
+def test_without_probes_a_failed_node_is_tried_again_later():
+    h = Health(["n1"], interval=0)
+    h.failed("n1", 100.0, retry_after=30)
+    assert h.revive(105.0, 10) == [] and not h.is_up("n1")
+    assert h.revive(120.0, 10) == [] and not h.is_up("n1")  # Retry-After still running
+    assert h.revive(131.0, 10) == ["n1"] and h.is_up("n1")

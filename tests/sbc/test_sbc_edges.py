@@ -188,3 +188,58 @@ async def test_malformed_input_is_answered_or_dropped_never_crashes(edge):
     phone.send(invite(phone), to)
     assert (await phone.recv())[0].status == 100
     assert (await node.recv())[0].method == "INVITE"
+
+
+async def test_ipv6_phone_ipv4_node_dialog_both_ways():
+    node = Peer(NODE_IP)
+    phone = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    phone.bind(("::1", 0))
+    phone.setblocking(False)
+    pport = phone.getsockname()[1]
+    cfg = SbcConfig(listens=(Listen("udp", "::1", 0),), internal_listens=(Listen("udp", IN_IP, 0),),
+                    nodes=(NodeTarget("n", *node.addr),), http_port=0, probe_interval=0,
+                    secret=b"edge-secret-edge-secret", keepalive_interval=0)
+    loop = asyncio.get_running_loop()
+
+    async def phone_recv() -> bytes:
+        while True:
+            d, _ = await asyncio.wait_for(loop.sock_recvfrom(phone, 65535), 3)
+            if not d.startswith(b"SIP/2.0 100 "):
+                return d
+
+    try:
+        async with Sbc(cfg) as sbc:
+            to = sbc.address("udp")
+            phone.sendto((
+                f"INVITE sip:1002@alpha.example SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:{pport};branch=z9hG4bKv6;rport\r\n"
+                "Max-Forwards: 70\r\nFrom: <sip:1001@alpha.example>;tag=a\r\nTo: <sip:1002@alpha.example>\r\n"
+                f"Call-ID: v6\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@[::1]:{pport}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(), to)
+            req, _, src = await node.recv()
+            assert req.get("X-Hive-Source") == f"udp:[::1]:{pport}"
+            ok = Response(200, "OK", [("Via", v) for v in req.get_all("Via")] + [
+                ("From", req.get("From")), ("To", req.get("To") + ";tag=n"), ("Call-ID", "v6"), ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:1002@{NODE_IP}:{node.addr[1]}>")])
+            node.send(ok.to_bytes(), src)
+            resp = parse_datagram(await phone_recv())
+            assert resp.status == 200 and resp.get_all("Via") == [f"SIP/2.0/UDP [::1]:{pport};branch=z9hG4bKv6;rport={pport};received=::1"]
+            target = resp.contacts[0].uri
+            assert target.host == "[::1]" and target.port == to[1]
+            # the phone's in-dialog ACK reaches the node, the node's BYE reaches the phone over IPv6
+            phone.sendto((
+                f"ACK {target} SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:{pport};branch=z9hG4bKv6ack\r\nMax-Forwards: 70\r\n"
+                "From: <sip:1001@alpha.example>;tag=a\r\nTo: <sip:1002@alpha.example>;tag=n\r\nCall-ID: v6\r\n"
+                "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode(), to)
+            ack, _, _ = await node.recv()
+            assert ack.method == "ACK" and ack.uri_text == f"sip:1002@{NODE_IP}:{node.addr[1]}"
+            bye = Request("BYE", req.contacts[0].uri, [
+                ("Via", f"SIP/2.0/UDP {NODE_IP}:{node.addr[1]};branch=z9hG4bKbye"), ("Max-Forwards", "70"),
+                ("From", "<sip:1002@alpha.example>;tag=n"), ("To", "<sip:1001@alpha.example>;tag=a"),
+                ("Call-ID", "v6"), ("CSeq", "2 BYE")])
+            node.send(bye.to_bytes(), src)
+            got = parse_datagram(await phone_recv())
+            assert got.method == "BYE" and got.uri_text == f"sip:1001@[::1]:{pport}"
+            assert got.top_via.host == "[::1]" and len(got.vias) == 1
+    finally:
+        phone.close()
+        node.sock.close()

@@ -50,3 +50,23 @@ async def test_metrics_health_and_structured_logs(tmp_path):
     tagged = [r for r in records if r.get("call_id") == call_id and r.get("tenant") == DOMAIN]
     assert tagged, records[-10:]
     assert any(r["msg"].startswith(f"node {home}") and r["level"] == "WARNING" for r in records)
+
+
+async def test_spans_per_forwarded_request(tmp_path):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from observability import tracing as otrace
+
+    exporter = InMemorySpanExporter()
+    provider = otrace.setup_tracing("hivepbx-sbc-test", exporter, set_global=False)
+    try:
+        async with stack(tmp_path, names=("a",)) as s:
+            reg = await Sipp("uac_register_auth.xml", s.target, workdir=tmp_path / "r", user="1001", domain=DOMAIN,
+                             auth_user="1001", auth_password=PASSWORDS["1001"]).run()
+            reg.assert_ok()
+        provider.force_flush()
+    finally:
+        otrace.shutdown_tracing()
+    spans = [sp for sp in exporter.get_finished_spans() if sp.name == "sbc.register"]
+    assert sorted(sp.attributes["sip.status_code"] for sp in spans) == [200, 401]
+    assert all(sp.attributes["hivepbx.tenant"] == DOMAIN and sp.attributes["hivepbx.node"] == "a" for sp in spans)

@@ -4,12 +4,12 @@ watcher cannot reach another tenant's extensions."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
 
 from tests.peers.sipp import Sipp
+from tests.waiting import until
 
 pytestmark = pytest.mark.interop
 
@@ -28,16 +28,6 @@ def _states(body: str) -> list[str]:
     return re.findall(r"<state>(\w+)</state>", body)
 
 
-async def _until(pred, timeout: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def test_watcher_sees_early_confirmed_terminated(pbx, tmp_path):
     t = await _tenant(pbx)
     callee = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "phone-1002", user="1002",
@@ -51,7 +41,7 @@ async def test_watcher_sees_early_confirmed_terminated(pbx, tmp_path):
         assert await pbx.wait_registered(t.id, "1002"), "phone did not register"
         await watcher.start()
         subs = pbx.node.service.subscriptions
-        assert await _until(lambda: subs.count == 1), "subscription not established"
+        assert await until(lambda: subs.count == 1), "subscription not established"
         caller = await Sipp("uac_call.xml", pbx.target, workdir=tmp_path / "caller", service="1002", user="1001",
                             domain=DOMAIN, auth_user="1001", auth_password=PW["1001"], duration_ms=1000).run()
         caller.assert_ok()

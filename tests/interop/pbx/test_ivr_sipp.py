@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from node.config_rules import ConfigError
-from node.media import g711
 from node.media.wav import read_wav
 from node.pbx import ivr
+from tests.interop.pbx.pcap_caller import RtpListener, pcap_call, received_audio
 from tests.peers.net import free_port
 from tests.peers.rtp_pcap import rfc4733_packets, write_pcap
+from tests.peers.rtp_peer import best_correlation
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
@@ -28,33 +29,6 @@ MENU = {
     "timeout": 8,
     "options": {"2": {"type": "extension", "value": "1002", "announce": ["transferring"]}},
 }
-
-
-class _Rtp(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.packets: list[bytes] = []
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.packets.append(data)
-
-
-def received_audio(packets: list[bytes]) -> np.ndarray:
-    """PCMU payloads in sequence order, decoded."""
-    audio = sorted((int.from_bytes(p[2:4], "big"), p[12:]) for p in packets if len(p) > 12 and p[1] & 0x7F == 0)
-    return g711.ulaw_decode(b"".join(pl for _, pl in audio)).astype(np.float64)
-
-
-def best_correlation(reference: np.ndarray, signal: np.ndarray) -> float:
-    """Peak normalised cross-correlation of ``reference`` inside ``signal`` (any delay)."""
-    ref = reference.astype(np.float64) - reference.mean()
-    n = len(signal) + len(ref)
-    c = np.fft.irfft(np.fft.rfft(signal, n) * np.conj(np.fft.rfft(ref, n)), n)
-    k = int(np.argmax(c[: len(signal)]))
-    window = signal[k:k + len(ref)]
-    if len(window) < len(ref):
-        return 0.0
-    window = window - window.mean()
-    return float(np.dot(window, ref) / (np.linalg.norm(window) * np.linalg.norm(ref) + 1e-9))
 
 
 async def _tenant(pbx):
@@ -72,21 +46,14 @@ async def test_ivr_prompt_then_rfc4733_key_bridges_to_extension(pbx, tmp_path):
                   duration_ms=20000, timeout=40)
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
-    loop = asyncio.get_running_loop()
-    rtp_port = free_port("127.0.0.1")
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
     pcap = write_pcap(tmp_path / "key2.pcap", rfc4733_packets("2"))
     try:
-        caller = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service="800", user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW1, timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port, "dtmf_after_ms": 3100, "pcap": pcap, "formats": "0 101",
-                  "hold_ms": 4200},
-        ).run()
+        caller, listener = await pcap_call(
+            pbx, pcap, dtmf_after_ms=3100, hold_ms=4200, workdir=tmp_path / "caller", service="800", user="1001",
+            domain=DOMAIN, auth_user="1001", auth_password=PW1,
+        )
         caller.assert_ok()
     finally:
-        transport.close()
         cres = await callee.stop()
 
     # 1. the caller heard the welcome prompt, from the node's own media endpoint
@@ -150,24 +117,17 @@ async def test_did_from_carrier_reaches_ivr_and_inband_key_transfers(pbx, tmp_pa
                   duration_ms=20000, timeout=40)
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    rtp_port = free_port("127.0.0.1")
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
     silence = np.zeros(8000 // 5, dtype=np.int16)
     audio = np.concatenate([silence, dtmf_tone("2", 120).ravel(), silence])
     pcap = write_pcap(tmp_path / "inband2.pcap", pcmu_packets(audio))
     try:
-        caller = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "carrier", service="441135550100",
-            user="447700900123", domain="carrier.example", local_ip="127.0.0.3", timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port, "dtmf_after_ms": 3100, "pcap": pcap, "formats": "0",
-                  "hold_ms": 1800},
-        ).run()
+        caller, listener = await pcap_call(
+            pbx, pcap, dtmf_after_ms=3100, hold_ms=1800, formats="0", workdir=tmp_path / "carrier",
+            service="441135550100", user="447700900123", domain="carrier.example", local_ip="127.0.0.3",
+        )
         caller.assert_ok()
         assert not caller.received(407)  # trunks are authenticated by address
     finally:
-        transport.close()
         cres = await callee.stop()
     answer = next(m for m in caller.received(200) if "INVITE" in m.header("CSeq")).body
     assert "telephone-event" not in answer  # none offered, none answered
@@ -210,21 +170,14 @@ async def test_ivr_option_to_an_outside_number_through_an_authenticating_trunk(p
                                   username="acct77", password="carrier-pw")
     await pbx.config.create_route(t.id, "0", "carrier", strip=1, prepend="44")
     await ivr.put(pbx.config, t.id, "800", {"prompt": ["menu"], "options": {"9": "tel:0113496000"}})
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    rtp_port = free_port("127.0.0.1")
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
     pcap = write_pcap(tmp_path / "key9.pcap", rfc4733_packets("9"))
     try:
-        caller = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service="800", user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW1, timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port, "dtmf_after_ms": 800, "pcap": pcap, "formats": "0 101",
-                  "hold_ms": 1500},
-        ).run()
+        caller, listener = await pcap_call(
+            pbx, pcap, dtmf_after_ms=800, hold_ms=1500, workdir=tmp_path / "caller", service="800", user="1001",
+            domain=DOMAIN, auth_user="1001", auth_password=PW1,
+        )
         caller.assert_ok()
     finally:
-        transport.close()
         res = await carrier.stop()
     assert received_audio(listener.packets).std() > 300  # the menu was playing
     invites = res.received("INVITE")
@@ -247,21 +200,14 @@ async def test_busy_extension_keeps_the_caller_in_the_ivr(pbx, tmp_path):
                   duration_ms=20000, timeout=40)
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    rtp_port = free_port("127.0.0.1")
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
     pcap = write_pcap(tmp_path / "key2.pcap", rfc4733_packets("2"))
     try:
-        caller = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service="800", user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW1, timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port, "dtmf_after_ms": 800, "pcap": pcap, "formats": "0 101",
-                  "hold_ms": 2000},
-        ).run()
+        caller, _ = await pcap_call(
+            pbx, pcap, dtmf_after_ms=800, hold_ms=2000, workdir=tmp_path / "caller", service="800", user="1001",
+            domain=DOMAIN, auth_user="1001", auth_password=PW1,
+        )
         caller.assert_ok()  # its BYE was answered by the IVR, still holding the call
     finally:
-        transport.close()
         cres = await callee.stop()
     assert len(cres.received("INVITE")) == 1 and cres.sent(486)
     assert not cres.received("BYE")
@@ -288,21 +234,39 @@ async def test_ivr_option_to_a_hunt_group_follows_its_rules(pbx, tmp_path):
         await phone.start()
         assert await pbx.wait_registered(t.id, ext)
         phones.append(phone)
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", free_port()))
     pcap = write_pcap(tmp_path / "key3.pcap", rfc4733_packets("3"))
     try:
-        caller = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service="800", user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW1, timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": transport.get_extra_info("sockname")[1], "dtmf_after_ms": 800,
-                  "pcap": pcap, "formats": "0 101", "hold_ms": 2000},
-        ).run()
+        caller, _ = await pcap_call(
+            pbx, pcap, dtmf_after_ms=800, hold_ms=2000, workdir=tmp_path / "caller", service="800", user="1001",
+            domain=DOMAIN, auth_user="1001", auth_password=PW1,
+        )
         caller.assert_ok()
     finally:
-        transport.close()
         busy, answering = [await p.stop() for p in phones]
     assert len(busy.received("INVITE")) == 1 and busy.sent(486)
     assert len(answering.received("INVITE")) == 1 and answering.received("BYE"), answering.describe()
     assert await pbx.wait_idle() and not pbx.node.media.endpoints
+
+
+async def test_late_offer_call_into_the_ivr(pbx, tmp_path):
+    """INVITE without SDP: the node's 200 carries its offer, the caller's ACK the answer, and
+    the IVR then streams its prompt to the address in that answer."""
+    t = await _tenant(pbx)
+    await ivr.put(pbx.config, t.id, "800", dict(MENU, timeout=30))
+    loop = asyncio.get_running_loop()
+    listener = RtpListener()
+    rtp_port = free_port("127.0.0.1")
+    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
+    try:
+        caller = await Sipp("uac_late_offer.xml", pbx.target, workdir=tmp_path / "c", service="800", user="1001",
+                            domain=DOMAIN, auth_user="1001", auth_password=PW1, duration_ms=3200,
+                            keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port}).run()
+    finally:
+        transport.close()
+    caller.assert_ok()
+    offer = next(m for m in caller.received(200) if "INVITE" in m.header("CSeq")).body
+    assert "telephone-event/8000" in offer and "a=sendrecv" in offer
+    welcome = read_wav(pbx.node.service.apps.prompts.path(t.id, "welcome")).astype(np.float64)
+    assert best_correlation(welcome, received_audio(listener.packets)) > 0.8
+    cdr = (await pbx.wait_cdrs(t.id, 1))[0]
+    assert (cdr.callee, cdr.disposition, cdr.hangup_cause) == ("800", "answered", "caller-bye")

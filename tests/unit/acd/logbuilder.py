@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from node.acd.config import QueueConfig
-from node.acd.engine import AcdEngine
+from node.acd.engine import RINGING, WAITING, AcdEngine
 from node.acd.events import (
     AgentLoggedIn, CallJoined, Decision, Envelope, Offer, QueueConfigured, Tick,
 )
+
 
 T = 1  # the tenant most tests use
 
@@ -63,3 +64,44 @@ def offers(decisions: list[Decision]) -> list[tuple[str, str]]:
 
 def of(decisions: list[Decision], kind: type) -> list:
     return [d for d in decisions if isinstance(d, kind)]
+
+
+def _rank(t, c) -> tuple:
+    return (-t.queues[c.queue].cfg.priority, -c.priority, c.seq)
+
+
+def check_invariants(e: AcdEngine, offers_now: list[Offer]) -> None:
+    """The engine's promises, checked on its state after a record (white box)."""
+    for tid, t in e._tenants.items():
+        ringing_for: dict[str, str] = {}
+        for cid, c in t.calls.items():
+            q = t.queues.get(c.queue)
+            if c.state == WAITING:
+                assert q is not None and cid in q.waiting
+            else:
+                assert not c.ringing and c.agent is not None and t.agents[c.agent].call == cid
+            for a in c.ringing:
+                assert a not in ringing_for, f"agent {a} offered {ringing_for.get(a)} and {cid}"
+                ringing_for[a] = cid
+        for name, a in t.agents.items():
+            assert (a.activity == RINGING) == (name in ringing_for)
+            if a.activity == RINGING:
+                assert a.call == ringing_for[name]
+        for q in t.queues.values():
+            keys = [(-t.calls[c].priority, t.calls[c].seq) for c in q.waiting]
+            assert keys == sorted(keys), "FIFO within priority"
+            free = [m for m in q.cfg.members if t.agents[m].available]
+            for cid in q.waiting:
+                c = t.calls[cid]
+                if not c.ringing or q.cfg.strategy == "ring-all":
+                    assert not free, f"call {cid} waits while {free} are free"
+        for off in offers_now:
+            if off.tenant != tid or off.call not in t.calls:
+                continue
+            x = t.calls[off.call]
+            if t.queues[x.queue].cfg.strategy != "ring-all":
+                assert list(x.ringing) == [off.agent], f"{x.call} rings {sorted(x.ringing)}: one at a time"
+            for y in t.calls.values():
+                qy = t.queues.get(y.queue)
+                if y.state == WAITING and not y.ringing and qy and off.agent in qy.cfg.members:
+                    assert _rank(t, y) > _rank(t, x), f"{y.call} is ahead of {x.call} but {off.agent} took {x.call}"

@@ -253,9 +253,22 @@ def test_estimated_wait_from_history() -> None:
     assert of(out, Position) == [Position(T, "q", "c4", "n1", 3, 300.0)]
 
 
+def test_static_members_start_logged_in_once() -> None:
+    log = Log()
+    log.login("102")
+    log(AgentLoggedOut(T, "102"))
+    log.queue("q", members=["101", "102"], static_members=True)
+    assert log.engine.agent_status(T, "101") == "available"
+    assert log.engine.agent_status(T, "102") == "logged_out"  # known already: keeps its state
+    log(AgentLoggedOut(T, "101"))
+    log.queue("q", members=["101", "102"], static_members=True, priority=1)  # a config change
+    assert log.engine.agent_status(T, "101") == "logged_out"
+
+
 def test_config_rules() -> None:
     assert QueueConfig.from_dict({}).strategy == "longest-idle"
     for bad in ({"strategy": "fastest"}, {"members": ["1"]}, {"members": ["100", "100"]}, {"max_len": 0},
-                {"ring_timeout": 0}, {"colour": "red"}, {"priority": "high"}, {"join_empty": 1}, []):
+                {"ring_timeout": 0}, {"colour": "red"}, {"priority": "high"}, {"join_empty": 1}, {"static_members": "yes"},
+                {"retry_delay": 0}, []):
         with pytest.raises(ConfigError):
             QueueConfig.from_dict(bad)

@@ -9,17 +9,19 @@ served best first (queue priority, caller priority, arrival).
 
 from __future__ import annotations
 
+import json
 import zlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.acd.config import STRATEGIES, QueueConfig
-from node.acd.engine import RINGING, WAITING, AcdEngine
+from node.acd.engine import RINGING, AcdEngine
 from node.acd.events import (
     AgentLoggedIn, AgentLoggedOut, AgentPaused, AgentReady, AgentUnpaused, CallEnded, CallJoined, CallLeft,
     CancelOffer, Connected, Envelope, NodeLeft, Offer, OfferAnswered, OfferDeclined, QueueConfigured, Tick,
 )
+from tests.unit.acd.logbuilder import check_invariants
 
 AGENTS = ["101", "102", "103", "104"]
 NODES = ["A", "B", "C"]
@@ -34,46 +36,6 @@ configs = st.builds(
     st.lists(st.sampled_from(AGENTS), unique=True, max_size=4),
     st.sampled_from([5, 15]), st.sampled_from([None, 30, 60]), st.sampled_from([None, 2, 4]),
     st.sampled_from([0, 0, 10]), st.sampled_from([1, 5]))
-
-
-def _rank(t, c) -> tuple:
-    return (-t.queues[c.queue].cfg.priority, -c.priority, c.seq)
-
-
-def check_invariants(e: AcdEngine, offers_now: list[Offer]) -> None:
-    for tid, t in e._tenants.items():
-        ringing_for: dict[str, str] = {}
-        for cid, c in t.calls.items():
-            q = t.queues.get(c.queue)
-            if c.state == WAITING:
-                assert q is not None and cid in q.waiting
-                if q.cfg.strategy != "ring-all":
-                    assert len(c.ringing) <= 1
-            else:
-                assert not c.ringing and c.agent is not None and t.agents[c.agent].call == cid
-            for a in c.ringing:
-                assert a not in ringing_for, f"agent {a} offered {ringing_for.get(a)} and {cid}"
-                ringing_for[a] = cid
-        for name, a in t.agents.items():
-            assert (a.activity == RINGING) == (name in ringing_for)
-            if a.activity == RINGING:
-                assert a.call == ringing_for[name]
-        for q in t.queues.values():
-            keys = [(-t.calls[c].priority, t.calls[c].seq) for c in q.waiting]
-            assert keys == sorted(keys), "FIFO within priority"
-            free = [m for m in q.cfg.members if t.agents[m].available]
-            for cid in q.waiting:
-                c = t.calls[cid]
-                if not c.ringing or q.cfg.strategy == "ring-all":
-                    assert not free, f"call {cid} waits while {free} are free"
-        for off in offers_now:
-            if off.tenant != tid or off.call not in t.calls:
-                continue
-            x = t.calls[off.call]
-            for y in t.calls.values():
-                qy = t.queues.get(y.queue)
-                if y.state == WAITING and not y.ringing and qy and off.agent in qy.cfg.members:
-                    assert _rank(t, y) > _rank(t, x), f"{y.call} is ahead of {x.call} but {off.agent} took {x.call}"
 
 
 @st.composite
@@ -186,3 +148,31 @@ def test_replicas_agree_and_invariants_hold(raw: list[Envelope]) -> None:
     late_decisions = [late.apply(off, env) for off, env in enumerate(log)]
     assert late_decisions == live_decisions
     assert late.snapshot() == live.snapshot()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(logs(), st.floats(0, 1))
+def test_a_replica_started_from_a_snapshot_continues_identically(raw: list[Envelope], cut: float) -> None:
+    log = _answers_from_offers(raw)
+    k = int(cut * len(log))
+    whole = AcdEngine()
+    decisions = [whole.apply(off, env) for off, env in enumerate(log)]
+    head = AcdEngine()
+    for off, env in enumerate(log[:k]):
+        head.apply(off, env)
+    doc = json.loads(json.dumps(head.export_state()))  # through the wire form
+    resumed = AcdEngine.from_state(doc)
+    assert resumed.snapshot() == head.snapshot()
+    assert [resumed.apply(off, env) for off, env in enumerate(log) if off >= k] == decisions[k:]
+    assert resumed.snapshot() == whole.snapshot()
+    assert resumed.next_deadline() == whole.next_deadline()
+
+
+def test_bad_snapshots_are_value_errors() -> None:
+    import pytest
+
+    good = AcdEngine().export_state()
+    for bad in ({}, {**good, "version": 9}, {**good, "tenants": {"1": {"queues": [{"name": "q"}]}}},
+                {**good, "tenants": {"x": {}}}):
+        with pytest.raises(ValueError):
+            AcdEngine.from_state(bad)

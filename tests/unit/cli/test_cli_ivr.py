@@ -24,8 +24,12 @@ def test_ivr_add_list_show_del(tmp_path):
     rc, out, err = _run("ivr", "add", "acme", "800", "--menu", json.dumps(menu), "--did", "+4930555", *d)
     assert rc == 0, err
     assert "DID +4930555" in out
+    menu["direct_dial"] = True  # replacing an IVR is allowed (it is no conflict with itself)
+    rc, out, err = _run("ivr", "add", "acme", "800", "--menu", json.dumps(menu), *d)
+    assert rc == 0, err
     rc, out, _ = _run("ivr", "show", "acme", "800", *d)
     shown = json.loads(out)
+    assert shown["direct_dial"] is True
     assert shown["options"]["1"] == {"type": "extension", "value": "1002"}
     assert shown["options"]["9"] == {"type": "external", "value": "+4930123"}
     assert shown["intro"] == ["welcome"] and shown["prompt"] == ["menu"]

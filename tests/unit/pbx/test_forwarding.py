@@ -7,43 +7,23 @@ import time
 import pytest
 
 from node.config_rules import ConfigError
-from node.embedded import open_embedded
-from node.model import Binding
 from node.pbx import forwarding
-from node.pbx.dialplan import FeatureState, plan_outgoing
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
-
-
-def _binding(tenant_id, ext, port):
-    return Binding(
-        tenant_id=tenant_id, extension=ext, contact=f"sip:{ext}@127.0.0.1:{port}", source_host="127.0.0.1",
-        source_port=port, transport="udp", expires_at=time.time() + 60, call_id=f"r{port}", cseq=1,
-    )
+from node.pbx.dialplan import FeatureState
+from tests.unit.pbx._fixtures import alpha_beta, binding, dial
 
 
 async def _setup(store, registered=("1002", "1003", "1009")):
     c = store.config
-    a = await c.create_tenant("alpha", "alpha.example")
-    b = await c.create_tenant("beta", "beta.example")
-    for n in ("1001", "1002", "1003", "1009"):
-        await c.create_extension(a.id, n, f"secret-{n}")
-    await c.create_extension(b.id, "2002", "secret-2002")
+    a, b = await alpha_beta(store, ("1001", "1002", "1003", "1009"), ("2002",))
     for n in registered:
-        await store.locations.save(_binding(a.id, n, 6000 + int(n) % 100))
+        await store.locations.save(binding(a.id, n, 6000 + int(n) % 100))
     await c.create_trunk(a.id, "carrier", "127.0.0.5", port=5080)
     await c.create_route(a.id, "0", "carrier")
     return a, b
 
 
 async def _plan(store, tenant, dialled="1002"):
-    caller = await store.config.get_extension(tenant.id, "1001")
-    return await plan_outgoing(tenant, caller, dialled, store.config, store.locations, FeatureState())
+    return await dial(store, tenant, dialled)
 
 
 def _ruris(plan):

@@ -5,25 +5,14 @@ from __future__ import annotations
 import pytest
 
 from node.config_rules import ConfigError
-from node.embedded import open_embedded
 from node.pbx import screening
 from node.pbx.dialplan import FeatureState, plan_inbound, plan_outgoing
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
+from tests.unit.pbx._fixtures import alpha_beta
 
 
 async def _setup(store):
     c = store.config
-    a = await c.create_tenant("alpha", "alpha.example")
-    b = await c.create_tenant("beta", "beta.example")
-    for t in (a, b):
-        for n in ("1001", "1002"):
-            await c.create_extension(t.id, n, f"secret-{n}")
+    a, b = await alpha_beta(store, ("1001", "1002"))
     await c.create_trunk(a.id, "carrier", "127.0.0.3")
     await c.create_route(a.id, "", "carrier")
     await c.create_did(a.id, "+4930555", "extension", "1002")

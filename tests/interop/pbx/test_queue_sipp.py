@@ -1,0 +1,104 @@
+"""Call queues against real SIPp peers: two callers dial the queue, one agent (a SIPp phone)
+takes them one after the other, first come first served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from node.config_rules import ConfigError
+from node.pbx import queue_calls
+from tests.peers.sipp import Sipp
+
+pytestmark = pytest.mark.interop
+
+DOMAIN = "alpha.example"
+
+
+def pw(ext: str) -> str:
+    return f"pw-{ext}-secret"
+
+
+def caller(pbx, tmp_path, user: str, hold_ms: int) -> Sipp:
+    return Sipp("uac_call.xml", pbx.target, workdir=tmp_path / f"caller-{user}", service="700", user=user,
+                domain=DOMAIN, auth_user=user, auth_password=pw(user), duration_ms=hold_ms, timeout=40)
+
+
+async def test_two_callers_are_served_in_order_by_one_agent(pbx, tmp_path):
+    t = await pbx.tenant("alpha", DOMAIN)
+    for e in ("1001", "1002", "1003"):
+        await pbx.config.create_extension(t.id, e, pw(e), display_name=f"Ext {e}")
+    await queue_calls.put(pbx.config, t.id, "700", {"members": ["1002"], "strategy": "longest-idle",
+                                                    "ring_timeout": 15})
+    acd = pbx.node.acd
+    await acd.login(t.id, "1002")
+    agent = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "agent", user="1002",
+                 domain=DOMAIN, auth_user="1002", auth_password=pw("1002"), ooc_scenario="uas_answer.xml",
+                 duration_ms=20000, timeout=45)
+    await agent.start()
+    try:
+        assert await pbx.wait_registered(t.id, "1002")
+        first = asyncio.create_task(caller(pbx, tmp_path, "1001", 2500).run())
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(caller(pbx, tmp_path, "1003", 5000).run())
+        # while the agent talks to 1001, 1003 waits in the queue
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                len(acd.queue_calls(t.id, "700")) == 1 and acd.agent_status(t.id, "1002") == "on_call"):
+            await asyncio.sleep(0.1)
+        waiting = acd.queue_calls(t.id, "700")
+        assert len(waiting) == 1 and acd.agent_status(t.id, "1002") == "on_call"
+        r1, r2 = await asyncio.gather(first, second)
+        r1.assert_ok()
+        r2.assert_ok()
+    finally:
+        res = await agent.stop()
+    invites = res.received("INVITE")
+    assert len(invites) == 2, res.describe()
+    assert "sip:1001@" in invites[0].header("From") and "sip:1003@" in invites[1].header("From")
+    byes = res.received("BYE")
+    assert len(byes) == 2
+    seen = [m.method for m in res.received() if m.method in ("INVITE", "BYE")]
+    assert seen == ["INVITE", "BYE", "INVITE", "BYE"], seen  # never two calls at once
+    rep = acd.queue_report(t.id, "700")
+    assert (rep["offered"], rep["answered"], rep["abandoned"], rep["waiting"]) == (2, 2, 0, 0)
+    assert rep["longest_wait"] >= 1.5  # 1003 waited for 1001's call to end
+    assert acd.agent_report(t.id, "1002")["answered"] == 2
+    assert await pbx.wait_idle()
+
+
+async def test_queue_config_is_validated_and_tenant_scoped(pbx, tmp_path):
+    t = await pbx.tenant("alpha", DOMAIN)
+    other = await pbx.tenant("beta", "beta.example")
+    await pbx.config.create_extension(t.id, "1002", pw("1002"))
+    await pbx.config.create_extension(other.id, "1005", pw("1005"))
+    with pytest.raises(ConfigError, match="strategy"):
+        await queue_calls.put(pbx.config, t.id, "700", {"strategy": "loudest"})
+    with pytest.raises(ConfigError, match="no extension"):
+        await queue_calls.put(pbx.config, t.id, "700", {"members": ["1005"]})  # beta's agent
+    with pytest.raises(ConfigError, match="is an extension"):
+        await queue_calls.put(pbx.config, t.id, "1002", {"members": ["1002"]})
+    await queue_calls.put(pbx.config, other.id, "700", {"members": ["1005"]})
+    await pbx.config.create_extension(t.id, "1001", pw("1001"))
+    # alpha has no queue 700: its caller gets the ordinary 404, never beta's queue
+    res = await Sipp("uac_call_expect_error.xml", pbx.target, workdir=tmp_path / "c", service="700", user="1001",
+                     domain=DOMAIN, auth_user="1001", auth_password=pw("1001"), variables={"expected": 404}).run()
+    res.assert_ok()
+    assert pbx.node.acd.queue_calls(other.id, "700") == []
+
+
+async def test_caller_hanging_up_while_waiting_is_abandoned(pbx, tmp_path):
+    t = await pbx.tenant("alpha", DOMAIN)
+    for e in ("1001", "1002"):
+        await pbx.config.create_extension(t.id, e, pw(e))
+    await queue_calls.put(pbx.config, t.id, "700", {"members": ["1002"]})  # 1002 never logs in
+    res = await caller(pbx, tmp_path, "1001", 1500).run()
+    res.assert_ok()  # the node answered; the caller waited 1.5 s and hung up
+    acd = pbx.node.acd
+    await acd.sync()
+    rep = acd.queue_report(t.id, "700")
+    assert (rep["offered"], rep["answered"], rep["abandoned"], rep["waiting"]) == (1, 0, 1, 0)
+    assert rep["longest_wait"] >= 1.0
+    assert await pbx.wait_idle()
