@@ -47,6 +47,9 @@ DEFAULT_PROMPTS: dict[str, str] = {
     "conf-pin": "Please enter the conference PIN, followed by the pound key.",
     "conf-bad-pin": "That PIN is not valid.",
     "conf-full": "This conference is full. Please try again later.",
+    "dir-intro": "Please enter the first three letters of the person's name.",
+    "dir-none": "No name matches those letters.",
+    "dir-choose": "To call this person, press 1. For the next name, press 2.",
 }
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")

@@ -28,6 +28,7 @@ from node.pbx import ivr as _ivr  # noqa: F401  (registers the 'ivr' application
 from node.pbx import voicemail  # registers the 'voicemail' application and the mailbox menu codes
 from node.pbx import queue_calls as _queue_calls  # noqa: F401  (registers the 'queue' application)
 from node.pbx import conference as _conference  # noqa: F401  (registers the 'conference' application)
+from node.pbx import directory as _directory  # noqa: F401  (the dial-by-name directory)
 from node.pbx import recording as _recording
 from node.acd.service import SNAPSHOT_EVERY, AcdService
 from node.pbx.blf_bus import LineStateSharing
