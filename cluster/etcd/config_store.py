@@ -9,7 +9,6 @@ transaction: never reused, so a deleted tenant's CDRs never become a new tenant'
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 
@@ -19,6 +18,7 @@ from cluster.etcd import metrics as M
 from cluster.etcd.client import Keys, prefix_end, unquote_name
 from cluster.etcd.watched import WatchedPrefix
 from node import config_rules as rules
+from node.config_index import ConfigIndex
 from node.config_rules import ConfigError
 from node.model import Did, Extension, OutboundRoute, Tenant, Trunk
 
@@ -26,14 +26,6 @@ log = logging.getLogger("hivepbx.cluster.etcd")
 
 #: a transaction that keeps losing to other writers gives up after this many tries
 MAX_ATTEMPTS = 50
-
-
-def _route_order(r: OutboundRoute) -> tuple[int, int, int]:
-    return (-len(r.prefix), r.priority, r.id)
-
-
-def _number_order(number: str) -> tuple[int, str]:
-    return (len(number), number)
 
 
 def _dump(record) -> bytes:
@@ -49,26 +41,19 @@ def _revision(responses) -> int:
     return 0
 
 
-class _View:
-    """The configuration as lookups want it, keyed the way the network asks."""
+class _View(ConfigIndex):
+    """The configuration as lookups want it, kept current from the watch's PUT and DELETE events."""
+
+    __slots__ = ("_k", "by_key")
 
     def __init__(self, keys: Keys) -> None:
         self._k = keys
         self.clear()
 
     def clear(self) -> None:
+        super().clear()
         #: etcd key -> record, so a DELETE event (which carries no value) finds what to unindex
         self.by_key: dict[bytes, object] = {}
-        self.tenants: dict[int, Tenant] = {}
-        self.tenants_by_domain: dict[str, Tenant] = {}
-        self.exts: dict[int, dict[str, Extension]] = {}
-        self.dids: dict[str, Did] = {}
-        self.dids_by_tenant: dict[int, dict[str, Did]] = {}
-        self.trunks: dict[int, dict[str, Trunk]] = {}
-        self.trunks_by_id: dict[int, Trunk] = {}
-        self.trunks_by_host: dict[str, list[Trunk]] = {}
-        self.routes: dict[int, list[OutboundRoute]] = {}
-        self.objects: dict[tuple[int, str], dict[str, str]] = {}
 
     def reset(self, kvs: list[tuple[bytes, bytes]]) -> None:
         self.clear()
@@ -94,51 +79,35 @@ class _View:
             self.drop(key)
         self.by_key[key] = record
         if isinstance(record, Tenant):
-            self.tenants[record.id] = record
-            self.tenants_by_domain[record.domain] = record
+            self.add_tenant(record)
         elif isinstance(record, Extension):
-            self.exts.setdefault(record.tenant_id, {})[record.number] = record
+            self.add_ext(record)
         elif isinstance(record, Did):
-            self.dids[rules.did_key(record.number)] = record
-            self.dids_by_tenant.setdefault(record.tenant_id, {})[record.number] = record
+            self.add_did(record)
         elif isinstance(record, Trunk):
-            self.trunks.setdefault(record.tenant_id, {})[record.name] = record
-            self.trunks_by_id[record.id] = record
-            self.trunks_by_host.setdefault(record.host, []).append(record)
+            self.add_trunk(record)
         elif isinstance(record, OutboundRoute):
-            bisect.insort(self.routes.setdefault(record.tenant_id, []), record, key=_route_order)
+            self.add_route(record)
         elif isinstance(record, tuple):  # feature object: (tenant, kind, name, text)
-            tid, kind, name, text = record
-            self.objects.setdefault((tid, kind), {})[name] = text
+            self.put_object(*record)
 
     def drop(self, key: bytes) -> None:
         record = self.by_key.pop(key, None)
         if record is None:
             return
         if isinstance(record, Tenant):
-            self.tenants.pop(record.id, None)
-            if self.tenants_by_domain.get(record.domain) is record:
-                del self.tenants_by_domain[record.domain]
+            self.drop_tenant(record)
         elif isinstance(record, Extension):
-            self.exts.get(record.tenant_id, {}).pop(record.number, None)
+            self.drop_ext(record.tenant_id, record.number)
         elif isinstance(record, Did):
-            self.dids.pop(rules.did_key(record.number), None)
-            self.dids_by_tenant.get(record.tenant_id, {}).pop(record.number, None)
+            self.drop_did(record)
         elif isinstance(record, Trunk):
-            self.trunks.get(record.tenant_id, {}).pop(record.name, None)
-            self.trunks_by_id.pop(record.id, None)
-            same = [t for t in self.trunks_by_host.get(record.host, ()) if t.id != record.id]
-            if same:
-                self.trunks_by_host[record.host] = same
-            else:
-                self.trunks_by_host.pop(record.host, None)
+            self.drop_trunk(record)
         elif isinstance(record, OutboundRoute):
-            routes = self.routes.get(record.tenant_id)
-            if routes:
-                self.routes[record.tenant_id] = [r for r in routes if r.id != record.id]
+            self.drop_route(record.tenant_id, record.id)
         elif isinstance(record, tuple):
             tid, kind, name, _ = record
-            self.objects.get((tid, kind), {}).pop(name, None)
+            self.drop_object(tid, kind, name)
 
     @staticmethod
     def _decode(rel: bytes, value: bytes):
@@ -237,18 +206,13 @@ class EtcdConfigStore:
     # --- unscoped lookups the network forces on us
 
     async def tenant_by_domain(self, domain: str) -> Tenant | None:
-        by_domain = self._v.tenants_by_domain
-        t = by_domain.get(domain)
-        return t if t is not None else by_domain.get(domain.lower().rstrip("."))
+        return self._v.tenant_by_domain(domain)
 
     async def did_by_number(self, number: str) -> Did | None:
-        return self._v.dids.get(rules.did_key(number))
+        return self._v.did_by_number(number)
 
     async def trunks_by_address(self, host: str) -> list[Trunk]:
-        found = self._v.trunks_by_host.get(host)
-        if found is None:
-            found = self._v.trunks_by_host.get(host.lower())
-        return list(found) if found else []
+        return self._v.trunks_by_address(host)
 
     # --- tenants
 
@@ -279,7 +243,7 @@ class EtcdConfigStore:
         return self._v.tenants.get(tenant_id)
 
     async def list_tenants(self) -> list[Tenant]:
-        return sorted(self._v.tenants.values(), key=lambda t: t.id)
+        return self._v.list_tenants()
 
     async def delete_tenant(self, tenant_id: int) -> bool:
         """Removes the tenant with its extensions, DIDs, trunks, routes, feature objects and
@@ -330,11 +294,10 @@ class EtcdConfigStore:
         raise self._busy(f"extension {number}")
 
     async def get_extension(self, tenant_id: int, number: str) -> Extension | None:
-        exts = self._v.exts.get(tenant_id)
-        return exts.get(number) if exts else None
+        return self._v.get_extension(tenant_id, number)
 
     async def list_extensions(self, tenant_id: int) -> list[Extension]:
-        return sorted(self._v.exts.get(tenant_id, {}).values(), key=lambda e: _number_order(e.number))
+        return self._v.list_extensions(tenant_id)
 
     async def delete_extension(self, tenant_id: int, number: str) -> bool:
         """Also drops its registrations. Refused while a DID still points at it."""
@@ -392,7 +355,7 @@ class EtcdConfigStore:
         raise self._busy(f"DID {number}")
 
     async def list_dids(self, tenant_id: int) -> list[Did]:
-        return sorted(self._v.dids_by_tenant.get(tenant_id, {}).values(), key=lambda d: _number_order(d.number))
+        return self._v.list_dids(tenant_id)
 
     async def delete_did(self, tenant_id: int, number: str) -> bool:
         k, t = self._k, self._t
@@ -430,10 +393,10 @@ class EtcdConfigStore:
         raise self._busy(f"trunk {name!r}")
 
     async def get_trunk(self, tenant_id: int, name: str) -> Trunk | None:
-        return self._v.trunks.get(tenant_id, {}).get(name)
+        return self._v.get_trunk(tenant_id, name)
 
     async def list_trunks(self, tenant_id: int) -> list[Trunk]:
-        return sorted(self._v.trunks.get(tenant_id, {}).values(), key=lambda t: t.name)
+        return self._v.list_trunks(tenant_id)
 
     async def delete_trunk(self, tenant_id: int, name: str) -> bool:
         """Refused while a route still uses the trunk."""
@@ -510,12 +473,7 @@ class EtcdConfigStore:
 
     async def match_routes(self, tenant_id: int, number: str) -> list[tuple[OutboundRoute, Trunk]]:
         """Routes whose prefix matches ``number``, longest prefix first, then priority."""
-        v = self._v
-        return [
-            (r, v.trunks_by_id[r.trunk_id])
-            for r in v.routes.get(tenant_id, ())
-            if number.startswith(r.prefix) and r.trunk_id in v.trunks_by_id
-        ]
+        return self._v.match_routes(tenant_id, number)
 
     # --- feature objects
 
@@ -529,12 +487,10 @@ class EtcdConfigStore:
             raise ConfigError(f"no tenant with id {tenant_id}", 404)
 
     async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None:
-        text = self._v.objects.get((tenant_id, kind), {}).get(name)
-        return None if text is None else json.loads(text)
+        return self._v.get_object(tenant_id, kind, name)
 
     async def list_objects(self, tenant_id: int, kind: str) -> dict[str, dict]:
-        found = self._v.objects.get((tenant_id, kind), {})
-        return {name: json.loads(found[name]) for name in sorted(found)}
+        return self._v.list_objects(tenant_id, kind)
 
     async def delete_object(self, tenant_id: int, kind: str, name: str) -> bool:
         if not isinstance(kind, str) or not isinstance(name, str) or "/" in kind:

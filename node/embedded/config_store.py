@@ -10,12 +10,10 @@ transaction, so a check cannot be overtaken by another process's write.
 
 from __future__ import annotations
 
-import bisect
-import json
 import time
-from collections.abc import Iterable
 
 from node import config_rules as rules
+from node.config_index import ConfigIndex
 from node.embedded.db import Database
 from node.config_rules import ConfigError
 from node.model import Did, Extension, OutboundRoute, Tenant, Trunk
@@ -27,15 +25,6 @@ _TRUNK_COLS = "id, tenant_id, name, host, port, transport, username, password, r
 _ROUTE_COLS = "id, tenant_id, prefix, trunk_id, strip, prepend, priority"
 
 
-def _route_order(r: OutboundRoute) -> tuple[int, int, int]:
-    # longest prefix first, then priority (lower first), then age for a stable order
-    return (-len(r.prefix), r.priority, r.id)
-
-
-def _number_order(number: str) -> tuple[int, str]:
-    return (len(number), number)
-
-
 def _ext(row: tuple) -> Extension:
     return Extension(*row[:6], voicemail_enabled=bool(row[6]))
 
@@ -44,28 +33,10 @@ def _trunk(row: tuple) -> Trunk:
     return Trunk(*row[:8], register=bool(row[8]), from_domain=row[9])
 
 
-class _View:
+class _View(ConfigIndex):
     """The configuration as lookups want it. Rebuilt whole on an outside change."""
 
-    __slots__ = (
-        "tenants", "tenants_by_domain", "exts", "dids", "dids_by_tenant",
-        "trunks", "trunks_by_id", "trunks_by_host", "routes", "objects",
-    )
-
-    def __init__(self) -> None:
-        self.tenants: dict[int, Tenant] = {}
-        self.tenants_by_domain: dict[str, Tenant] = {}
-        self.exts: dict[int, dict[str, Extension]] = {}
-        #: by DID key (number without '+')
-        self.dids: dict[str, Did] = {}
-        self.dids_by_tenant: dict[int, dict[str, Did]] = {}
-        self.trunks: dict[int, dict[str, Trunk]] = {}
-        self.trunks_by_id: dict[int, Trunk] = {}
-        self.trunks_by_host: dict[str, list[Trunk]] = {}
-        #: per tenant, in match order
-        self.routes: dict[int, list[OutboundRoute]] = {}
-        #: (tenant, kind) -> name -> JSON text (decoded on read: callers may mutate what they get)
-        self.objects: dict[tuple[int, str], dict[str, str]] = {}
+    __slots__ = ()
 
     @classmethod
     def load(cls, db: Database) -> "_View":
@@ -82,48 +53,8 @@ class _View:
         for row in c.execute(f"SELECT {_ROUTE_COLS} FROM routes"):
             v.add_route(OutboundRoute(*row))
         for tenant_id, kind, name, data in c.execute("SELECT tenant_id, kind, name, data FROM tenant_objects"):
-            v.objects.setdefault((tenant_id, kind), {})[name] = data
+            v.put_object(tenant_id, kind, name, data)
         return v
-
-    def add_tenant(self, t: Tenant) -> None:
-        self.tenants[t.id] = t
-        self.tenants_by_domain[t.domain] = t
-
-    def add_ext(self, e: Extension) -> None:
-        self.exts.setdefault(e.tenant_id, {})[e.number] = e
-
-    def drop_ext(self, tenant_id: int, number: str) -> None:
-        self.exts.get(tenant_id, {}).pop(number, None)
-
-    def add_did(self, d: Did) -> None:
-        self.dids[rules.did_key(d.number)] = d
-        self.dids_by_tenant.setdefault(d.tenant_id, {})[d.number] = d
-
-    def drop_did(self, d: Did) -> None:
-        self.dids.pop(rules.did_key(d.number), None)
-        self.dids_by_tenant.get(d.tenant_id, {}).pop(d.number, None)
-
-    def add_trunk(self, t: Trunk) -> None:
-        self.trunks.setdefault(t.tenant_id, {})[t.name] = t
-        self.trunks_by_id[t.id] = t
-        self.trunks_by_host.setdefault(t.host, []).append(t)
-
-    def drop_trunk(self, t: Trunk) -> None:
-        self.trunks.get(t.tenant_id, {}).pop(t.name, None)
-        self.trunks_by_id.pop(t.id, None)
-        same_host = [x for x in self.trunks_by_host.get(t.host, ()) if x.id != t.id]
-        if same_host:
-            self.trunks_by_host[t.host] = same_host
-        else:
-            self.trunks_by_host.pop(t.host, None)
-
-    def add_route(self, r: OutboundRoute) -> None:
-        bisect.insort(self.routes.setdefault(r.tenant_id, []), r, key=_route_order)
-
-    def drop_route(self, tenant_id: int, route_id: int) -> None:
-        routes = self.routes.get(tenant_id)
-        if routes:
-            self.routes[tenant_id] = [r for r in routes if r.id != route_id]
 
 
 class EmbeddedConfigStore:
@@ -145,21 +76,15 @@ class EmbeddedConfigStore:
     # --- unscoped lookups the network forces on us
     async def tenant_by_domain(self, domain: str) -> Tenant | None:
         self._db.poll()
-        by_domain = self._v.tenants_by_domain
-        t = by_domain.get(domain)
-        # domains are case-insensitive (RFC 3261 §19.1.4); stored lower-cased
-        return t if t is not None else by_domain.get(domain.lower().rstrip("."))
+        return self._v.tenant_by_domain(domain)
 
     async def did_by_number(self, number: str) -> Did | None:
         self._db.poll()
-        return self._v.dids.get(rules.did_key(number))
+        return self._v.did_by_number(number)
 
     async def trunks_by_address(self, host: str) -> list[Trunk]:
         self._db.poll()
-        found = self._v.trunks_by_host.get(host)
-        if found is None:
-            found = self._v.trunks_by_host.get(host.lower())
-        return list(found) if found else []
+        return self._v.trunks_by_address(host)
 
     # --- tenants
     async def create_tenant(self, name: str, domain: str, **opts) -> Tenant:
@@ -184,7 +109,7 @@ class EmbeddedConfigStore:
 
     async def list_tenants(self) -> list[Tenant]:
         self._db.poll()
-        return sorted(self._v.tenants.values(), key=lambda t: t.id)
+        return self._v.list_tenants()
 
     async def delete_tenant(self, tenant_id: int) -> bool:
         """Removes the tenant with its extensions, DIDs, trunks, routes and registrations.
@@ -223,12 +148,11 @@ class EmbeddedConfigStore:
 
     async def get_extension(self, tenant_id: int, number: str) -> Extension | None:
         self._db.poll()
-        exts = self._v.exts.get(tenant_id)
-        return exts.get(number) if exts else None
+        return self._v.get_extension(tenant_id, number)
 
     async def list_extensions(self, tenant_id: int) -> list[Extension]:
         self._db.poll()
-        return sorted(self._v.exts.get(tenant_id, {}).values(), key=lambda e: _number_order(e.number))
+        return self._v.list_extensions(tenant_id)
 
     async def delete_extension(self, tenant_id: int, number: str) -> bool:
         """Also drops its registrations. Refused while a DID still points at it."""
@@ -282,7 +206,7 @@ class EmbeddedConfigStore:
 
     async def list_dids(self, tenant_id: int) -> list[Did]:
         self._db.poll()
-        return sorted(self._v.dids_by_tenant.get(tenant_id, {}).values(), key=lambda d: _number_order(d.number))
+        return self._v.list_dids(tenant_id)
 
     async def delete_did(self, tenant_id: int, number: str) -> bool:
         key = rules.did_key(number.strip())
@@ -316,11 +240,11 @@ class EmbeddedConfigStore:
 
     async def get_trunk(self, tenant_id: int, name: str) -> Trunk | None:
         self._db.poll()
-        return self._v.trunks.get(tenant_id, {}).get(name)
+        return self._v.get_trunk(tenant_id, name)
 
     async def list_trunks(self, tenant_id: int) -> list[Trunk]:
         self._db.poll()
-        return sorted(self._v.trunks.get(tenant_id, {}).values(), key=lambda t: t.name)
+        return self._v.list_trunks(tenant_id)
 
     async def delete_trunk(self, tenant_id: int, name: str) -> bool:
         """Refused while a route still uses the trunk."""
@@ -380,8 +304,7 @@ class EmbeddedConfigStore:
     async def match_routes(self, tenant_id: int, number: str) -> list[tuple[OutboundRoute, Trunk]]:
         """Routes whose prefix matches ``number``, longest prefix first, then priority."""
         self._db.poll()
-        v = self._v
-        return [(r, v.trunks_by_id[r.trunk_id]) for r in _matching(v.routes.get(tenant_id, ()), number)]
+        return self._v.match_routes(tenant_id, number)
 
     # --- feature objects
     async def put_object(self, tenant_id: int, kind: str, name: str, data: dict) -> None:
@@ -393,17 +316,15 @@ class EmbeddedConfigStore:
                 "ON CONFLICT (tenant_id, kind, name) DO UPDATE SET data = excluded.data",
                 (tenant_id, kind, name, text),
             )
-        self._v.objects.setdefault((tenant_id, kind), {})[name] = text
+        self._v.put_object(tenant_id, kind, name, text)
 
     async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None:
         self._db.poll()
-        text = self._v.objects.get((tenant_id, kind), {}).get(name)
-        return None if text is None else json.loads(text)
+        return self._v.get_object(tenant_id, kind, name)
 
     async def list_objects(self, tenant_id: int, kind: str) -> dict[str, dict]:
         self._db.poll()
-        found = self._v.objects.get((tenant_id, kind), {})
-        return {name: json.loads(found[name]) for name in sorted(found)}
+        return self._v.list_objects(tenant_id, kind)
 
     async def delete_object(self, tenant_id: int, kind: str, name: str) -> bool:
         with self._db.write() as c:
@@ -412,9 +333,5 @@ class EmbeddedConfigStore:
             )
         if cur.rowcount == 0:
             return False
-        self._v.objects.get((tenant_id, kind), {}).pop(name, None)
+        self._v.drop_object(tenant_id, kind, name)
         return True
-
-
-def _matching(routes: Iterable[OutboundRoute], number: str) -> Iterable[OutboundRoute]:
-    return (r for r in routes if number.startswith(r.prefix))

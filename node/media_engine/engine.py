@@ -31,7 +31,7 @@ from node.media.tones import FRAME, TONES, render
 from node.media.wav import read_wav
 from node.rtp_engine.errors import RelayError
 from node.rtp_engine.port_pool import PortPool
-from node.rtp_engine.sockets import bind_pair, has_ipv6, normalize_host
+from node.rtp_engine.sockets import bind_address, bind_pair, normalize_host
 
 log = logging.getLogger("hivepbx.media")
 
@@ -47,11 +47,7 @@ class MediaEngine:
 
     def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, period: float = 0.020) -> None:
         self.pool = pool
-        if bind_host == "":
-            bind_host = "::" if has_ipv6() else "0.0.0.0"
-        self.bind_host = bind_host
-        self.family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-        self.dual_stack = self.family == socket.AF_INET6 and bind_host == "::"
+        self.bind_host, self.family, self.dual_stack = bind_address(bind_host)
         self.period = period
         self.endpoints: set = set()
         self.tickers: list[Ticker] = []

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from node.config_rules import ConfigError
 from node.model import Extension, Tenant
-from node.pbx import forwarding
+from node.pbx import forwarding, member_groups
 from node.pbx.routing import RoutePlan, extension_targets
 from node.ports import ConfigStore, LocationStore
-from node.config_rules import extension_number
 
 KIND = "page_group"
 MAX_MEMBERS = 50
@@ -32,27 +31,14 @@ def auto_answer_headers(domain: str) -> list[tuple[str, str]]:
 
 
 def validate(doc: object) -> dict:
-    if not isinstance(doc, dict) or set(doc) != {"members"}:
-        raise ConfigError('a page group is {"members": ["1002", "1003", ...]}')
-    members = doc["members"]
-    if not isinstance(members, list) or not members:
-        raise ConfigError("page group members must be a non-empty list of extension numbers")
-    if len(members) > MAX_MEMBERS:
-        raise ConfigError(f"a page group has at most {MAX_MEMBERS} members")
-    try:
-        out = [extension_number(m) for m in members]
-    except ConfigError as e:
-        raise ConfigError(f"page group member: {e}") from None
-    return {"members": list(dict.fromkeys(out))}
+    return member_groups.validate(doc, "page group", MAX_MEMBERS)
 
 
 async def save(config: ConfigStore, tenant_id: int, name: str, doc: object) -> dict:
     if not isinstance(name, str) or not name.isdigit() or not 2 <= len(name) <= 10:
         raise ConfigError(f"a page group is named by a number (2-10 digits), not {name!r}")
     out = validate(doc)
-    for m in out["members"]:
-        if await config.get_extension(tenant_id, m) is None:
-            raise ConfigError(f"page group member {m} is not an extension of this tenant", 404)
+    await member_groups.check_members(config, tenant_id, out["members"], "page group")
     await config.put_object(tenant_id, KIND, name, out)
     return out
 

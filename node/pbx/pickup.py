@@ -20,8 +20,8 @@ import logging
 import time
 import uuid
 
-from node.config_rules import ConfigError, extension_number
-from node.pbx import feature_codes, outgoing
+from node.config_rules import ConfigError
+from node.pbx import feature_codes, member_groups, outgoing
 from node.pbx.call import Caller, CallState
 from node.pbx.routing import RoutePlan
 from node.ports import ConfigStore
@@ -36,27 +36,14 @@ MAX_MEMBERS = 200
 
 
 def validate(doc: object) -> dict:
-    if not isinstance(doc, dict) or set(doc) != {"members"}:
-        raise ConfigError('a pickup group is {"members": ["1002", "1003", ...]}')
-    members = doc["members"]
-    if not isinstance(members, list) or not members:
-        raise ConfigError("pickup group members must be a non-empty list of extension numbers")
-    if len(members) > MAX_MEMBERS:
-        raise ConfigError(f"a pickup group has at most {MAX_MEMBERS} members")
-    try:
-        out = [extension_number(m) for m in members]
-    except ConfigError as e:
-        raise ConfigError(f"pickup group member: {e}") from None
-    return {"members": list(dict.fromkeys(out))}
+    return member_groups.validate(doc, "pickup group", MAX_MEMBERS)
 
 
 async def save(config: ConfigStore, tenant_id: int, name: str, doc: object) -> dict:
     if not isinstance(name, str) or not name.strip() or len(name) > 64:
         raise ConfigError("a pickup group needs a name (1-64 characters)")
     out = validate(doc)
-    for m in out["members"]:
-        if await config.get_extension(tenant_id, m) is None:
-            raise ConfigError(f"pickup group member {m} is not an extension of this tenant", 404)
+    await member_groups.check_members(config, tenant_id, out["members"], "pickup group")
     await config.put_object(tenant_id, KIND, name, out)
     return out
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from node.rtp_engine import metrics
 from node.rtp_engine.errors import BadRemote, RelayError
 from node.rtp_engine.port_pool import PortPool
-from node.rtp_engine.sockets import bind_pair, has_ipv6, normalize_host
+from node.rtp_engine.sockets import bind_address, bind_pair, normalize_host
 
 __all__ = ["PortPool", "RtpRelay", "RelaySession", "RelayLeg", "LegStats", "SessionStats"]
 
@@ -400,15 +400,11 @@ class RtpRelay:
 
     def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, relatch_after: float = 1.0) -> None:
         self.pool = pool
-        if bind_host == "":
-            bind_host = "::" if has_ipv6() else "0.0.0.0"
-        self.bind_host = bind_host
-        self.family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        self.bind_host, self.family, self.dual_stack = bind_address(bind_host)
         try:
-            socket.inet_pton(self.family, bind_host)
+            socket.inet_pton(self.family, self.bind_host)
         except OSError:
             raise ValueError(f"RTP bind address must be an IP literal, not {bind_host!r}") from None
-        self.dual_stack = self.family == socket.AF_INET6 and bind_host == "::"
         #: seconds the latched source must be silent before another source may take over
         self.relatch_after = relatch_after
         self._loop: asyncio.AbstractEventLoop | None = None

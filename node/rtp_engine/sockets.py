@@ -28,6 +28,15 @@ def has_ipv6() -> bool:
         return False
 
 
+def bind_address(bind_host: str) -> tuple[str, int, bool]:
+    """(host, family, dual_stack) of a media bind address: an IP literal, '::' for dual stack,
+    '' for '::' where this host has IPv6, else 0.0.0.0."""
+    if bind_host == "":
+        bind_host = "::" if has_ipv6() else "0.0.0.0"
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    return bind_host, family, family == socket.AF_INET6 and bind_host == "::"
+
+
 def bind_pair(
     pool: PortPool, family: int, bind_host: str, dual_stack: bool
 ) -> tuple[int, socket.socket, socket.socket]:

@@ -3,7 +3,6 @@ client, line states and subscription server; a call on node A lights the lamp on
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from cluster.kafka import KafkaBus
@@ -11,25 +10,8 @@ from node.pbx.blf_bus import LineStateSharing
 from node.pbx.subscriptions import LineStates
 from node.sip.events import DialogInfo
 from tests.peers.kafka import kafka_broker  # noqa: F401  (fixture)
-
-
-class Server:
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, int, str]] = []
-
-    def register(self, package) -> None:
-        pass
-
-    def changed(self, package: str, tenant_id: int, resource: str) -> None:
-        self.changes.append((package, tenant_id, resource))
-
-
-async def _until(pred, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "not reached"
-        await asyncio.sleep(0.02)
+from tests.unit.pbx._fixtures import FakeSubscriptionServer
+from tests.waiting import until
 
 
 async def test_line_state_crosses_nodes_over_kafka(kafka_broker):  # noqa: F811
@@ -37,7 +19,7 @@ async def test_line_state_crosses_nodes_over_kafka(kafka_broker):  # noqa: F811
     nodes = []
     for node_id in ("a", "b"):
         bus = KafkaBus(kafka_broker, client_id=f"blf-{node_id}", fetch_max_wait_ms=20)
-        server = Server()
+        server = FakeSubscriptionServer()
         lines = LineStates(server, config=None)  # type: ignore[arg-type]
         nodes.append((bus, server, lines, LineStateSharing(bus, lines, node_id, partitions=2, topic=topic)))
     try:
@@ -46,10 +28,10 @@ async def test_line_state_crosses_nodes_over_kafka(kafka_broker):  # noqa: F811
         (_, _, lines_a, share_a), (_, server_b, lines_b, share_b) = nodes
         for state in ("early", "confirmed"):
             lines_a.update(3, "1002", DialogInfo("c1-b", "inv-1", "recipient", state, "sip:1001@alpha.example"))
-        await _until(lambda: [d.state for d in lines_b.dialogs(3, "1002")] == ["confirmed"])
+        assert await until(lambda: [d.state for d in lines_b.dialogs(3, "1002")] == ["confirmed"], timeout=15.0)
         assert ("dialog", 3, "1002") in server_b.changes
         lines_a.update(3, "1002", DialogInfo("c1-b", "inv-1", "recipient", "terminated", "sip:1001@alpha.example"))
-        await _until(lambda: share_b.applied == 3)
+        assert await until(lambda: share_b.applied == 3, timeout=15.0)
         assert lines_b.dialogs(3, "1002") == [] and share_b.published == 0 and share_a.errors == 0
     finally:
         for bus, *_, share in nodes:

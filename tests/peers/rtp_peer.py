@@ -108,3 +108,14 @@ def best_correlation(reference: np.ndarray, signal: np.ndarray) -> float:
         return 0.0
     window = window - window.mean()
     return float(np.dot(window, ref) / (np.linalg.norm(window) * np.linalg.norm(ref) + 1e-9))
+
+
+async def node_media_of(pbx, peer: RtpPeer, timeout: float = 10.0) -> tuple[str, int]:
+    """Where the node's endpoint for this caller receives (the port in its SDP answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ep in list(pbx.node.media.endpoints):
+            if ep.sdp_addr is not None and ep.sdp_addr[1] == peer.port:
+                return ("127.0.0.1", ep.local_port)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no node endpoint for the caller at port {peer.port}")

@@ -14,7 +14,7 @@ import pytest
 from node.config_rules import ConfigError
 from node.media.wav import read_wav
 from node.pbx import conference
-from tests.peers.rtp_peer import RtpPeer, best_correlation, rms, tone_level
+from tests.peers.rtp_peer import RtpPeer, best_correlation, node_media_of, rms, tone_level
 from tests.peers.sipp import Sipp
 from tests.waiting import until
 
@@ -35,17 +35,6 @@ def _caller(pbx, tmp_path, user: str, peer: RtpPeer, room: str, hold_ms: int) ->
     return Sipp("uac_media_call.xml", pbx.target, workdir=tmp_path / user, service=room, user=user, domain=DOMAIN,
                 auth_user=user, auth_password=PW[user], timeout=30,
                 keys={"rtp_ip": "127.0.0.1", "rtp_port": peer.port, "formats": "0 101", "hold_ms": hold_ms})
-
-
-async def node_media_of(pbx, peer: RtpPeer, timeout: float = 10.0) -> tuple[str, int]:
-    """Where the node's endpoint for this caller receives (the port in its SDP answer)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ep in list(pbx.node.media.endpoints):
-            if ep.sdp_addr is not None and ep.sdp_addr[1] == peer.port:
-                return ("127.0.0.1", ep.local_port)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no node endpoint for the caller at port {peer.port}")
 
 
 async def test_three_talkers_hear_each_other_listener_muted_fifth_refused(pbx, tmp_path):

@@ -12,8 +12,7 @@ import pytest
 
 from node.media.wav import read_wav
 from node.pbx import feature_codes
-from tests.interop.pbx.test_conference_sipp import node_media_of
-from tests.peers.rtp_peer import RtpPeer, best_correlation
+from tests.peers.rtp_peer import RtpPeer, best_correlation, node_media_of
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop

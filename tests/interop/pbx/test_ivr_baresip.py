@@ -11,9 +11,9 @@ import pytest
 
 from node.media.wav import read_wav
 from node.pbx import ivr
-from tests.interop.pbx.test_ivr_sipp import best_correlation
 from tests.peers.audio import read_wav as read_float_wav
 from tests.peers.audio import tone_share
+from tests.peers.rtp_peer import best_correlation
 
 pytestmark = pytest.mark.interop
 

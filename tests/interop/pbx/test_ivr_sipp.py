@@ -17,7 +17,7 @@ from tests.interop.pbx.pcap_caller import RtpListener, pcap_call, received_audio
 from tests.peers.net import free_port
 from tests.peers.rtp_pcap import rfc4733_packets, write_pcap
 from tests.peers.rtp_peer import best_correlation
-from tests.peers.sipp import Sipp
+from tests.peers.sipp import Sipp, sipp_phone
 
 pytestmark = pytest.mark.interop
 
@@ -41,9 +41,8 @@ async def _tenant(pbx):
 async def test_ivr_prompt_then_rfc4733_key_bridges_to_extension(pbx, tmp_path):
     t = await _tenant(pbx)
     await ivr.put(pbx.config, t.id, "800", MENU)
-    callee = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "phone", user="1002",
-                  domain=DOMAIN, auth_user="1002", auth_password=PW2, ooc_scenario="uas_answer.xml",
-                  duration_ms=20000, timeout=40)
+    callee = sipp_phone(pbx.target, user="1002", password=PW2, domain=DOMAIN, answer_with="uas_answer.xml",
+                        registered_ms=20000, timeout=40, workdir=tmp_path / "phone")
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
     pcap = write_pcap(tmp_path / "key2.pcap", rfc4733_packets("2"))
@@ -112,9 +111,8 @@ async def test_did_from_carrier_reaches_ivr_and_inband_key_transfers(pbx, tmp_pa
     await ivr.put(pbx.config, t.id, "800", dict(MENU, options={"2": "1002"}))  # no announcement
     await pbx.config.create_trunk(t.id, "carrier", "127.0.0.3")
     await pbx.config.create_did(t.id, "+441135550100", "ivr", "800")
-    callee = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "phone", user="1002",
-                  domain=DOMAIN, auth_user="1002", auth_password=PW2, ooc_scenario="uas_answer.xml",
-                  duration_ms=20000, timeout=40)
+    callee = sipp_phone(pbx.target, user="1002", password=PW2, domain=DOMAIN, answer_with="uas_answer.xml",
+                        registered_ms=20000, timeout=40, workdir=tmp_path / "phone")
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
     silence = np.zeros(8000 // 5, dtype=np.int16)
@@ -195,9 +193,8 @@ async def test_busy_extension_keeps_the_caller_in_the_ivr(pbx, tmp_path):
     "unavailable", then the menu) until it hangs up itself."""
     t = await _tenant(pbx)
     await ivr.put(pbx.config, t.id, "800", {"prompt": ["menu"], "options": {"2": "1002"}, "timeout": 20})
-    callee = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "phone", user="1002",
-                  domain=DOMAIN, auth_user="1002", auth_password=PW2, ooc_scenario="uas_busy.xml",
-                  duration_ms=20000, timeout=40)
+    callee = sipp_phone(pbx.target, user="1002", password=PW2, domain=DOMAIN, answer_with="uas_busy.xml",
+                        registered_ms=20000, timeout=40, workdir=tmp_path / "phone")
     await callee.start()
     assert await pbx.wait_registered(t.id, "1002")
     pcap = write_pcap(tmp_path / "key2.pcap", rfc4733_packets("2"))
@@ -228,9 +225,8 @@ async def test_ivr_option_to_a_hunt_group_follows_its_rules(pbx, tmp_path):
     await ivr.put(pbx.config, t.id, "800", {"prompt": ["menu"], "options": {"3": "600"}})
     phones = []
     for ext, pw, scenario in (("1002", PW2, "uas_busy.xml"), ("1003", "pw-1003-secret", "uas_answer.xml")):
-        phone = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / f"phone{ext}", user=ext,
-                     domain=DOMAIN, auth_user=ext, auth_password=pw, ooc_scenario=scenario,
-                     duration_ms=20000, timeout=40)
+        phone = sipp_phone(pbx.target, user=ext, password=pw, domain=DOMAIN, answer_with=scenario,
+                           registered_ms=20000, timeout=40, workdir=tmp_path / f"phone{ext}")
         await phone.start()
         assert await pbx.wait_registered(t.id, ext)
         phones.append(phone)

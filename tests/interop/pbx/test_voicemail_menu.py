@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import pytest
 
 from node.pbx import feature_codes, voicemail
-from tests.interop.pbx.test_ivr_sipp import _Rtp
+from tests.interop.pbx.pcap_caller import pcap_call
 from tests.interop.pbx.test_voicemail_sipp import DOMAIN, PW, _tenant, tone
-from tests.peers.net import free_port
 from tests.peers.rtp_pcap import rfc4733_packets, write_pcap
 from tests.peers.sipp import Sipp
 from tests.waiting import until
@@ -31,19 +29,12 @@ def keys_at(batches: list[tuple[float, str]]) -> list[tuple[float, bytes]]:
 
 
 async def dial_menu(pbx, tmp_path, user: str, code: str, batches, hold_s: float):
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", free_port()))
     pcap = write_pcap(tmp_path / f"keys-{user}.pcap", keys_at(batches))
-    try:
-        return await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / f"caller-{user}", service=code, user=user,
-            domain=DOMAIN, auth_user=user, auth_password=PW[user], timeout=40,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": transport.get_extra_info("sockname")[1], "dtmf_after_ms": 500,
-                  "pcap": pcap, "formats": "0 101", "hold_ms": int(hold_s * 1000)},
-        ).run()
-    finally:
-        transport.close()
+    res, _ = await pcap_call(
+        pbx, pcap, dtmf_after_ms=500, hold_ms=int(hold_s * 1000), timeout=40, workdir=tmp_path / f"caller-{user}",
+        service=code, user=user, domain=DOMAIN, auth_user=user, auth_password=PW[user],
+    )
+    return res
 
 
 async def test_own_mailbox_pin_listen_delete(pbx, tmp_path):
@@ -117,19 +108,11 @@ async def test_temporary_greeting_recorded_by_phone_is_what_callers_hear(pbx, tm
     packets = keys_at([(0.0, "4711#"), (3.0, "0"), (4.0, "3"), (t_rec + 1.8, "#")])
     packets += [(t_rec + ts, pkt) for ts, pkt in pcmu_packets(tone(900, 1.5))]
     packets.sort(key=lambda p: p[0])
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", free_port()))
     pcap = write_pcap(tmp_path / "greeting.pcap", packets)
-    try:
-        res = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "owner", service="*97", user="1002",
-            domain=DOMAIN, auth_user="1002", auth_password=PW["1002"], timeout=40,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": transport.get_extra_info("sockname")[1], "dtmf_after_ms": 500,
-                  "pcap": pcap, "formats": "0 101", "hold_ms": int((t_rec + 3.0) * 1000)},
-        ).run()
-    finally:
-        transport.close()
+    res, _ = await pcap_call(
+        pbx, pcap, dtmf_after_ms=500, hold_ms=int((t_rec + 3.0) * 1000), timeout=40, workdir=tmp_path / "owner",
+        service="*97", user="1002", domain=DOMAIN, auth_user="1002", auth_password=PW["1002"],
+    )
     res.assert_ok()
     vm = pbx.node.service.voicemail
     greeting = vm.store.greeting(t.id, "1002", "temporary")

@@ -12,9 +12,10 @@ import pytest
 
 from node.media.wav import read_wav
 from node.pbx import mwi, voicemail
-from tests.interop.pbx.test_ivr_sipp import _Rtp, best_correlation, received_audio
+from tests.interop.pbx.pcap_caller import pcap_call, received_audio
 from tests.peers.net import free_port
 from tests.peers.rtp_pcap import pcmu_packets, write_pcap
+from tests.peers.rtp_peer import best_correlation
 from tests.peers.sipp import Sipp
 from tests.waiting import until
 
@@ -52,20 +53,12 @@ def greeting_seconds(pbx, t, names) -> float:
 async def call_and_speak(pbx, tmp_path, callee: str, after_s: float, *, tone_s: float = 2.0, hold_ms: int = 600):
     """1001 calls ``callee``; ``after_s`` seconds after the answer it plays the tone, then
     hangs up. Returns (SIPp result, audio the caller received before it started sending)."""
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", free_port()))
     pcap = write_pcap(tmp_path / "tone.pcap", pcmu_packets(tone(TONE_HZ, tone_s)))
-    try:
-        res = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service=callee, user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW["1001"], timeout=40,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": transport.get_extra_info("sockname")[1],
-                  "dtmf_after_ms": int(after_s * 1000), "pcap": pcap, "formats": "0 101",
-                  "hold_ms": int(tone_s * 1000) + hold_ms},
-        ).run()
-    finally:
-        transport.close()
+    res, listener = await pcap_call(
+        pbx, pcap, dtmf_after_ms=int(after_s * 1000), hold_ms=int(tone_s * 1000) + hold_ms, timeout=40,
+        workdir=tmp_path / "caller", service=callee, user="1001", domain=DOMAIN, auth_user="1001",
+        auth_password=PW["1001"],
+    )
     return res, received_audio(listener.packets)
 
 
@@ -165,18 +158,10 @@ async def test_ivr_option_leads_to_a_mailbox(pbx, tmp_path):
     start = 0.5 + 1.0 + voicemail.BEEP_SECONDS + 0.8
     packets = rfc4733_packets("8") + [(start + ts, p) for ts, p in pcmu_packets(tone(TONE_HZ, 1.5))]
     pcap = write_pcap(tmp_path / "ivr-vm.pcap", sorted(packets, key=lambda p: p[0]))
-    loop = asyncio.get_running_loop()
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", free_port()))
-    try:
-        res = await Sipp(
-            "uac_ivr_dtmf.xml", pbx.target, workdir=tmp_path / "caller", service="800", user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW["1001"], timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": transport.get_extra_info("sockname")[1], "dtmf_after_ms": 800,
-                  "pcap": pcap, "formats": "0 101", "hold_ms": int((start + 2.0) * 1000)},
-        ).run()
-    finally:
-        transport.close()
+    res, _ = await pcap_call(
+        pbx, pcap, dtmf_after_ms=800, hold_ms=int((start + 2.0) * 1000), workdir=tmp_path / "caller", service="800",
+        user="1001", domain=DOMAIN, auth_user="1001", auth_password=PW["1001"],
+    )
     res.assert_ok()
     assert await until(lambda: vm.store.counts(t.id, "1002") == (1, 0))
     msg = vm.store.messages(t.id, "1002")[0]

@@ -34,3 +34,17 @@ async def dial(store, tenant, dialled, ext="1001", state=None):
     caller = await store.config.get_extension(tenant.id, ext)
     state = FeatureState() if state is None else state
     return await plan_outgoing(tenant, caller, dialled, store.config, store.locations, state)
+
+
+class FakeSubscriptionServer:
+    """Just what LineStates needs of a SubscriptionServer: registration, and the change calls
+    it makes (recorded as (package, tenant, resource))."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int, str]] = []
+
+    def register(self, package) -> None:
+        pass
+
+    def changed(self, package: str, tenant_id: int, resource: str) -> None:
+        self.changes.append((package, tenant_id, resource))

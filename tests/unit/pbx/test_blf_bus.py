@@ -10,33 +10,16 @@ from node.embedded.bus import InMemoryBus
 from node.pbx.blf_bus import TOPIC, LineStateSharing, decode, encode
 from node.pbx.subscriptions import LineStates
 from node.sip.events import DialogInfo
-
-
-class Server:
-    """Just what LineStates needs of a SubscriptionServer: registration and change calls."""
-
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, int, str]] = []
-
-    def register(self, package) -> None:
-        pass
-
-    def changed(self, package: str, tenant_id: int, resource: str) -> None:
-        self.changes.append((package, tenant_id, resource))
+from tests.unit.pbx._fixtures import FakeSubscriptionServer
+from tests.waiting import until
 
 
 def _node(bus, node_id, now=lambda: 1000.0):
-    server = Server()
+    server = FakeSubscriptionServer()
     lines = LineStates(server, config=None)  # type: ignore[arg-type]
     return server, lines, LineStateSharing(bus, lines, node_id, clock=now)
 
 
-async def _until(pred, timeout=2.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_call_on_one_node_lights_the_lamp_on_the_other():
@@ -48,11 +31,11 @@ async def test_a_call_on_one_node_lights_the_lamp_on_the_other():
     try:
         ring = DialogInfo("call-1-b", "inv-1", "recipient", "early", "sip:1001@alpha.example")
         lines_a.update(7, "1002", ring)
-        await _until(lambda: lines_b.dialogs(7, "1002") == [ring])
+        assert await until(lambda: lines_b.dialogs(7, "1002") == [ring], timeout=2.0), "not reached"
         assert ("dialog", 7, "1002") in server_b.changes and ("presence", 7, "1002") in server_b.changes
         lines_a.update(7, "1002", DialogInfo("call-1-b", "inv-1", "recipient", "confirmed", "sip:1001@alpha.example"))
         lines_a.update(7, "1002", DialogInfo("call-1-b", "inv-1", "recipient", "terminated", "sip:1001@alpha.example"))
-        await _until(lambda: share_b.applied == 3)
+        assert await until(lambda: share_b.applied == 3, timeout=2.0), "not reached"
         assert lines_b.dialogs(7, "1002") == []
         assert lines_a.dialogs(8, "1002") == [] and lines_b.dialogs(8, "1002") == []  # other tenant untouched
         # b applied a's records without echoing them back: only a's 3 records are on the bus
@@ -76,7 +59,7 @@ async def test_a_starting_node_learns_current_state_and_skips_stale_and_bad_reco
     _, lines, share = _node(bus, "b", now=lambda: now)
     await share.start()
     try:
-        await _until(lambda: share.errors == 1)
+        assert await until(lambda: share.errors == 1, timeout=2.0), "not reached"
         await asyncio.sleep(0.05)
         assert share.applied == 1
         assert lines.dialogs(7, "1001") == [live]

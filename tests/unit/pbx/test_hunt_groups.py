@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from node.config_rules import ConfigError

@@ -8,17 +8,9 @@ import time
 import pytest
 
 from node.config_rules import ConfigError
-from node.embedded import open_embedded
 from node.model import Binding
 from node.pbx import feature_codes, feature_objects, forwarding, paging
 from node.pbx.dialplan import FeatureState, plan_outgoing
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
 
 
 @pytest.mark.parametrize("doc, msg", [

@@ -7,16 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from node.config_rules import ConfigError
-from node.embedded import open_embedded
 from node.pbx import feature_codes, feature_objects, pickup
 from node.pbx.call import CallState
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
 
 
 @pytest.mark.parametrize("doc, msg", [

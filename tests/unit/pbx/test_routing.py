@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from node.embedded import open_embedded
-from node.model import Binding
 from node.pbx.call import _best_failure
 from node.pbx.routing import plan_from_extension, plan_from_trunk
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
+from tests.unit.pbx._fixtures import alpha_beta, binding
 
 
 async def _two_tenants(store):
-    c = store.config
-    a = await c.create_tenant("alpha", "alpha.example")
-    b = await c.create_tenant("beta", "beta.example")
-    for t in (a, b):
-        await c.create_extension(t.id, "1001", "secret-1001")
-        await c.create_extension(t.id, "1002", "secret-1002")
-    return a, b
-
-
-def _binding(tenant_id, ext, port):
-    return Binding(
-        tenant_id=tenant_id, extension=ext, contact=f"sip:{ext}@127.0.0.1:{port}", source_host="127.0.0.1",
-        source_port=port, transport="udp", expires_at=time.time() + 60, call_id=f"r{port}", cseq=1,
-    )
+    return await alpha_beta(store, ("1001", "1002"))
 
 
 async def test_extension_forks_to_every_binding(store):
     a, _ = await _two_tenants(store)
-    await store.locations.save(_binding(a.id, "1002", 6001))
-    await store.locations.save(_binding(a.id, "1002", 6002))
+    await store.locations.save(binding(a.id, "1002", 6001))
+    await store.locations.save(binding(a.id, "1002", 6002))
     plan = await plan_from_extension(a, "1002", store.config, store.locations)
     assert plan.direction == "internal" and not plan.external
     assert len(plan.attempts) == 1
@@ -55,7 +32,7 @@ async def test_unregistered_extension_is_480(store):
 
 async def test_other_tenants_registration_is_invisible(store):
     a, b = await _two_tenants(store)
-    await store.locations.save(_binding(b.id, "1002", 6003))
+    await store.locations.save(binding(b.id, "1002", 6003))
     plan = await plan_from_extension(a, "1002", store.config, store.locations)
     assert plan.fail_status == 480
 
@@ -85,7 +62,7 @@ async def test_did_reaches_only_through_its_own_tenants_trunk(store):
     await c.create_trunk(a.id, "carrier", "127.0.0.7")
     await c.create_trunk(b.id, "carrier", "127.0.0.8")
     await c.create_did(b.id, "+15550100", "extension", "1001")
-    await store.locations.save(_binding(b.id, "1001", 6004))
+    await store.locations.save(binding(b.id, "1001", 6004))
     trunks_a = await c.trunks_by_address("127.0.0.7")
     trunks_b = await c.trunks_by_address("127.0.0.8")
     assert await plan_from_trunk(trunks_a, "15550100", c, store.locations) is None

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from node.config_rules import ConfigError
-from node.embedded import open_embedded
 from node.model import Binding
 from node.pbx import forwarding, mwi, voicemail
 from node.pbx.dialplan import FeatureState, plan_outgoing
@@ -22,13 +21,6 @@ from node.pbx.voicemail_store import FileMailboxStore
 def tone(freq: float, seconds: float) -> np.ndarray:
     t = np.arange(int(8000 * seconds)) / 8000
     return (8000 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
-
-
-@pytest.fixture
-def store(tmp_path):
-    b = open_embedded(tmp_path)
-    yield b
-    b.close()
 
 
 # ---------------------------------------------------------------- documents
