@@ -12,7 +12,6 @@ import gc
 import importlib
 import logging
 import os
-import signal
 import socket
 import struct
 import time
@@ -23,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
 from node.transport.sockets import Listen
+from node.runtime.process import settle_heap, until_signalled
 from observability import logging as olog
 from observability import tracing as otrace
 from sbc import metrics as M
@@ -377,18 +377,9 @@ async def serve(cfg: SbcConfig, worker: Worker | None = None) -> None:
     sbc = Sbc(cfg, worker=worker)
     sbc._own_gc = True
     await sbc.start()
-    # as the node does: what start-up built is never collected, collections are rarer; then
-    # _gc_loop keeps the live transactions frozen (GC_FREEZE_EVERY)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    settle_heap()  # then _gc_loop keeps the live transactions frozen (GC_FREEZE_EVERY)
     print(_banner(sbc), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("shutting down")
     await sbc.stop()
     otrace.shutdown_tracing()

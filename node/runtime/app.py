@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from node.runtime.config import NodeConfig
 from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
 from node.transport.sockets import SipTransports
+from node.runtime.process import settle_heap, until_signalled
 from observability import logging as olog
 from observability import tracing as otrace
 from observability import metrics as M
@@ -287,18 +286,9 @@ async def serve(cfg: NodeConfig) -> None:
     otrace.setup_tracing("hivepbx-node", cfg.otel_exporter)
     node = Node(cfg)
     await node.start()
-    # long-lived objects made at startup need no more scanning; calls and transactions are
-    # short-lived and numerous, so collect the young generation less often
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    settle_heap()
     print(_banner(node), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("shutting down")
     await node.stop(5.0)
     otrace.shutdown_tracing()
