@@ -126,7 +126,9 @@ async def test_transferor_leaving_early_and_busy_target(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003", "1004")
     callee = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
     target = await phone(pbx, tmp_path, t, "1003", "uas_answer_hangup.xml", variables={"hangup_ms": 800})
-    busy = await phone(pbx, tmp_path, t, "1004", "uas_busy.xml")
+    # busy after 500 ms: the transferor's BYE (sent right after the first NOTIFY) must go out
+    # before the final NOTIFY arrives, or SIPp, busy sending, aborts on the NOTIFY
+    busy = await phone(pbx, tmp_path, t, "1004", "uas_busy.xml", variables={"busy_ms": 500})
     try:
         ok = await dial(pbx, tmp_path, "1002", "uac_call_refer_bye.xml", "ok", duration_ms=300,
                         keys={"refer_to": f"1003@{DOMAIN}"}).run()
