@@ -4,9 +4,12 @@ sockets). The phones are scripted in this process and the SIP sockets replaced b
 figures are CPU seconds of the node's work only (thread time around its code, not wall time),
 so they hold on a busy machine. The SIPp figure in bench/README.md adds the sockets.
 
-Calls arrive in bursts (default 50), as from a loaded socket.
+Calls arrive in bursts (default 50), as from a loaded socket. It also prints the garbage
+collector's share of that CPU and how many relay sessions took port pairs kept bound from
+earlier calls (none in the first second: the relay's quarantine).
 
 Run: .venv/bin/python bench/calls_inproc.py [N [BURST]] [--profile]
+(with --profile, BENCH_SORT=cumulative and BENCH_TOP=60 change the listing of cProfile's stats)
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ async def main(n: int, burst: int, profile: bool) -> None:
         endpoint = SipEndpoint(layer, advertise_address=NODE[0])
         peers = _Peers()
         endpoint.transports = peers
-        relay = RtpRelay(PortPool(16000, 19999), "127.0.0.1")
+        relay = RtpRelay(PortPool(16000, 31999), "127.0.0.1")  # as bench/sipp_load.py's node
         anchors = MediaAnchors(relay, NODE[0])
         service = PbxService(
             cfg, endpoint, backend.config, backend.locations, backend.cdrs,
@@ -178,13 +181,29 @@ async def main(n: int, burst: int, profile: bool) -> None:
         gc.set_threshold(10000, 10, 10)  # as node.runtime.app does
         prof = cProfile.Profile() if profile else None
         cpu = 0.0
+        in_node = False
+        gc_cpu, gc_runs, gc_started = 0.0, [0, 0, 0], 0.0
+
+        def gc_clock(phase: str, info: dict) -> None:
+            # the collector's share of the node's CPU (it runs inside whatever allocates)
+            nonlocal gc_cpu, gc_started
+            if not in_node:
+                return
+            if phase == "start":
+                gc_started = time.thread_time()
+            else:
+                gc_cpu += time.thread_time() - gc_started
+                gc_runs[info["generation"]] += 1
+
+        gc.callbacks.append(gc_clock)
 
         def carrier_flow() -> Flow:
             return Flow("udp", CARRIER, NODE)
 
         async def deliver(items: list[tuple[bytes, Flow]]) -> None:
             """Hand the node its input, let it run until it is quiet; count its CPU only."""
-            nonlocal cpu
+            nonlocal cpu, in_node
+            in_node = True
             c0 = time.thread_time()
             if prof:
                 prof.enable()
@@ -198,6 +217,7 @@ async def main(n: int, burst: int, profile: bool) -> None:
             if prof:
                 prof.disable()
             cpu += time.thread_time() - c0
+            in_node = False
 
         for start in range(0, n, burst):
             await deliver([(_invite(i), carrier_flow()) for i in range(start, min(n, start + burst))])
@@ -219,14 +239,27 @@ async def main(n: int, burst: int, profile: bool) -> None:
               f"still active: {len(service.calls)}")
         print(f"node CPU per call (INVITE → 180 → 200 → ACK → BYE, media anchored): {cpu / n * 1e6:.0f} µs "
               f"=> {n / cpu:,.0f} calls/s per core (without sockets)")
+        print(f"of which the garbage collector: {gc_cpu / n * 1e6:.0f} µs per call "
+              f"(collections of generation 0/1/2: {gc_runs[0]}/{gc_runs[1]}/{gc_runs[2]})")
+        gc.callbacks.remove(gc_clock)
+        if hasattr(relay, "pairs_reused"):
+            print(f"relay sessions: {relay.sessions_opened}, with both port pairs reused (bound in an earlier "
+                  f"call, idle >= {relay.reuse_after} s): {relay.pairs_reused}, idle pairs kept at most: {relay.max_idle}")
         backend.close()
         relay.close() if hasattr(relay, "close") else None
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "30")))
 
 
 if __name__ == "__main__":
+    import resource
+
     import uvloop
+
+    try:  # as bench/sipp_load.py: room for the relay's sockets (it keeps idle ones by this limit)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200_000, 200_000))
+    except (OSError, ValueError):
+        pass
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     uvloop.run(main(int(args[0]) if args else 5000, int(args[1]) if len(args) > 1 else 50, "--profile" in sys.argv))

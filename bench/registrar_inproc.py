@@ -1,6 +1,7 @@
 """In-process benchmark of the registrar path: REGISTER → 401 → REGISTER with digest → 200,
-through the real parser, transaction layer, PbxService, Authenticator and embedded store,
-with the sockets replaced by a list. Figures are CPU seconds of this thread (not wall time),
+through the real parser, transaction layer, PbxService, Authenticator and embedded store:
+datagrams enter through the node's own UDP protocol object (as from a socket, flows and all)
+and answers go to a list. Figures are CPU seconds of this thread (not wall time),
 so they hold on a busy machine; the SIPp figure in bench/README.md adds the socket cost.
 
 REGISTERs arrive in bursts (default 50, like a loaded socket's backlog), so per-turn work such
@@ -29,6 +30,7 @@ from node.sip.flow import Flow
 from node.sip.parser import parse_datagram
 from node.sip.transaction import TransactionLayer
 from node.transport.endpoint import SipEndpoint
+from node.transport.sockets import SipTransports, _UdpProtocol
 
 DOMAIN = "bench.example"
 #: the issue's memory target is per 10,000 registered; each has one phone (one contact)
@@ -83,6 +85,8 @@ async def main(n: int, profile: bool, burst: int) -> None:
             Authenticator(os.urandom(32)), media_factory=None,
         )
         endpoint.on_event = service.on_event
+        # datagrams go in through the node's own UDP protocol object (parse, flow), not a socket
+        udp = _UdpProtocol(SipTransports(endpoint.message_received), ("127.0.0.1", 5060))
         gc.collect()
         gc.freeze()
         gc.set_threshold(10000, 10, 10)  # as node.runtime.app does
@@ -97,7 +101,7 @@ async def main(n: int, profile: bool, burst: int) -> None:
             if prof:
                 prof.enable()
             for data, port in msgs:
-                endpoint.message_received(parse_datagram(data), Flow("udp", ("127.0.0.2", port), ("127.0.0.1", 5060)))
+                udp.datagram_received(data, ("127.0.0.2", port))
             while len(sink.sent) < len(msgs):
                 await asyncio.sleep(0)
             if prof:

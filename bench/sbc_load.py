@@ -15,7 +15,12 @@ Prints figures only; nothing here is a test. Loopback only, every load bounded b
 and -timeout.
 
     bench/sbc_load.py [--target kamailio|sbc|both] [--quick] [--call-rates 100,200,...]
-                      [--step-seconds N] [--no-repeat] [--json FILE]
+                      [--step-seconds N] [--no-repeat] [--json FILE] [--workers N]
+                      [--max-loop-lag S]
+
+``--workers N`` (N > 1) runs the SBC as N processes sharing its port (sbc/workers.py,
+SO_REUSEPORT) allowed on every core, so SIPp shares core 1 with them: the figure is what
+the machine gives, not a per-core one.
 """
 
 from __future__ import annotations
@@ -42,10 +47,11 @@ class SbcTarget(L.Target):
     calls_addr = f"127.0.0.1:{SBC_PORT}"
     dialled = L.HIVE_CALLEE
 
-    def __init__(self, work: Path, extra_sbc: str = "") -> None:
+    def __init__(self, work: Path, extra_sbc: str = "", workers: int = 1) -> None:
         super().__init__(work)
         #: more `[sbc]` lines (bench/sbc_overload.py sets max_loop_lag)
         self.extra_sbc = extra_sbc
+        self.workers = workers
         exe = L.REPO / ".venv" / "bin" / "hivepbx"
         self.exe = str(exe) if exe.exists() else (shutil.which("hivepbx") or str(exe))
 
@@ -60,13 +66,15 @@ class SbcTarget(L.Target):
             "keepalive_interval = 0\n"
             'log_level = "WARNING"\n'
             f"{self.extra_sbc}"
+            f"workers = {self.workers}\n"
             "[[nodes]]\n"
             'id = "uas"\n'
             f'address = "{L.UAS_HOST}:{L.UAS_PORT}"\n'
             "[protection]\n"
             f'trusted = ["{L.UAC_HOST}"]\n'  # the load generator is one source: not a flood
         )
-        self.proc = L.PROCS.start(["taskset", "-c", L.SUT_CORE, self.exe, "sbc", "--config", str(cfg)],
+        cores = L.SUT_CORE if self.workers == 1 else f"0-{(os.cpu_count() or 2) - 1}"
+        self.proc = L.PROCS.start(["taskset", "-c", cores, self.exe, "sbc", "--config", str(cfg)],
                                   self.work / f"{self.name}.log")
         L.wait_bound("127.0.0.1", SBC_PORT, self.proc, timeout=30)
         time.sleep(0.3)
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-repeat", action="store_true", help="do not run the best rate again")
     ap.add_argument("--work-dir")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--workers", type=int, default=1, help="SBC worker processes (sbc/workers.py)")
+    ap.add_argument("--max-loop-lag", type=float, help="the SBC's [sbc] max_loop_lag (0: no load shedding)")
     args = ap.parse_args(argv)
     for tool in ("sipp", "taskset") + (("kamailio",) if args.target != "sbc" else ()):
         if shutil.which(tool) is None:
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             tdir = work / name
             tdir.mkdir(exist_ok=True)
-            target = L.Kamailio(tdir) if name == "kamailio" else SbcTarget(tdir)
+            target = L.Kamailio(tdir) if name == "kamailio" else SbcTarget(
+                tdir, "" if args.max_loop_lag is None else f"max_loop_lag = {args.max_loop_lag}\n", workers=args.workers)
             sipp.work = tdir
             print(f"== {name} calls", flush=True)
             sweeps.append(L.bench_calls(target, sipp, plan, args.call_rates or plan.call_rates))

@@ -197,6 +197,7 @@ def cmd_run(args: argparse.Namespace, output: Output) -> int:
         otel_exporter=args.otel_exporter,
         trusted_sbcs=_ip_list(getattr(args, "trusted_sbc", []), "--trusted-sbc"),
         **_smtp_settings(args),
+        **_media_settings(args),
         **getattr(args, "cluster_settings", {}),
     )
     try:
@@ -214,6 +215,25 @@ def _ip_list(values: list[str], what: str) -> tuple[str, ...]:
         except ValueError:
             raise CliError(f"invalid {what} {v!r}: expected an IP address") from None
     return tuple(out)
+
+
+def _media_settings(args: argparse.Namespace) -> dict:
+    """--media-relay / --rtpengine-ng, else HIVEPBX_MEDIA_RELAY / HIVEPBX_RTPENGINE_NG, else
+    media_relay / rtpengine_ng in the --config TOML (``hivepbx node``)."""
+    from node.pbx.media_rtpengine import ng_addresses
+
+    file = _config_file(getattr(args, "config", None))
+    relay = getattr(args, "media_relay", None) or os.environ.get("HIVEPBX_MEDIA_RELAY") or file.get("media_relay") or "local"
+    ng = getattr(args, "rtpengine_ng", None) or os.environ.get("HIVEPBX_RTPENGINE_NG") or file.get("rtpengine_ng") or ()
+    if relay not in ("local", "rtpengine"):
+        raise CliError(f'invalid media relay {relay!r}: "local" or "rtpengine"')
+    addrs = _list_setting(ng, "rtpengine ng addresses") if ng else ()
+    if relay == "rtpengine":
+        try:
+            ng_addresses(addrs)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    return {"media_relay": relay, "rtpengine_ng": addrs}
 
 
 def _smtp_settings(args: argparse.Namespace) -> dict:
@@ -250,7 +270,7 @@ def _config_file(path: str | None) -> dict:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise CliError(f"{path} is not valid TOML: {e}") from None
-    known = {key for _, _, key in CLUSTER_SETTINGS} | {"data_dir"}
+    known = {key for _, _, key in CLUSTER_SETTINGS} | {"data_dir", "media_relay", "rtpengine_ng"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CliError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -639,13 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SMTP server for voicemail e-mails (default: no e-mails)")
         q.add_argument("--smtp-from", default="voicemail@localhost", metavar="ADDRESS",
                        help="sender address of voicemail e-mails")
+        q.add_argument("--media-relay", choices=("local", "rtpengine"), default=None,
+                       help="who relays plain calls' RTP (default local; $HIVEPBX_MEDIA_RELAY)")
+        q.add_argument("--rtpengine-ng", metavar="HOST:PORT[,...]", default=None,
+                       help="rtpengine ng control addresses for --media-relay rtpengine ($HIVEPBX_RTPENGINE_NG)")
         q.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     run.set_defaults(sync_handler=cmd_run)
     sub.add_parser("sbc", help="run the session border controller (hivepbx sbc --help)", add_help=False)
 
     node.add_argument("--config", metavar="FILE.toml",
-                      help="TOML with etcd, etcd_prefix, kafka, cassandra, node_id, data_dir")
+                      help="TOML with etcd, etcd_prefix, kafka, cassandra, node_id, data_dir, media_relay, rtpengine_ng")
     node.add_argument("--etcd", metavar="HOST:PORT[,...]", help="etcd endpoints (default: $HIVEPBX_ETCD)")
     node.add_argument("--etcd-prefix", metavar="PREFIX", help="key prefix of this cluster (default /hivepbx/)")
     node.add_argument("--kafka", metavar="HOST:PORT[,...]", help="Kafka bootstrap servers ($HIVEPBX_KAFKA)")
@@ -758,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_media import add_commands as add_media_commands  # conferences, music on hold, recording
 
     add_media_commands(sub, group, leaf, common)
+    # the SBC's per-tenant edge policies, checked by the SBC's own rules; node/ never imports
+    # sbc/ (import-linter), so by name, as `hivepbx sbc` below
+    importlib.import_module("sbc.policy_cli").add_commands(sub, group, leaf, common)
     return p
 
 

@@ -3,6 +3,9 @@
     hivepbx ivr add acme 800 --file menu.json        # or --menu '{"options": {"1": "1002"}}'
     hivepbx ivr add acme 800 --file menu.json --did +4930555  # and a DID that leads to it
     hivepbx ivr list acme / show acme 800 / del acme 800
+    hivepbx ivr hours acme 800 --active '{"weekdays": "mon-fri", "time": "08:00-18:00"}' \
+                               --closed closed --out-of-hours 1009    # open hours of a menu
+    hivepbx ivr hours acme 800 --always                # no open hours: the menu always answers
     hivepbx prompts build                             # default English prompts (espeak-ng + sox)
     hivepbx prompts upload acme welcome greeting.mp3  # any format sox reads; replaces the default
     hivepbx prompts list acme / del acme welcome
@@ -31,6 +34,28 @@ def _menu(args) -> dict:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise CliError(f"the menu is not valid JSON: {e}") from None
+    return _with_hours(doc, args)
+
+
+def _with_hours(doc: dict, args) -> dict:
+    """The menu with the open-hours options of the command line applied (validated by ivr.put)."""
+    if not isinstance(doc, dict):
+        return doc  # ivr.put says what is wrong
+    if getattr(args, "always", False):
+        for key in ("active", "closed", "out_of_hours"):
+            doc.pop(key, None)
+    if args.active is not None:
+        try:
+            doc["active"] = json.loads(args.active)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--active is not valid JSON (a time condition, see node/pbx/time_rules.py): {e}") from None
+    if args.closed:
+        doc["closed"] = args.closed
+    if args.out_of_hours is not None:
+        if args.out_of_hours == "hangup":
+            doc.pop("out_of_hours", None)
+        else:
+            doc["out_of_hours"] = args.out_of_hours
     return doc
 
 
@@ -43,14 +68,33 @@ async def ivr_add(args, backend, output: Output) -> int:
     return EXIT_OK
 
 
+async def ivr_hours(args, backend, output: Output) -> int:
+    t = await _tenant(backend, args.tenant)
+    if args.always and (args.active is not None or args.closed or args.out_of_hours is not None):
+        raise CliError("--always removes the open hours: give it alone")
+    if not args.always and args.active is None and not args.closed and args.out_of_hours is None:
+        raise CliError("give --active JSON (with --closed / --out-of-hours), or --always")
+    doc = await get_object(backend, t, ivr.KIND, args.number, f"no IVR {args.number} in tenant {t.name}")
+    doc = await ivr.put(backend.config, t.id, args.number, _with_hours(dict(doc), args))
+    output.done(f"IVR {args.number} of tenant {t.name}: {_hours(doc)}", {"tenant": t.name, "ivr": args.number, "menu": doc})
+    return EXIT_OK
+
+
+def _hours(doc: dict) -> str:
+    if "active" not in doc:
+        return "always open"
+    then = _dest(doc["out_of_hours"]) if "out_of_hours" in doc else "hang up"
+    return f"open {json.dumps(doc['active'])}, else {' '.join(doc['closed'])} then {then}"
+
+
 async def ivr_list(args, backend, output: Output) -> int:
     t = await _tenant(backend, args.tenant)
     menus = await backend.config.list_objects(t.id, ivr.KIND)
     rows = []
     for number, doc in sorted(menus.items()):
         opts = ", ".join(f"{k}→{_dest(v)}" for k, v in sorted(doc.get("options", {}).items()))
-        rows.append((number, " ".join(doc.get("prompt", [])), opts, "yes" if doc.get("direct_dial") else "no"))
-    output.table(("number", "prompt", "options", "direct dial"), rows,
+        rows.append((number, " ".join(doc.get("prompt", [])), opts, "yes" if doc.get("direct_dial") else "no", _hours(doc)))
+    output.table(("number", "prompt", "options", "direct dial", "hours"), rows,
                  [{"number": n, "menu": d} for n, d in sorted(menus.items())], f"no IVRs in tenant {t.name}")
     return EXIT_OK
 
@@ -114,6 +158,16 @@ async def prompts_del(args, backend, output: Output) -> int:
     return EXIT_OK
 
 
+def _hours_args(q) -> None:
+    q.add_argument("--active", metavar="JSON",
+                   help='open hours: a time condition or a list of them, e.g. \'{"weekdays": "mon-fri", "time": "08:00-18:00"}\''
+                        " (the tenant's time zone)")
+    q.add_argument("--closed", action="append", default=[], metavar="PROMPT",
+                   help="prompt played outside the open hours (repeatable; default: closed)")
+    q.add_argument("--out-of-hours", metavar="DEST",
+                   help="where callers go after the closed prompt: 1009, tel:+4930..., sip:user@IP (or 'hangup')")
+
+
 def add_commands(sub, group, leaf, common: argparse.ArgumentParser) -> None:
     g = group("ivr", "IVR / auto attendant menus")
     q = leaf(g, "add", ivr_add, "add or replace an IVR (callers dial its number; DIDs may point at it)")
@@ -123,6 +177,12 @@ def add_commands(sub, group, leaf, common: argparse.ArgumentParser) -> None:
     q.add_argument("--menu", metavar="JSON", help="the menu document inline")
     q.add_argument("--did", action="append", default=[], metavar="NUMBER",
                    help="also route this inbound number to the IVR (repeatable)")
+    _hours_args(q)
+    q = leaf(g, "hours", ivr_hours, "set or remove the open hours of an IVR (outside them: closed prompt, then a destination)")
+    q.add_argument("tenant", metavar="TENANT")
+    q.add_argument("number")
+    _hours_args(q)
+    q.add_argument("--always", action="store_true", help="remove the open hours (the menu always answers)")
     q = leaf(g, "list", ivr_list, "list IVRs")
     q.add_argument("tenant", metavar="TENANT")
     q = leaf(g, "show", ivr_show, "print an IVR's menu as JSON")

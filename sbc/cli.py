@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no answer from a node within this: the request moves to the next node")
     p.add_argument("--workers", type=int, metavar="N",
                    help="N processes share the listening ports (SO_REUSEPORT), one event loop each")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep the tenants' call counts and daily usage here across restarts (default: memory only)")
     p.add_argument("--otel-exporter", choices=("console", "otlp"), help="export OpenTelemetry spans")
     p.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
@@ -99,6 +101,8 @@ def config_from_args(args: argparse.Namespace) -> SbcConfig:
         kw["log_level"] = args.log_level
     if args.otel_exporter:
         kw["otel_exporter"] = args.otel_exporter
+    if args.state_dir:
+        kw["state_dir"] = args.state_dir
     return validate(cfg.with_(**kw))
 
 

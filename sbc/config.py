@@ -13,6 +13,7 @@ TOML layout (every key optional except the node list, unless etcd is configured)
     mode = "hash"                   # hash | round_robin | static
     dc = "dc1"
     workers = 1                     # processes sharing the ports (SO_REUSEPORT)
+    state_dir = "/var/lib/hivepbx-sbc"  # tenants' call counts and daily usage, kept across restarts
     max_loop_lag = 0.1              # seconds a message may wait (loop lag + socket backlog) before new calls get 503 (0 = never)
     http = "127.0.0.1:9090"         # /metrics (worker i: port + i)
     secret = "long random string"   # seals the tokens in Contact URIs; keep it across restarts
@@ -141,6 +142,9 @@ class SbcConfig:
     max_loop_lag: float = 0.1
     #: the Retry-After of those 503s (seconds)
     shed_retry_after: int = 2
+    #: where the tenants' call counters and daily usage are kept across restarts
+    #: (sbc/protection/counters.py); "" = in memory only
+    state_dir: str = ""
 
     def with_(self, **kw: Any) -> "SbcConfig":
         return replace(self, **kw)
@@ -317,6 +321,7 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
         "listen", "internal_listen", "tls_cert", "tls_key", "advertise", "internal_advertise", "mode", "dc", "http", "secret",
         "probe_interval", "probe_timeout", "down_after", "up_after", "node_timeout", "keepalive_interval",
         "max_message_size", "log_level", "otel_exporter", "workers", "max_loop_lag", "shed_retry_after",
+        "state_dir",
     }
     unknown = set(s) - known
     if unknown:
@@ -371,6 +376,10 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
         kw["max_message_size"] = _num(s, "max_message_size", int, 0, 1024, "sbc")
     if "log_level" in s:
         kw["log_level"] = str(s["log_level"]).upper()
+    if "state_dir" in s:
+        if not isinstance(s["state_dir"], str):
+            raise SbcConfigError("sbc.state_dir: expected a directory path")
+        kw["state_dir"] = s["state_dir"]
     if "otel_exporter" in s:
         if s["otel_exporter"] not in ("console", "otlp"):
             raise SbcConfigError("sbc.otel_exporter: 'console' or 'otlp'")

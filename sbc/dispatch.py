@@ -51,6 +51,8 @@ class Dispatcher:
         self._rr_current: dict[str, float] = {n.id: 0.0 for n in self.nodes}
         #: tenant → its rendezvous order: fixed until the node list changes, so computed once
         self._orders: dict[str, list[NodeTarget]] = {}
+        #: tenant → (its rendezvous order, the same stably sorted home datacenter first)
+        self._hash_candidates: dict[str, tuple[list[NodeTarget], list[NodeTarget]]] = {}
 
     def node(self, node_id: str) -> NodeTarget | None:
         return self._by_id.get(node_id)
@@ -74,7 +76,18 @@ class Dispatcher:
         elif mode == "round_robin":
             ranked = self._round_robin(is_up)
         else:
-            ranked = self._hash_order(tenant)
+            # the common case, once per call: filtering the cached datacenter-sorted order
+            # gives what sorting the live nodes would (a stable sort on the same key)
+            hit = self._hash_candidates.get(tenant)
+            if hit is None:
+                ranked = self._hash_order(tenant)
+                home = ranked[0].dc if ranked else None
+                hit = (ranked, sorted(ranked, key=lambda n: n.dc != home))
+                if len(self._hash_candidates) >= ORDER_CACHE:
+                    self._hash_candidates.clear()
+                self._hash_candidates[tenant] = hit
+            up = [n for n in hit[1] if is_up(n.id)]
+            return up if up else list(hit[0])
         up = [n for n in ranked if is_up(n.id)]
         if not up:
             return list(ranked)  # a copy: the caller pops from it, ranked may be the cached order

@@ -167,6 +167,10 @@ class Proxy:
         self._node_addr: dict[tuple[str, int], NodeTarget] = {}
         #: ((side, peer...), Contact value) → rewritten value: see _memo
         self._contact_cache: dict[tuple, str] = {}
+        #: (side, peer...) → its memoised Contact rewriter (made once, not per message)
+        self._rewriters: dict[tuple, Callable[[str], str]] = {}
+        #: (transport, inside) → the address we advertise there, when it is not a wildcard's
+        self._addresses: dict[tuple[str, bool], tuple[str, int]] = {}
         #: Call-ID → (node id, until): see _sticky
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._node_host: dict[str, NodeTarget | None] = {}
@@ -180,6 +184,7 @@ class Proxy:
         self.load = LoadMeter(cfg.max_loop_lag)
         #: messages received (the load meter prices the socket backlog per message)
         self.received = 0
+        self._in_event = False
         self.refresh_nodes()
 
     def set_worker(self, index: int, count: int, relay: Callable) -> None:
@@ -276,18 +281,44 @@ class Proxy:
             pass
 
     def on_event(self, ev) -> None:
-        if type(ev) is RequestReceived:
-            req = ev.request
-            token = _CALL_ID.set(_call_id(req))  # every log line of this request names the call
-            try:
-                self._on_request(req, ev.flow, ev.transaction)
-            finally:
-                _CALL_ID.reset(token)
-        elif type(ev) is ResponseReceived:
-            if ev.transaction is not None:
-                self._on_response(ev.response, ev.transaction)
+        # called only from the endpoint's event loop, which flushes what we send once the
+        # events are drained: the forwarding sends below leave the flush to it (_in_event)
+        self._in_event = True
+        try:
+            if type(ev) is RequestReceived:
+                req = ev.request
+                token = _CALL_ID.set(_call_id(req))  # every log line of this request names the call
+                try:
+                    self._on_request(req, ev.flow, ev.transaction)
+                finally:
+                    _CALL_ID.reset(token)
+            elif type(ev) is ResponseReceived:
+                if ev.transaction is not None:
+                    self._on_response(ev.response, ev.transaction)
+            else:
+                self._on_timeout(ev.transaction)
+        finally:
+            self._in_event = False
+
+    # the endpoint's send_* without their flush while an event is handled (see on_event)
+    def _send_txn_request(self, msg: Request, flow: Flow) -> ClientTransaction:
+        ep = self.endpoint
+        if self._in_event:
+            return ep.layer.send_request(msg, flow, ep.now())
+        return ep.send_request(msg, flow)
+
+    def _send_txn_response(self, msg: Response) -> None:
+        ep = self.endpoint
+        if self._in_event:
+            ep.layer.send_response(msg, ep.now())
         else:
-            self._on_timeout(ev.transaction)
+            ep.send_response(msg)
+
+    def _send_stateless(self, msg: Message, flow: Flow) -> None:
+        if self._in_event:
+            self.endpoint.layer.send_stateless(msg, flow)
+        else:
+            self.endpoint.send_stateless(msg, flow)
 
     # ------------------------------------------------------------------ sides
     def is_inside(self, flow: Flow) -> bool:
@@ -311,14 +342,19 @@ class Proxy:
         return self.inside if inside else self.outside
 
     def _address(self, transport: str, inside: bool, flow: Flow) -> tuple[str, int]:
+        hit = self._addresses.get((transport, inside))
+        if hit is not None:
+            return hit
         side = self._side(inside)
         bound = side.bound.get(transport) or side.bound.get("udp") or next(iter(side.bound.values()))
         host = bound[0]
         if host in _WILDCARDS:
-            host = side.advertise or self.endpoint.local_host(flow)
-        elif side.advertise:
+            # depends on the peer (the kernel's source address towards it): not memoised
+            return side.advertise or self.endpoint.local_host(flow), bound[1]
+        if side.advertise:
             host = side.advertise
-        return host, bound[1]
+        out = self._addresses[(transport, inside)] = (host, bound[1])
+        return out
 
     def _via(self, flow: Flow, inside: bool, branch: str | None = None) -> str:
         host, port = self._address(flow.transport, inside, flow)
@@ -435,7 +471,7 @@ class Proxy:
         # the SBC cannot know the node's routing: a long dialled number counts as leaving the
         # platform, an extension-length one as internal (carriers' calls always come from it)
         user = fwd.request.uri.user_unescaped or ""
-        external = carrier or sum(c.isdigit() for c in user) >= 7
+        external = carrier or _digits(user) >= 7
         verdict = admit(fwd.tenant, fwd.request.call_id, fwd.source, outbound=not carrier, external=external)
         if verdict is None or getattr(verdict, "action", "accept") == "accept":
             return True
@@ -502,16 +538,20 @@ class Proxy:
         self._send_request(fwd, out, flow)
 
     def _send_request(self, fwd: Forward, out: Request, flow: Flow) -> None:
-        def go(msg: Request) -> None:
-            client = self.endpoint.send_request(msg, flow)
-            client.tu = fwd
-            fwd.client = client
-            fwd.client_id = client.id
-            fwd.target_flow = flow
-            if fwd.inbound and fwd.node is not None and not msg.to.tag:
-                self._call_later(self.cfg.node_timeout, self._no_answer, fwd, client)
+        if self.media is None or not _media_work(out):
+            self._send_client(fwd, out, flow)  # no closures on the common path
+            return
+        self._media(out, fwd.tenant, None, lambda msg: self._send_client(fwd, msg, flow),
+                    lambda status: self._final_here(fwd, status))
 
-        self._media(out, fwd.tenant, None, go, lambda status: self._final_here(fwd, status))
+    def _send_client(self, fwd: Forward, msg: Request, flow: Flow) -> None:
+        client = self._send_txn_request(msg, flow)
+        client.tu = fwd
+        fwd.client = client
+        fwd.client_id = client.id
+        fwd.target_flow = flow
+        if fwd.inbound and fwd.node is not None and not msg.to.tag:
+            self._call_later(self.cfg.node_timeout, self._no_answer, fwd, client)
 
     def _no_answer(self, fwd: Forward, client: ClientTransaction) -> None:
         """``node_timeout`` after sending: a node that said nothing at all is taken as down."""
@@ -607,11 +647,10 @@ class Proxy:
             uri, out_flow = nc.uri, self.node_flow(node)
         via, via_view = self._via_pair(out_flow, not inside)
         out = T.forward_request(req, uri, via, via_view=via_view)
-
-        def go(msg: Request) -> None:
-            self.endpoint.send_stateless(msg, out_flow)
-
-        self._media(out, None, None, go, None)
+        if self.media is None or not _media_work(out):
+            self._send_stateless(out, out_flow)
+            return
+        self._media(out, None, None, lambda msg: self.endpoint.send_stateless(msg, out_flow), None)
 
     def _cancel(self, req: Request) -> None:
         inv = self.endpoint.layer.find_invite_server(req)
@@ -651,6 +690,12 @@ class Proxy:
     def _on_response(self, resp: Response, txn: ClientTransaction) -> None:
         tu = txn.tu
         if type(tu) is Forward:
+            if resp.status == 100 and (tu.client_id != txn.id or not tu.cancelled):
+                # hop by hop, and nothing to log or forward: the short way (one a call)
+                M.response(100, OUTSIDE if tu.inbound else INSIDE)
+                if tu.client_id == txn.id:
+                    tu.any_response = True
+                return
             t_call = _CALL_ID.set(_call_id(resp))
             t_tenant = _TENANT.set(tu.tenant or None)
             try:
@@ -701,12 +746,11 @@ class Proxy:
         else:
             rewrite = self._phone_contact_rewriter(fwd.target_flow or txn.flow, fwd.source)
         out = T.forward_response(resp, T.via_headers(req), contact=rewrite)
-
-        def go(msg: Response) -> None:
-            self.endpoint.send_response(msg)
-
-        initial = req.method == "INVITE" and not req.to.tag
-        self._media(out, fwd.tenant or None, initial, go, None)
+        if self.media is None or not _media_work(out):
+            self._send_txn_response(out)
+        else:
+            initial = req.method == "INVITE" and not req.to.tag
+            self._media(out, fwd.tenant or None, initial, self.endpoint.send_response, None)
         if status >= 200:
             self._finished(fwd, req, resp)
 
@@ -732,7 +776,7 @@ class Proxy:
 
     def _ended(self, fwd: Forward) -> None:
         req = fwd.request
-        if fwd.inbound:
+        if fwd.inbound or req.method == "BYE":  # a node's BYE ends an admitted call too (same Call-ID)
             ended = getattr(self.guard, "dialog_ended", None)
             if ended is not None:
                 ended(req.call_id)
@@ -787,6 +831,10 @@ class Proxy:
     def _phone_contact_rewriter(self, phone_flow: Flow, node_flow: Flow):
         """Outside Contact → an SBC-internal URI carrying the phone's flow."""
         host, port = self._address(node_flow.transport, True, node_flow)
+        key = ("p", phone_flow, node_flow.transport, host, port)
+        run = self._rewriters.get(key)
+        if run is not None:
+            return run
 
         def rewrite(na: NameAddr) -> NameAddr:
             uri = na.uri
@@ -796,7 +844,7 @@ class Proxy:
             masked = T.masquerade_uri(uri, host, port, node_flow.transport, T.FLOW_PARAM, token)
             return NameAddr(masked, na.display, na.params)
 
-        return self._memo(("p", phone_flow, node_flow.transport, host, port), rewrite)
+        return self._memo(key, rewrite)
 
     def _memo(self, key: tuple, rewrite):
         """A Contact rewriter memoised on (side, peer, value): a phone or a node repeats the
@@ -814,10 +862,20 @@ class Proxy:
                 cache[k] = out
             return out
 
+        rewriters = self._rewriters
+        if len(rewriters) >= CONTACT_CACHE:
+            rewriters.clear()
+        rewriters[key] = run
         return run
 
     def _node_contact_rewriter(self, node_id: str, outside_flow: Flow):
         """Node Contact → an SBC-external URI carrying the sealed node Contact."""
+        host, port = self._address(outside_flow.transport, False, outside_flow)
+        key = ("n", node_id, outside_flow.transport, host, port)
+        run = self._rewriters.get(key)
+        if run is not None:
+            return run
+
         def rewrite(na: NameAddr) -> NameAddr:
             uri = na.uri
             if not uri.is_sip:
@@ -825,8 +883,7 @@ class Proxy:
             token = T.node_token(self.sealer, node_id, str(uri))
             return NameAddr(T.masquerade_uri(uri, host, port, outside_flow.transport, T.NODE_PARAM, token), na.display, na.params)
 
-        host, port = self._address(outside_flow.transport, False, outside_flow)
-        return self._memo(("n", node_id, outside_flow.transport, host, port), rewrite)
+        return self._memo(key, rewrite)
 
     def _register_contact_restorer(self):
         """The registrar's 200 lists the bindings as the node knows them: give the phone its own
@@ -929,21 +986,22 @@ class Proxy:
         if media is None or not _media_work(msg):
             then(msg)
             return
+        self._spawn(self._anchored(media, msg, tenant, initial, then, fail))
 
-        async def run() -> None:
-            try:
-                await media.rewrite(msg, tenant=tenant, initial=initial)
-            except Exception as e:
-                if fail is not None and isinstance(msg, Request) and msg.body:
-                    log.warning("media anchoring failed, %s refused: %s", msg.method, e)
-                    fail(getattr(e, "status_hint", 503) if isinstance(e, SipError) else 503)
-                    self.endpoint.flush()
-                    return
-                log.warning("media anchoring failed; forwarded as it is: %s", e)
-            then(msg)
-            self.endpoint.flush()
-
-        self._spawn(run())
+    async def _anchored(self, media, msg: Message, tenant: str | None, initial: bool | None, then: Callable,
+                        fail) -> None:
+        # a coroutine of its own, not a closure in _media: the common path then allocates no cells
+        try:
+            await media.rewrite(msg, tenant=tenant, initial=initial)
+        except Exception as e:
+            if fail is not None and isinstance(msg, Request) and msg.body:
+                log.warning("media anchoring failed, %s refused: %s", msg.method, e)
+                fail(getattr(e, "status_hint", 503) if isinstance(e, SipError) else 503)
+                self.endpoint.flush()
+                return
+            log.warning("media anchoring failed; forwarded as it is: %s", e)
+        then(msg)
+        self.endpoint.flush()
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_event_loop().create_task(coro)
@@ -984,6 +1042,13 @@ def _is_ip(host: str) -> bool:
 
 
 _IP_SEEN: dict[str, bool] = {}  # host → is an IP literal (trunks and SIPp-style URIs repeat theirs)
+
+
+def _digits(text: str) -> int:
+    """How many digits ``text`` holds (str.isdigit's count; ASCII without a Python loop)."""
+    if text.isascii():
+        return len(text) - len(text.encode("ascii").translate(None, b"0123456789"))
+    return sum(c.isdigit() for c in text)
 
 
 def _retry_after(resp: Response) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib
 import logging
 import os
@@ -25,12 +24,15 @@ from node.transport.sockets import Listen
 from node.runtime.process import settle_heap, until_signalled
 from observability import logging as olog
 from observability import tracing as otrace
+from sbc import heap
 from sbc import metrics as M
 from sbc.config import NodeTarget, SbcConfig, SbcConfigError, parse_hostport
 from sbc.dispatch import Dispatcher
 from sbc.health import Health
 from sbc.overload import SO_MEMINFO, CostMeter, backlog_seconds
 from sbc.membership import MembershipFeed, open_etcd_membership
+from sbc.policies import ClusterPolicies, open_etcd_config
+from sbc.protection import counters
 from sbc.proxy import Proxy, SideAddresses
 from sbc.topology import Sealer
 from sbc.transports import SbcTransports, server_tls_context
@@ -40,17 +42,6 @@ log = logging.getLogger("hivepbx.sbc")
 
 #: with probing off, seconds before a node taken down by a failed request is tried again
 REVIVE_AFTER = 10.0
-#: The cyclic GC and a loaded SBC: the transactions of the last 32 s (Timer J/L) are ~10^6
-#: objects, and a full collection over them stalled the loop for up to 0.8 s (SIP
-#: retransmissions, failed calls far below CPU saturation). Per-call objects form no cycles
-#: (see sbc/proxy.py Forward), so reference counting frees them; every GC_FREEZE_EVERY s what
-#: is alive moves to the permanent generation (gc.freeze) and collections scan only what is
-#: new. The rare cyclic garbage is collected by a full collection after GC_FULL_QUIET s when
-#: few transactions are alive (a pause of milliseconds), after GC_FULL_MAX s in any case.
-GC_FREEZE_EVERY = 1.0
-GC_FULL_QUIET = 60.0
-GC_QUIET_TRANSACTIONS = 2000
-GC_FULL_MAX = 900.0
 
 
 def load_guard(section: dict, transactions=None):
@@ -139,6 +130,11 @@ class Sbc:
         self.membership = membership
         self._feed: MembershipFeed | None = None
         self._close_membership = None
+        #: tenants' edge policies from the cluster ([etcd]) and the shared call counters
+        self.policies: ClusterPolicies | None = None
+        self._close_config = None
+        self.counters: counters.CounterTable | None = None
+        self._own_counters = False
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -168,6 +164,17 @@ class Sbc:
             M.node_up(n.id, True)
         M.TRANSACTIONS.set_function(lambda: layer.transaction_count)
         guard = self._guard if self._guard is not None else load_guard(cfg.protection, lambda: layer.transaction_count)
+        if guard is not None and hasattr(getattr(guard, "tenants", None), "use_table"):
+            # one table for every worker of this host, kept in the state dir (sbc/protection/counters.py)
+            self.counters, self._own_counters = counters.for_process(cfg.state_dir)
+            guard.tenants.use_table(self.counters)
+            if cfg.state_dir:
+                self._tasks.append(loop.create_task(self._flush_loop()))
+        if cfg.etcd_endpoints and guard is not None and hasattr(guard, "set_tenant_policy"):
+            store, self._close_config = await open_etcd_config(cfg)
+            self.policies = ClusterPolicies(store, guard, cfg.protection.get("tenants"))
+            await self.policies.load()
+            self.policies.start()
         media = self._media if self._media is not None else load_media(cfg.media)
         if media is not None and hasattr(media, "start"):
             await media.start()
@@ -250,19 +257,23 @@ class Sbc:
                 else:
                     log.warning("load back to normal: new calls accepted again")
 
-    async def _gc_loop(self) -> None:
-        """Keeps the cyclic GC off the live transactions (see GC_FREEZE_EVERY)."""
+    async def _flush_loop(self) -> None:
+        """The counters are in the page cache at once (a crash loses nothing); this bounds
+        what a power loss could lose."""
         loop = asyncio.get_running_loop()
-        last_full = loop.time()
         while True:
-            await asyncio.sleep(GC_FREEZE_EVERY)
-            now = loop.time()
-            quiet = self.endpoint.layer.transaction_count < GC_QUIET_TRANSACTIONS  # a short pause
-            if now - last_full >= GC_FULL_MAX or (quiet and now - last_full >= GC_FULL_QUIET):
-                gc.unfreeze()
-                gc.collect()
-                last_full = now
-            gc.freeze()
+            await asyncio.sleep(5.0)
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(None, self.counters.flush)
+
+    async def _gc_loop(self) -> None:
+        """Keeps the cyclic GC off the live transactions (sbc/heap.py)."""
+        loop = asyncio.get_running_loop()
+        keeper = heap.HeapKeeper(loop.time())
+        layer = self.endpoint.layer
+        while True:
+            await asyncio.sleep(heap.FREEZE_EVERY)
+            keeper.tick(loop.time(), layer.transaction_count)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -320,6 +331,13 @@ class Sbc:
         return self.proxy.outside.bound[transport]
 
     async def stop(self) -> None:
+        if self.policies is not None:
+            await self.policies.stop()
+            self.policies = None
+        if self._close_config is not None:
+            with contextlib.suppress(Exception):
+                await self._close_config()
+            self._close_config = None
         if self._feed is not None:
             self._feed.stop()
             self._feed = None
@@ -346,6 +364,12 @@ class Sbc:
             with contextlib.suppress(Exception):
                 await self.media.close()
             self.media = None
+        if self.counters is not None:
+            if self._own_counters:
+                self.counters.close()
+            else:
+                self.counters.flush()
+            self.counters = None
 
     async def __aenter__(self) -> "Sbc":
         try:
@@ -377,8 +401,9 @@ async def serve(cfg: SbcConfig, worker: Worker | None = None) -> None:
     sbc = Sbc(cfg, worker=worker)
     sbc._own_gc = True
     await sbc.start()
-    settle_heap()  # then _gc_loop keeps the live transactions frozen (GC_FREEZE_EVERY)
-    print(_banner(sbc), flush=True)
+    settle_heap()  # then _gc_loop keeps the live transactions frozen (sbc/heap.py)
+    heap.settle()
+    print(_banner(sbc) + "\n", end="", flush=True)  # one write: workers share the stdout pipe
     await until_signalled()
     log.info("shutting down")
     await sbc.stop()
@@ -386,8 +411,10 @@ async def serve(cfg: SbcConfig, worker: Worker | None = None) -> None:
 
 
 def run(cfg: SbcConfig, worker: Worker | None = None) -> int:
-    if worker is None and cfg.workers > 1:
-        return run_workers(cfg, run)
+    if worker is None:
+        counters.prepare(cfg.state_dir, cfg.workers)  # before the fork: every worker shares it
+        if cfg.workers > 1:
+            return run_workers(cfg, run)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency

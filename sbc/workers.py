@@ -19,10 +19,10 @@ What a single process gets for free needs two rules here:
   before the fork. The relay carries the original flow, so the owner handles the message
   as if it had received it itself (the Guard already judged it: it is not judged twice).
 
-Per-source protection state (flood windows, bans, auth failures) and the per-tenant call
-counters are per worker: a source is hashed to one worker, so its flood limits hold as
-configured; a tenant's call limit is enforced per worker (divide it by N, or rely on the
-nodes' limits). ``/metrics`` and ``/health`` of worker i are on ``http`` port + i.
+Per-source protection state (flood windows, bans, auth failures) is per worker: a source
+is hashed to one worker, so its flood limits hold as configured. The per-tenant call counts
+and daily usage are shared by all workers (sbc/protection/counters.py, opened before the
+fork). ``/metrics`` and ``/health`` of worker i are on ``http`` port + i.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ The pure pieces (G.711, tones, DTMF detection, mixing, WAV, the clock model) liv
   ``tone('ringback')``, ``listen(moh)``, ``send_dtmf('5')``, ``stop_output()``. Input:
   ``await get_digit(timeout)``, ``record(path)``. ``bridge(other)`` joins two endpoints
   (a transfer out of an application), ``Conference`` (conference.py) mixes N of them.
+  Each endpoint speaks RTCP (SR/RR, SDES, BYE: node/media/rtcp.py) on its RTP port + 1;
+  round-trip time, loss and jitter go to metrics.py and to one log line at close.
 * ``MusicOnHold`` (moh.py): one decoded/encoded source shared by all its listeners.
 * ``PromptLibrary`` (prompts.py): default prompts (espeak-ng + sox) and per-tenant uploads.
 """

@@ -15,6 +15,15 @@ for a second (NAT rebinding), so a stray sender cannot hijack the stream.
 
 Output sources (``read(pt) -> bytes | None``, None = finished) are plain objects: a clip
 player over cached encoded prompts, a looping tone, a music-on-hold listener.
+
+RTCP (RFC 3550): each endpoint is one participant of a two-member session. Its RTP arrivals
+feed the receiver statistics of ``node.media.rtcp.RtcpSession`` (a few integer operations per
+packet); the engine's clock checks once per tick whether a report is due (RFC 3550 interval,
+5 s nominal, randomised) and the endpoint sends SR when it sent RTP since the last report,
+else RR, with SDES CNAME, and a BYE when it closes. Reports go where the peer's RTCP comes
+from, else to the SDP's RTCP address (a=rtcp, or RTP port + 1). The peer's reports become
+round-trip time, loss and jitter histograms (node/media_engine/metrics.py) and one log line
+per stream at close, with call id and tenant.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import asyncio
 import logging
 import secrets
 import struct
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -34,6 +44,7 @@ from node.media.dtmf import TelephoneEventReceiver, parse_telephone_event, telep
 from node.media.dtmf_detect import DtmfDetector
 from node.media.errors import MediaError
 from node.media.jitter import JitterBuffer
+from node.media.rtcp import RtcpError, RtcpSession
 from node.media.rtp import parse_rtp
 from node.media.tones import FRAME
 from node.media.wav import write_wav
@@ -44,6 +55,8 @@ from node.sdp.anchoring import media_address
 from node.sdp.offer_answer import DEFAULT_CODECS, answer, make_offer
 from node.sdp.origin import LocalOrigin
 from node.sdp.parser import parse
+from node.media_engine import metrics as media_metrics
+from observability import logging as olog
 
 if TYPE_CHECKING:
     from node.media_engine.engine import MediaEngine
@@ -182,6 +195,18 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         # counters
         self.packets_in = self.packets_out = self.dropped = self.digits_received = 0
         self.digits_inband = 0
+        self.octets_out = 0
+        #: raw RTP datagrams accepted from the peer also go to these (call recording)
+        self._taps: tuple[Callable[[bytes], None], ...] = ()
+        # RTCP: where reports go (learned from the peer's RTCP, else the SDP's), when the next is due
+        self.sdp_rtcp: tuple[str, int] | None = None
+        self.rtcp_dest: tuple[str, int] | None = None
+        now = engine.loop.time()
+        self.rtcp_session = RtcpSession(self.ssrc, secrets.token_urlsafe(12), now,
+                                        min_interval=getattr(engine, "rtcp_min_interval", 5.0))
+        self._rtcp_tick = 0
+        self._rtcp_schedule(now)
+        self._lost_counted = 0
 
     # ------------------------------------------------------------------ SDP
     def answer(self, offer: bytes, local_ip: str) -> bytes:
@@ -238,8 +263,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         addr = media_address(sd)
         if addr is None:
             self.set_remote(None, 0)
+            self.sdp_rtcp = None
         else:
             self.set_remote(addr.host, addr.port)
+            h = self.engine.normalize(addr.rtcp_host) if addr.rtcp_host else None
+            self.sdp_rtcp = (h, addr.rtcp_port) if h is not None and addr.rtcp_port > 0 else None
 
     def set_remote(self, host: str | None, port: int) -> None:
         """Where the peer said it receives; 0.0.0.0 / port 0 = hold (we send nothing)."""
@@ -347,6 +375,13 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.peer, other.peer = other, self
         self._fwd = other._fwd = None
 
+    def add_tap(self, fn: Callable[[bytes], None]) -> None:
+        """Also hand every RTP datagram accepted from the peer to ``fn`` (recording)."""
+        self._taps += (fn,)
+
+    def remove_tap(self, fn: Callable[[bytes], None]) -> None:
+        self._taps = tuple(t for t in self._taps if t is not fn)
+
     def unbridge(self) -> None:
         other, self.peer = self.peer, None
         if other is not None and other.peer is self:
@@ -356,6 +391,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
     def tick(self) -> None:
         """Called every 20 ms by the engine: send one packet (or nothing when bridged,
         in a conference, held, or with nowhere to send)."""
+        if self.engine.ticks >= self._rtcp_tick:
+            self._send_rtcp()
         if self.peer is not None or self.conference is not None:
             return
         pt = self.pt
@@ -390,10 +427,73 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._seq = (self._seq + 1) & 0xFFFF
         self.transport.sendto(_HDR.pack(0x80, pt | (0x80 if marker else 0), self._seq, ts, self.ssrc) + payload, dest)
         self.packets_out += 1
+        self.octets_out += len(payload)
+
+    # ------------------------------------------------------------------ RTCP
+    def _rtcp_schedule(self, now: float) -> None:
+        ticks = int((self.rtcp_session.next_due - now) / self.engine.period) + 1
+        self._rtcp_tick = self.engine.ticks + max(1, ticks)
+
+    def _send_rtcp(self, bye: str | None = None) -> None:
+        """Our report (SR or RR + SDES CNAME, + BYE when closing), and our receiver's figures
+        into the metrics."""
+        s = self.rtcp_session
+        now = self.engine.loop.time()
+        data = s.report(now, time.time(), self.packets_out, self.octets_out, self._ts, bye)
+        self._rtcp_schedule(now)
+        rx = s.rx
+        lost = rx.lost
+        media_metrics.reception(lost - self._lost_counted, rx.jitter_seconds if rx.received else None)
+        self._lost_counted = max(self._lost_counted, lost)
+        dest = self.rtcp_dest or self.sdp_rtcp
+        t = getattr(self.rtcp, "transport", None)
+        if dest is None or t is None:
+            return
+        t.sendto(data, dest)
+        media_metrics.rtcp_sent()
+
+    def rtcp_received(self, data: bytes, addr) -> None:
+        """A datagram on our RTCP port: the peer's reports (accepted from the peer's host only)."""
+        if self.closed:
+            return
+        known = self.latched or self.sdp_addr
+        if known is None or addr[0] != known[0]:
+            self.dropped += 1
+            return
+        try:
+            reports = self.rtcp_session.receive(data, self.engine.loop.time(), time.time())
+        except RtcpError as e:
+            media_metrics.rtcp_error()
+            with olog.bind(call_id=self.call_id or None, tenant=self.tenant or None):
+                log.debug("malformed RTCP from %s:%s dropped: %s", addr[0], addr[1], e)
+            return
+        self.rtcp_dest = (addr[0], addr[1])  # symmetric RTCP, as for RTP (RFC 4961)
+        media_metrics.rtcp_received(reports)
+
+    def rtcp_summary(self) -> dict:
+        """The stream's quality figures (logged at close)."""
+        s = self.rtcp_session
+        rx, peer = s.rx, s.last_peer
+        out = {
+            "local_port": self.local_port, "rtp_in": self.packets_in, "rtp_out": self.packets_out,
+            "rx_expected": rx.expected, "rx_lost": rx.lost, "rx_jitter_ms": round(rx.jitter_seconds * 1000, 2),
+            "rtcp_sent": s.sent_reports, "rtcp_received": s.received_reports, "rtcp_errors": s.errors,
+        }
+        if peer is not None:
+            out.update(peer_fraction_lost=round(peer.fraction_lost, 4), peer_cumulative_lost=peer.cumulative_lost,
+                       peer_jitter_ms=round(peer.jitter_seconds * 1000, 2))
+        if s.rtt_max is not None:
+            out["rtt_max_ms"] = round(s.rtt_max * 1000, 2)
+        if peer is not None and peer.rtt is not None:
+            out["rtt_ms"] = round(peer.rtt * 1000, 2)
+        return out
 
     # ------------------------------------------------------------------ receiving
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         if self.closed:
+            return
+        if len(data) > 1 and 192 <= data[1] <= 223:
+            self.rtcp_received(data, addr)  # RTCP on the RTP port (RFC 5761 demux): neither RTP nor a latch
             return
         src = (addr[0], addr[1])
         if src != self.latched and not self._learn(src):
@@ -404,8 +504,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self.dropped += 1
             return
         self.packets_in += 1
-        b1 = data[1]
+        _, b1, seq, ts, ssrc = _HDR.unpack_from(data)
         pt = b1 & 0x7F
+        self.rtcp_session.rx.update(ssrc, seq, ts, self.engine.loop.time() * 8000, pt == g711.PCMU or pt == g711.PCMA)
+        for tap in self._taps:
+            tap(data)
         if data[0] == 0x80:
             payload = memoryview(data)[12:]
         else:
@@ -439,7 +542,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             if len(rec) >= self._record_limit:
                 self.engine.loop.create_task(self.stop_recording())
         if self.jitter is not None:
-            self.jitter.put(_HDR.unpack_from(data)[2], pcm)
+            self.jitter.put(seq, pcm)
 
     def _on_event(self, data: bytes, payload, b1: int) -> None:
         try:
@@ -520,6 +623,13 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         w = self._digit_waiter
         if w is not None and not w.done():
             w.set_result(None)
+        self._taps = ()
+        try:
+            self._send_rtcp(bye="")
+        except OSError as e:
+            log.debug("final RTCP not sent: %s", e)
+        with olog.bind(call_id=self.call_id or None, tenant=self.tenant or None):
+            log.info("media stream closed", extra=self.rtcp_summary())
         for t in (self.transport, getattr(self.rtcp, "transport", None)):
             if t is not None:
                 t.close()

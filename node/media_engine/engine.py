@@ -45,6 +45,10 @@ class Ticker(Protocol):
 class MediaEngine:
     """``bind_host`` like the relay's: an IP literal, '::' for dual stack, '' to detect."""
 
+    #: RFC 3550 §6.2 minimum RTCP report interval (seconds) of every endpoint; the first
+    #: report may come after half of it, and each interval is randomised (0.5-1.5 times)
+    rtcp_min_interval = 5.0
+
     def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, period: float = 0.020) -> None:
         self.pool = pool
         self.bind_host, self.family, self.dual_stack = bind_address(bind_host)
@@ -77,15 +81,15 @@ class MediaEngine:
 
     # ------------------------------------------------------------------ endpoints
     async def open_endpoint(self, call_id: str = "", tenant: str = "", *, inband_dtmf: bool = True):
-        """A bound endpoint (RTP on an even port of the pool, RTCP on the next, read and
-        ignored). Raises ``PortsExhausted`` (503) when the pool is empty."""
+        """A bound endpoint (RTP on an even port of the pool, RTCP on the next). Raises
+        ``PortsExhausted`` (503) when the pool is empty."""
         from node.media_engine.endpoint import MediaEndpoint
 
         if self.closed:
             raise RelayError("media engine is closed", 503)
         port, rtp, rtcp = self._bind_pair()
         ep = MediaEndpoint(self, port, call_id, tenant, inband_dtmf=inband_dtmf)
-        drain = ep.rtcp = _Drain()
+        drain = ep.rtcp = _RtcpSocket(ep)
         try:
             await self.loop.create_datagram_endpoint(lambda: ep, sock=rtp)
             await self.loop.create_datagram_endpoint(lambda: drain, sock=rtcp)
@@ -206,14 +210,19 @@ class MediaEngine:
         return t
 
 
-class _Drain(asyncio.DatagramProtocol):
-    """The RTCP socket: bound so the pair is ours and peers get no ICMP; reports are read and
-    dropped (no RTCP statistics yet)."""
+class _RtcpSocket(asyncio.DatagramProtocol):
+    """The RTCP half of an endpoint's port pair (RFC 3550 §11: RTP port + 1): what arrives
+    goes to the endpoint's RTCP session (node/media/rtcp.py)."""
 
-    transport: asyncio.DatagramTransport | None = None
+    def __init__(self, ep) -> None:
+        self.ep = ep
+        self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
-        pass
+        self.ep.rtcp_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP for a report to a peer without an RTCP socket: nothing to do about it

@@ -26,6 +26,26 @@ Theory of operation:
   Applications register by kind in ``APPS`` (node/pbx/ivr.py registers 'ivr').
 * One CDR per call: answered when the node answered, callee the number dialled (the IVR);
   ``transferred_to`` tells where the caller went (logged, in the span).
+
+Once bridged, the parties use the features of a plain call (node/pbx/call.py), carried out
+on the endpoints instead of a relay:
+
+* hold: a party's sendonly/inactive re-INVITE is answered by its endpoint; the bridge stops
+  and the other party's endpoint plays the tenant's music on hold (node/pbx/hold.py); the
+  resuming re-INVITE bridges the endpoints again. Nobody else is re-INVITEd.
+* blind REFER (``AppRefer``, the rules of node/pbx/transfer.py: same tenant, the
+  transferor's dial plan and class of service, 202 + NOTIFY sipfrag): the target is rung by
+  this call's own transfer machinery (``_ring``) from a new endpoint while the transferee
+  hears ringback; on answer the new endpoint replaces the transferor's, the transferor is
+  released, the pair gets a new CDR (the old one ends ``blind-transfer``). Failure: the
+  transferee goes back to a transferor still in the call, else it is released.
+* attended REFER with Replaces naming a plain call's dialog, in either call
+  (``attended_join``): the plain call is absorbed; the endpoint that faced the transferor
+  and the relay leg that faced it are chained (each sends to the other), so nobody is
+  re-INVITEd (unless the target was held: then it gets our endpoint's sendrecv offer).
+* not supported, answered with a clear status: parking an application call (NOTIFY 488),
+  transfer to an application, joining two application calls or a ringing call (488), an
+  INVITE with Replaces naming an application call's dialog (488, node/pbx/replaces.py).
 """
 
 from __future__ import annotations
@@ -38,9 +58,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from node.model import Cdr
-from node.pbx.call import Caller, CallState, Leg, _best_failure, _disposition, _outcome
+from node.pbx.attempts import AttemptWalker
+from node.pbx.call import Caller, CallState, Leg, _best_failure, _disposition
 from node.config_rules import ConfigError
-from node.pbx import dialplan
+from node.pbx import dialplan, hold, outgoing, recording
+from node.pbx.transfer import BlindTransfer, ReferError, parse_refer_to, same_tenant
 from node.pbx.routing import RoutePlan, app_plan
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
@@ -60,8 +82,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hivepbx.app")
 
 USER_AGENT = "hivepbx"
-_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
-_RETRY_STATUSES = frozenset((408, 500, 502, 503, 504))
+_ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER"
 #: a transfer's plan reached an application target (internal status, never sent)
 _APP_REACHED = 1
 #: an application: ``await run(ctx, name, document)``
@@ -167,6 +188,9 @@ class AppRuntime:
 
 
 class AppCall:
+    #: node/pbx/replaces.py hands attended REFERs naming one of our dialogs to ``attended_refer_into``
+    joins_attended = True
+
     def __init__(self, host: "PbxService", apps: AppRuntime, invite: Request, txn, flow: Flow,
                  plan: RoutePlan, caller: Caller) -> None:
         self.host = host
@@ -205,14 +229,22 @@ class AppCall:
         self._retrans_deadline = 0.0
         # the transfer in progress
         self._xfer: asyncio.Future | None = None
-        self._xfer_attempt = -1
         self._xfer_plan: RoutePlan | None = None
-        self._attempt_first = 0
-        self._attempt_timer: asyncio.TimerHandle | None = None
+        #: the transfer's walk through its plan's attempts (node/pbx/attempts.py)
+        self._walker: AttemptWalker | None = None
         #: answering a ringing Call's caller (``AppRuntime.take_over``): already counted
         self.taken_over = False
         #: a transfer reached an application target (an extension's voicemail)
         self._xfer_app = None
+        #: a REFER of a bridged party being carried out (``AppRefer``)
+        self._refer: AppRefer | None = None
+        #: the side whose party put the other on hold (the other hears music), or None
+        self.held_by: str | None = None
+        #: relays of plain calls joined into this one by an attended transfer (closed with it)
+        self._absorbed: list = []
+        #: who is on which side once parties changed (``outgoing.new_pair``)
+        self.parties: dict[str, Caller] | None = None
+        self.caller_side = "a"
 
     # ------------------------------------------------------------------ answer
     async def setup(self) -> None:
@@ -371,8 +403,11 @@ class AppCall:
             ep_.send_response(make_response(req, 500, "Server Internal Error (CSeq out of order)"))
             return
         if method == "BYE":
+            refer = self._refer
+            if refer is not None and refer.on_bye(side, req):
+                return  # the transferor leaving while its transfer runs
             ep_.send_response(make_response(req, 200, None))
-            self.hangup_cause = "caller-bye" if side == "a" else "callee-bye"
+            self.hangup_cause = "caller-bye" if side == self.caller_side else "callee-bye"
             self._bye_side("b" if side == "a" else "a")
             self.end()
             return
@@ -390,6 +425,9 @@ class AppCall:
                 self.ep.deliver_digit(digit, "sip-info")
             ep_.send_response(make_response(req, 200, None))
             return
+        if method == "REFER":
+            self._on_refer(side, req)
+            return
         if method in ("OPTIONS", "INFO", "NOTIFY"):
             ep_.send_response(make_response(req, 200, None, headers=[("Allow", _ALLOW)]))
             return
@@ -399,7 +437,7 @@ class AppCall:
 
     def _answer_in_dialog(self, side: str, req: Request, ep, dialog: Dialog) -> None:
         local = self._sdp_ip(dialog.flow)
-        headers = [("Contact", self._contact() if side == "a" else dialog.local_contact), ("Allow", _ALLOW)]
+        headers = [("Contact", dialog.local_contact or self._contact()), ("Allow", _ALLOW)]
         body = b""
         if ep is not None:
             try:
@@ -418,6 +456,50 @@ class AppCall:
             self._send_2xx(req, resp)
         else:
             self.host.endpoint.send_response(resp)
+        if req.body and body:
+            self._hold_changed(side, req.body)
+
+    # ------------------------------------------------------------------ hold (music on hold)
+    def _hold_changed(self, side: str, offer: bytes) -> None:
+        """A bridged party's re-INVITE / UPDATE was answered: a hold offer stops the bridge and
+        the other party hears the tenant's music from its own endpoint (same port, no
+        re-INVITE of it); the resuming offer bridges the two endpoints again."""
+        if self.answered_leg is None or self.ep is None or self.b_ep is None or self._refer is not None:
+            return
+        is_hold = hold.is_hold_offer(offer)
+        if is_hold is None:
+            return
+        held_ep = self.b_ep if side == "a" else self.ep
+        if is_hold:
+            if self.held_by == side:
+                return  # a refreshed hold offer
+            self.held_by = side
+            self.ep.unbridge()
+            self._play_music(held_ep)
+            hold.HOLDS.inc()
+            if self.span is not None:
+                self.span.add_event("music-on-hold", {"hivepbx.held_side": "b" if side == "a" else "a"})
+            log.info("application call: side %s holds, music to the other", side)
+        elif self.held_by == side:
+            self.held_by = None
+            self.ep.bridge(self.b_ep)
+            log.info("application call resumed: bridged again")
+
+    def _play_music(self, ep) -> None:
+        try:
+            ep.listen(hold.moh_source(self.apps.engine, self.host.cfg.data_dir, self.tenant.id))
+        except Exception as e:  # music is a nicety: a missing file must not break the call
+            log.warning("no music on hold: %s", e)
+            ep.tone("ringback")
+
+    def _restore_media(self) -> None:
+        """Bridge the two endpoints again, or music to the held one when a side holds."""
+        if self.ep is None or self.b_ep is None:
+            return
+        self.ep.bridge(self.b_ep)
+        if self.held_by is not None:
+            self.ep.unbridge()
+            self._play_music(self.b_ep if self.held_by == "a" else self.ep)
 
     # ------------------------------------------------------------------ transfer (B legs)
     async def transfer(self, number: str) -> TransferResult:
@@ -437,22 +519,8 @@ class AppCall:
             return TransferResult(False, 503, number)
         assert self.ep is not None
         self.ep.tone("ringback")
-        self._xfer_plan = plan
-        self._xfer_attempt = -1
-        fut = self._xfer = self.host.loop.create_future()
-        # plans with rules (hunt groups, forwarding) time each attempt; their overall cap may be 0
-        ring = plan.ring_timeout if plan.rules else (self.tenant.ring_timeout or self.host.cfg.ring_timeout)
-        timer = self.host.loop.call_later(ring, self._on_xfer_timeout) if ring else None
         self.legs = []
-        if not self._next_attempt():
-            self._xfer_done(_best_failure([l.final for l in self.legs] or [404]))
-        try:
-            status = await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._cancel_attempt_timer()
-            self._xfer = None
+        status = await self._ring(plan)
         app, self._xfer_app = self._xfer_app, None
         if app is not None:
             # the destination's plan ended in an application (its voicemail): run it here
@@ -473,6 +541,29 @@ class AppCall:
             self.b_ep.close()
             self.b_ep = None
         return TransferResult(False, status, number)
+
+    async def _ring(self, plan: RoutePlan) -> int:
+        """Ring ``plan``'s attempts with B legs offering ``_offer_ep``; the first final outcome
+        (200: answered and bridged; _APP_REACHED; else the failure status)."""
+        self._xfer_plan = plan
+        fut = self._xfer = self.host.loop.create_future()
+        # plans with rules (hunt groups, forwarding) time each attempt; their overall cap may be 0
+        ring = plan.ring_timeout if plan.rules else (self.tenant.ring_timeout or self.host.cfg.ring_timeout)
+        timer = self.host.loop.call_later(ring, self._on_xfer_timeout) if ring else None
+        self._walker = AttemptWalker(
+            plan, ring=self._ring_target, cancel=self._cancel_leg, call_later=self.host.loop.call_later,
+            default_ring=self.tenant.ring_timeout or self.host.cfg.ring_timeout,
+            on_no_answer=self._on_xfer_timeout, on_app=self._reach_app,
+        )
+        if not self._walker.start():
+            self._xfer_done(_best_failure([l.final for l in self.legs if l is not self.answered_leg] or [404]))
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._cancel_attempt_timer()
+            self._xfer = None
 
     def _xfer_done(self, status: int) -> None:
         if self._xfer is not None and not self._xfer.done():
@@ -496,69 +587,30 @@ class AppCall:
         ext = await host.config.get_extension(self.tenant.id, number) if number.isdigit() else None
         return ctx.plan(frag, "internal", number, ext)
 
-    def _next_attempt(self) -> bool:
-        plan = self._xfer_plan
-        assert plan is not None
-        self._xfer_attempt += 1
-        if self._xfer_attempt >= len(plan.attempts):
-            return False
-        self._attempt_first = len(self.legs)
-        for target in plan.attempts[self._xfer_attempt]:
-            if target.app is not None:
-                for leg in self.legs:
-                    if leg.final == 0:
-                        self._cancel_leg(leg)
-                self._xfer_app = target.app
-                self._xfer_done(_APP_REACHED)
-                return True
-            try:
-                flow = self.host.flow_for(target)
-            except OSError as e:
-                log.info("cannot reach %s: %s", target.ruri, e)
-                continue
-            leg = Leg(self, target, flow)  # type: ignore[arg-type]
-            self.legs.append(leg)
-            self._send_invite(leg)
-        if not any(l.final == 0 for l in self.legs[self._attempt_first:]):
-            if plan.rules:
-                return self._goto_attempt(plan.rules[self._xfer_attempt].on_fail)
-            return self._next_attempt()
-        self._arm_attempt_timer()
-        return True
+    def _ring_target(self, target) -> Leg | None:
+        """Start one target of the transfer's current attempt (the walker's ``ring``)."""
+        try:
+            flow = self.host.flow_for(target)
+        except OSError as e:
+            log.info("cannot reach %s: %s", target.ruri, e)
+            return None
+        leg = Leg(self, target, flow)  # type: ignore[arg-type]
+        self.legs.append(leg)
+        self._send_invite(leg)
+        return leg
 
-    # attempts with rules (the same semantics as Call: each attempt rings for its time, and
-    # how it ended — busy, no answer, failed — says which attempt comes next)
-    def _arm_attempt_timer(self) -> None:
-        plan = self._xfer_plan
-        if plan is None or not plan.rules:
-            return
-        rule = plan.rules[self._xfer_attempt]
-        ring = rule.ring or self.tenant.ring_timeout or self.host.cfg.ring_timeout
-        self._cancel_attempt_timer()
-        self._attempt_timer = self.host.loop.call_later(ring, self._on_attempt_timeout)
-
-    def _cancel_attempt_timer(self) -> None:
-        if self._attempt_timer is not None:
-            self._attempt_timer.cancel()
-            self._attempt_timer = None
-
-    def _goto_attempt(self, idx: int | None) -> bool:
-        if idx is None or idx <= self._xfer_attempt:
-            return False
-        self._cancel_attempt_timer()
-        self._xfer_attempt = idx - 1
-        return self._next_attempt()
-
-    def _on_attempt_timeout(self) -> None:
-        self._attempt_timer = None
-        plan = self._xfer_plan
-        if self._xfer is None or plan is None:
-            return
-        for leg in self.legs[self._attempt_first:]:
+    def _reach_app(self, target) -> bool:
+        """The transfer's plan reached an application (the extension's voicemail)."""
+        for leg in self.legs:
             if leg.final == 0:
                 self._cancel_leg(leg)
-        if not self._goto_attempt(plan.rules[self._xfer_attempt].on_noanswer):
-            self._on_xfer_timeout()
+        self._xfer_app = target.app
+        self._xfer_done(_APP_REACHED)
+        return True
+
+    def _cancel_attempt_timer(self) -> None:
+        if self._walker is not None:
+            self._walker.stop()
 
     def _send_invite(self, leg: Leg, auth_header: tuple[str, str] | None = None) -> None:
         host, target = self.host, leg.target
@@ -568,7 +620,7 @@ class AppCall:
             call_id, from_tag, cseq = new_call_id(), new_tag(), 1
         else:
             call_id, from_tag, cseq = leg.invite.call_id, leg.invite.from_.tag or new_tag(), leg.invite.cseq.seq + 1
-        caller = self.caller
+        caller = self._refer.presenting if self._refer is not None else self.caller
         number = caller.number
         from_domain = self.tenant.domain
         if target.kind == "trunk" and target.trunk is not None:
@@ -581,8 +633,9 @@ class AppCall:
         contact_host = f"[{local}]" if ":" in local else local
         contact_port = int(sent_by.rsplit(":", 1)[1])
         tparam = ";transport=tcp" if leg.flow.transport == "tcp" else ""
-        assert self.b_ep is not None
-        body = self.b_ep.offer(self._sdp_ip(leg.flow))
+        offer_ep = self._refer.new_ep if self._refer is not None else self.b_ep
+        assert offer_ep is not None
+        body = offer_ep.offer(self._sdp_ip(leg.flow))
         headers = [
             ("Via", f"SIP/2.0/{leg.flow.via_transport} {sent_by};branch={new_branch()};rport"),
             ("Max-Forwards", "69"),
@@ -597,6 +650,8 @@ class AppCall:
         ]
         if target.kind == "trunk":
             headers.append(("P-Asserted-Identity", f"<sip:{number}@{from_domain}>"))
+        if self._refer is not None:
+            headers.append(("Referred-By", f"<sip:{self._refer.ext.number}@{self.tenant.domain}>"))
         if auth_header is not None:
             headers.append(auth_header)
         req = Request("INVITE", target.ruri, headers, body)
@@ -611,6 +666,9 @@ class AppCall:
                 leg.provisional = True
                 if leg.cancel_pending:
                     self._send_cancel(leg)
+                elif status == 180 and self._refer is not None and not self._refer.rang:
+                    self._refer.rang = True
+                    self._refer.notify(180, "Ringing")
             return
         if status < 300:
             self._on_leg_2xx(leg, resp)
@@ -633,41 +691,31 @@ class AppCall:
             self._leg_failed(leg)
 
     def _leg_failed(self, leg: Leg) -> None:
-        plan = self._xfer_plan
-        if self._xfer is None or plan is None:
+        if self._xfer is None or self._walker is None:
             return
-        if plan.rules:
-            current = self.legs[self._attempt_first:]
-            if leg not in current or any(l.final == 0 for l in current):
-                return  # a cancelled fork of an earlier attempt, or forks still ringing
-            codes = [l.final for l in current]
-            if not self._goto_attempt(plan.rules[self._xfer_attempt].next_for(_outcome(codes))):
-                self._xfer_done(_best_failure(codes))
-            return
-        if any(l.final == 0 for l in self.legs):
-            return
-        codes = [l.final for l in self.legs]
-        trunks = [l for l in self.legs if l.target.kind == "trunk"]
-        if trunks and all(l.final in _RETRY_STATUSES for l in trunks) and self._next_attempt():
-            return
-        self._xfer_done(_best_failure(codes))
+        code = self._walker.leg_failed(leg)
+        if code is not None:
+            self._xfer_done(code)
 
     def _on_leg_2xx(self, leg: Leg, resp: Response) -> None:
         if leg.dialog is None:
             leg.dialog = Dialog.as_uac(leg.invite, resp, leg.flow)  # type: ignore[arg-type]
-        if self.answered_leg is leg:
+        if self.answered_leg is leg or (leg.ack is not None and leg.dialog is self.a_dialog):
             if leg.ack is not None:
                 self.host.endpoint.send_stateless(leg.ack, leg.flow)  # our ACK got lost
             return
-        if self._xfer is None or leg.cancelled or self.answered_leg is not None or self.state is not CallState.ANSWERED:
+        refer = self._refer
+        if (self._xfer is None or self._xfer.done() or leg.cancelled or self.state is not CallState.ANSWERED
+                or (self.answered_leg is not None and refer is None)):
             # a losing fork, or the caller left meanwhile: ACK and hang up that leg
             if leg.ack is None:
                 self._ack_leg(leg)
                 self._bye_leg(leg)
             return
-        assert self.b_ep is not None and self.ep is not None
+        new_ep = refer.new_ep if refer is not None else self.b_ep
+        assert new_ep is not None and self.ep is not None
         try:
-            self.b_ep.accept_answer(resp.body)
+            new_ep.accept_answer(resp.body)
         except SipError as e:
             log.info("bad SDP in 2xx from transfer target: %s", e)
             leg.final = 488
@@ -676,14 +724,19 @@ class AppCall:
             self._leg_failed(leg)
             return
         leg.final = resp.status
-        self.answered_leg = leg
-        self.host.register_dialog(leg.dialog.call_id, leg.dialog.local_tag, self, "b")  # type: ignore[arg-type]
         self._ack_leg(leg)
         for other in self.legs:
             if other is not leg and other.final == 0:
                 self._cancel_leg(other)
         self._cancel_attempt_timer()
+        if refer is not None:
+            self._refer_answered(refer, leg)
+            self._xfer_done(200)
+            return
+        self.answered_leg = leg
+        self.host.register_dialog(leg.dialog.call_id, leg.dialog.local_tag, self, "b")  # type: ignore[arg-type]
         self.ep.bridge(self.b_ep)
+        recording.on_app_bridged(self)  # the answering extension's recording policy
         if self._xfer_plan is not None and self._xfer_plan.on_answer is not None:
             self._xfer_plan.on_answer(leg.target)  # hunt group statistics
         self._xfer_done(200)
@@ -724,6 +777,131 @@ class AppCall:
                    ("To", inv.get("To") or ""), ("Call-ID", inv.call_id), ("CSeq", f"{inv.cseq.seq} CANCEL")]
         self.host.endpoint.send_request(Request("CANCEL", inv.uri_text, headers), leg.flow)
 
+    # ------------------------------------------------------------------ REFER of a bridged party
+    def _on_refer(self, side: str, req: Request) -> None:
+        """REFER from a bridged party (RFC 3515, answered by the node as transfer.py does for
+        plain calls): blind, or attended with Replaces. Checked asynchronously (the
+        transferor's extension is looked up), answered 202 or refused from the task."""
+        if self.answered_leg is None or self._xfer is not None:
+            self.host.endpoint.send_response(make_response(
+                req, 491 if self._xfer is not None else 403,
+                "Request Pending (a transfer is in progress)" if self._xfer is not None
+                else "Forbidden (the application call is not bridged to anybody)"))
+            return
+        self.host._spawn(self._refer_task(side, req))
+
+    async def _refer_task(self, side: str, req: Request) -> None:
+        ep = self.host.endpoint
+        try:
+            if self._refer is not None or self._xfer is not None:
+                raise ReferError(491, "Request Pending (a transfer is in progress)")
+            target = parse_refer_to(req.get("Refer-To"))
+            if not same_tenant(self.tenant, target.host):
+                raise ReferError(403, "Forbidden (Refer-To outside this tenant)")
+            ext = await self.party_extension(side)
+            if ext is None:
+                raise ReferError(403, "Forbidden (only an extension may transfer)")
+            if self.state is not CallState.ANSWERED or self._refer is not None or self.answered_leg is None:
+                raise ReferError(481, "Call/Transaction Does Not Exist (the call changed meanwhile)")
+            if target.replaces:
+                from node.pbx import replaces
+
+                did = replaces.parse(target.replaces)
+                if did is None:
+                    raise ReferError(400, "Bad Request (unreadable Replaces in Refer-To)")
+                found = replaces.find(self.host, did)
+                if found is None:
+                    raise ReferError(481, "Call/Transaction Does Not Exist (no dialog to replace)")
+                call2, side2, early = found
+                check_attended(self, side, call2, side2, early, ext)
+                ext2 = await party_extension(call2, side2)
+                if ext2 is None or ext2.number != ext.number:
+                    raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+                ep.send_response(make_response(req, 202, None))
+                attended_join(self, side, call2, side2, refer_call=self, refer_side=side)
+                return
+        except ReferError as e:
+            log.info("REFER on application call refused: %s %s", e.status, e.reason)
+            outgoing.feature_done("blind_transfer", "refused")
+            ep.send_response(make_response(req, e.status, e.reason))
+            return
+        ep.send_response(make_response(req, 202, None))
+        refer = AppRefer(self, side, ext, target.number)
+        self._refer = refer
+        refer.notify(100, "Trying")
+        await refer.run()
+
+    async def party_extension(self, side: str):
+        """The extension of this tenant on ``side`` (the transferor must be one), else None."""
+        if self.parties is not None:
+            ext = self.parties[side].extension
+        elif side == "a":
+            ext = self.caller.extension
+        else:
+            leg = self.answered_leg
+            plan = self._xfer_plan
+            if leg is None or leg.target.kind != "extension":
+                return None
+            number = leg.target.member or (plan.callee_ext.number if plan is not None and plan.callee_ext else "")
+            if not number and plan is not None:
+                number = plan.callee
+            ext = await self.host.config.get_extension(self.tenant.id, number) if number.isdigit() else None
+        return ext if ext is not None and ext.tenant_id == self.tenant.id else None
+
+    def _party(self, side: str) -> Caller:
+        if self.parties is not None:
+            return self.parties[side]
+        if side == "a":
+            return self.caller
+        plan = self._xfer_plan
+        if plan is not None:
+            return outgoing.target_party(self, plan, self.answered_leg.target if self.answered_leg else None)
+        return Caller(self.transferred_to, "", self.tenant.domain)
+
+    def _refer_answered(self, refer: "AppRefer", leg: Leg) -> None:
+        """The refer target answered: it takes the transferor's side, its endpoint the
+        transferor's; the transferee's endpoint (and dialog) stay."""
+        side = refer.side
+        refer.notify(200, "OK", final=True)
+        assert leg.dialog is not None and refer.new_ep is not None
+        self.host.register_dialog(leg.dialog.call_id, leg.dialog.local_tag, self, side)  # type: ignore[arg-type]
+        if getattr(self, "recorder", None) is not None:
+            recording.on_call_ended(self)  # the recording of the old pair ends with it
+        old_dialog = outgoing.dialog_of(self, side)
+        if old_dialog is not None:
+            self.host.unregister_dialog(old_dialog.call_id, old_dialog.local_tag)
+            if not refer.transferor_gone:
+                outgoing.Released(self, old_dialog)  # BYE after a grace unless the phone sends one
+        if side == "b":
+            old_leg = self.answered_leg
+            if old_leg is not None:
+                old_leg.bye_sent = True
+                if old_leg in self.legs:
+                    self.legs.remove(old_leg)
+            self.answered_leg = leg
+            old_ep, self.b_ep = self.b_ep, refer.new_ep
+        else:
+            self.a_dialog = leg.dialog
+            self.a_flow = leg.flow
+            self._a_final = None
+            if self._retrans_timer is not None:
+                self._retrans_timer.cancel()
+                self._retrans_timer = None
+            old_ep, self.ep = self.ep, refer.new_ep
+        refer.new_ep = None
+        if old_ep is not None:
+            old_ep.close()
+        self.held_by = None  # the holder has left: the transferee talks to the target at once
+        self._restore_media()
+        self._refer = None
+        transferee = refer.presenting  # taken before the new plan replaced the old one
+        assert self._xfer_plan is not None
+        outgoing.new_pair(self, transferee, self._xfer_plan, "blind-transfer", leg.target, side)
+        self.transferred_to = refer.number
+        recording.on_app_bridged(self)
+        log.info("application call: %s transferred %s to %s", refer.ext.number, transferee.number, refer.number)
+        outgoing.feature_done("blind_transfer", "done")
+
     # ------------------------------------------------------------------ ending
     def _bye_side(self, side: str) -> None:
         if side == "b":
@@ -761,9 +939,18 @@ class AppCall:
         task = self.app_task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+        if getattr(self, "recorder", None) is not None:
+            recording.on_call_ended(self)
+        refer, self._refer = self._refer, None
+        if refer is not None and refer.new_ep is not None:
+            refer.new_ep.close()
+            refer.new_ep = None
         for ep in (self.ep, self.b_ep):
             if ep is not None:
                 ep.close()
+        for media in self._absorbed:
+            media.close()
+        self._absorbed = []
         self.host.call_ended(self)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ helpers
@@ -793,6 +980,280 @@ class AppCall:
             if leg.dialog is not None:
                 out.append((leg.dialog.call_id, leg.dialog.local_tag))
         return out
+
+
+class AppRefer(BlindTransfer):
+    """A blind REFER of a bridged application call's party (``BlindTransfer`` gives the
+    NOTIFYs, RFC 3515 §2.4.4). The target is rung by the call's own transfer machinery
+    (``AppCall._ring``) from a new endpoint; the transferee hears ringback meanwhile."""
+
+    def __init__(self, call: AppCall, side: str, ext, number: str) -> None:
+        super().__init__(call, side, ext, number)
+        self.new_ep: MediaEndpoint | None = None
+        self.rang = False
+        #: who the target sees calling: the transferee (From of the new INVITE)
+        self.presenting = call._party(self.other)
+
+    async def run(self) -> None:
+        call: AppCall = self.call
+        host = call.host
+        from node.pbx import park
+
+        try:
+            if await park.find(host.config, call.tenant.id, self.number) is not None:
+                return self.failed(488, "Not Acceptable Here (parking a call answered by an application is not supported)")
+            plan = await dialplan.plan_outgoing(call.tenant, self.ext, self.number, host.config,
+                                                host.locations, host.features)
+        except Exception:
+            log.exception("transfer routing failed")
+            return self.failed(500, "Server Internal Error")
+        if self.aborted or call.state is not CallState.ANSWERED:
+            return
+        if plan.app is not None:
+            return self.failed(488, "Not Acceptable Here (transfer to an application is not supported)")
+        if plan.fail_status or not plan.attempts:
+            return self.failed(plan.fail_status or 404, plan.fail_reason or "Not Found")
+        try:
+            self.new_ep = await call.apps.engine.open_endpoint(call.invite.call_id, call.tenant.name)
+        except SipError as e:
+            log.warning("no media endpoint for transfer: %s", e.reason)
+            return self.failed(503, "Service Unavailable (no media port)")
+        if self.aborted or call.state is not CallState.ANSWERED:
+            self.new_ep.close()
+            self.new_ep = None
+            return
+        # the transferee hears ringback (not the transferor) while the target rings
+        transferee_ep = call.ep if self.other == "a" else call.b_ep
+        if transferee_ep is not None:
+            transferee_ep.unbridge()
+            transferee_ep.tone("ringback")
+        for leg in [l for l in call.legs if l is not call.answered_leg and l.final]:
+            call.legs.remove(leg)  # the failed forks of earlier transfers
+        status = await call._ring(plan)
+        if status == 200 or self.aborted or call.state is not CallState.ANSWERED:
+            return
+        self.failed(status, _REASONS.get(status, "Failed"))
+
+    def failed(self, status: int, reason: str) -> None:
+        call: AppCall = self.call
+        log.info("transfer to %s failed: %s %s", self.number, status, reason)
+        outgoing.feature_done("blind_transfer", "failed")
+        self.notify(status, reason, final=True)
+        if self.new_ep is not None:
+            self.new_ep.close()
+            self.new_ep = None
+        if call._refer is self:
+            call._refer = None
+        if call.state is not CallState.ANSWERED:
+            return
+        if self.transferor_gone:
+            # nobody left to take the call back: release the transferee (as transfer.py)
+            call.hangup_cause = f"transfer-failed-{status}"
+            call._bye_side(self.other)
+            call.end()
+            return
+        call._restore_media()  # back to the transferor (music if it holds the transferee)
+
+    def on_bye(self, side: str, req: Request) -> bool:
+        if side != self.side:
+            self.abort()
+            return False
+        call: AppCall = self.call
+        call.host.endpoint.send_response(make_response(req, 200, None))
+        self.transferor_gone = True
+        d = outgoing.dialog_of(call, side)
+        if d is not None:
+            call.host.unregister_dialog(d.call_id, d.local_tag)
+        if side == "b" and call.answered_leg is not None:
+            call.answered_leg.bye_sent = True
+        return True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+_REASONS = {404: "Not Found", 408: "Request Timeout", 480: "Temporarily Unavailable", 486: "Busy Here",
+            487: "Request Terminated", 600: "Busy Everywhere", 603: "Decline"}
+
+
+# ------------------------------------------------------------------ attended transfer (RFC 5589 §7)
+async def party_extension(call, side: str):
+    """The extension on ``side`` of an application call or a plain call."""
+    if isinstance(call, AppCall):
+        return await call.party_extension(side)
+    from node.pbx.transfer import transferor_extension
+
+    return transferor_extension(call, side)
+
+
+def check_attended(call, side: str, call2, side2: str, early: bool, ext) -> None:
+    """ReferError unless the REFER's call and the named dialog's call can be joined here:
+    one application call (the survivor) and one answered plain call on the node's relay."""
+    from node.pbx import reanchor
+
+    if call2.tenant.id != call.tenant.id:
+        raise ReferError(403, "Forbidden (the dialog belongs to another tenant)")
+    if call2 is call:
+        raise ReferError(400, "Bad Request (Replaces names the REFER's own call)")
+    apps = [c for c in (call, call2) if isinstance(c, AppCall)]
+    plain = [c for c in (call, call2) if not isinstance(c, AppCall)]
+    if len(apps) != 1:
+        raise ReferError(488, "Not Acceptable Here (joining two application calls is not supported)")
+    app, other = apps[0], plain[0]
+    if early:
+        raise ReferError(488, "Not Acceptable Here (transfer of an application call to a ringing call is not supported)")
+    if app.state is not CallState.ANSWERED or app.answered_leg is None or app._refer is not None or app._xfer is not None:
+        raise ReferError(403, "Forbidden (only a bridged call can be joined)")
+    if other.state is not CallState.ANSWERED or other.transfer is not None or getattr(other, "reanchor", None):
+        raise ReferError(403, "Forbidden (only an answered call can be joined)")
+    if reanchor.needed(other) or getattr(getattr(other, "media", None), "session", None) is None:
+        raise ReferError(488, "Not Acceptable Here (joining an application call to a call whose media rtpengine relays)")
+    if ext is None:
+        raise ReferError(403, "Forbidden (only an extension may transfer)")
+
+
+def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side: str) -> None:
+    """Join the party left on the application call with the one left on the plain call; the
+    transferor's two dialogs are released (the REFER's one after a final NOTIFY), the plain
+    call is absorbed into the application call. Media: the application call's endpoint that
+    faced the transferor is chained with the plain call's relay leg that faced it (each sends
+    to the other), so nobody is re-INVITEd unless it was held."""
+    from node.pbx import replaces
+
+    if isinstance(call, AppCall):
+        app, aside, plain, pside = call, side, call2, side2
+    else:
+        app, aside, plain, pside = call2, side2, call, side
+    host = app.host
+    aother, pother = ("b" if aside == "a" else "a"), ("b" if pside == "a" else "a")
+    plain_held = outgoing.take_hold(plain) == pother
+    target = outgoing.party_of(plain, pother)
+    transferee = app._party(aother)
+    # NOTIFY 200 on the REFER's dialog, then both transferor dialogs are released
+    replaces._notify(refer_call, refer_side, 100, "Trying", False)
+    refer_call._xfer_old_dialog = outgoing.dialog_of(refer_call, refer_side)
+    replaces._notify_final(refer_call, refer_side)
+    if getattr(app, "recorder", None) is not None:
+        recording.on_call_ended(app)
+    d_app = outgoing.dialog_of(app, aside)
+    if d_app is not None:
+        host.unregister_dialog(d_app.call_id, d_app.local_tag)
+        outgoing.Released(app, d_app)
+    outgoing.release_side(plain, pside, grace=True)
+    # the target's dialog moves into the application call, on the transferor's side
+    d2 = outgoing.dialog_of(plain, pother)
+    assert d2 is not None
+    host.unregister_dialog(d2.call_id, d2.local_tag)
+    if aside == "b":
+        old = app.answered_leg
+        if old is not None:
+            old.bye_sent = True
+            if old in app.legs:
+                app.legs.remove(old)
+        src = plain.answered_leg if pother == "b" else None
+        leg = Leg(app, src.target if src is not None else plain.answered_leg.target, d2.flow)  # type: ignore[arg-type]
+        leg.dialog, leg.final, leg.provisional = d2, 200, True
+        leg.invite = src.invite if src is not None else plain.invite
+        leg.ack = getattr(src, "ack", None)
+        app.legs.append(leg)
+        app.answered_leg = leg
+        ep_t = app.b_ep
+    else:
+        app.a_dialog = d2
+        app.a_flow = d2.flow
+        app._a_final = None
+        ep_t = app.ep
+    host.register_dialog(d2.call_id, d2.local_tag, app, aside)  # type: ignore[arg-type]
+    # media: chain the endpoint that faced the transferor with the relay leg that did
+    assert ep_t is not None
+    leg2 = plain.media.session.leg(pside)
+    relay_ip = plain.media.advertise or host.endpoint.local_host(plain.a_flow)
+    ep_t.set_remote(relay_ip, leg2.local_port)
+    leg2.set_remote(app._sdp_ip(d2.flow), ep_t.local_port)
+    app._absorbed.append(plain.media)
+    plain.media = None
+    # the plain call ends without BYEs: its pair's CDR, its lamps
+    plain.hangup_cause = "attended-transfer"
+    host.cdr_recorder.record(plain.cdr())
+    plain.state = CallState.ENDED
+    host.calls.pop(plain.id, None)
+    for key in plain.dialogs:
+        if key != (d2.call_id, d2.local_tag):
+            host.unregister_dialog(*key)
+    host._call_state(plain, "terminated")
+    if plain.counts_external:
+        plain.counts_external = False
+        host._external[plain.tenant.id] = max(0, host._external.get(plain.tenant.id, 1) - 1)
+    app.held_by = None
+    app._restore_media()
+    plan = RoutePlan(app.tenant, "internal", target.number, callee_ext=target.extension)
+    outgoing.new_pair(app, transferee, plan, "attended-transfer", None, aside)
+    app.transferred_to = target.number
+    recording.on_app_bridged(app)
+    if plain_held:
+        _reinvite_from_endpoint(app, aside, ep_t)
+    log.info("attended transfer of an application call: %s joined with %s", transferee.number, target.number)
+    outgoing.feature_done("attended_transfer", "done")
+
+
+async def attended_refer_into(call, side: str, req: Request, app: "AppCall", app_side: str, early: bool) -> None:
+    """An attended REFER in a plain call whose Replaces names a dialog of application call
+    ``app`` (node/pbx/replaces.py hands it here)."""
+    ep = call.host.endpoint
+    try:
+        ext = await party_extension(call, side)
+        check_attended(call, side, app, app_side, early, ext)
+        ext2 = await app.party_extension(app_side)
+        if ext2 is None or ext2.number != ext.number:
+            raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+        if call.state is not CallState.ANSWERED or app.state is not CallState.ANSWERED:
+            raise ReferError(481, "Call/Transaction Does Not Exist (a call ended meanwhile)")
+    except ReferError as e:
+        log.info("attended REFER refused: %s %s", e.status, e.reason)
+        outgoing.feature_done("attended_transfer", "refused")
+        ep.send_response(make_response(req, e.status, e.reason))
+        return
+    ep.send_response(make_response(req, 202, None))
+    attended_join(call, side, app, app_side, refer_call=call, refer_side=side)
+
+
+def _reinvite_from_endpoint(call: AppCall, side: str, ep) -> None:
+    """Take a party the transferor held off hold: a sendrecv offer of the endpoint that now
+    faces it (its media then comes straight to that endpoint)."""
+    d = outgoing.dialog_of(call, side)
+    if d is None:
+        return
+    sender = call.host.endpoint
+    req = d.create_request("INVITE", sender.sent_by(d.flow), body=ep.offer(call._sdp_ip(d.flow)),
+                           content_type="application/sdp", extra=[("Allow", _ALLOW)])
+    t = sender.send_request(req, d.flow)
+    t.tu = _EndpointReInvite(call, d, req, ep)
+
+
+class _EndpointReInvite:
+    """TU of a re-INVITE offering an engine endpoint: ACK the 2xx, take its answer."""
+
+    def __init__(self, call: AppCall, dialog: Dialog, req: Request, ep) -> None:
+        self.call, self.dialog, self.req, self.ep = call, dialog, req, ep
+
+    def on_sip_response(self, resp: Response, txn) -> None:
+        if resp.status < 200:
+            return
+        if resp.status >= 300:
+            log.info("re-INVITE of a joined party refused: %s", resp.status)
+            return
+        sender = self.call.host.endpoint
+        sender.send_stateless(self.dialog.create_request("ACK", sender.sent_by(self.dialog.flow),
+                                                         cseq=self.req.cseq.seq), self.dialog.flow)
+        self.dialog.update_target(resp)
+        if resp.body and not self.ep.closed:
+            try:
+                self.ep.accept_answer(resp.body)
+            except SipError as e:
+                log.info("joined party's SDP unusable: %s", e)
+
+    def on_sip_timeout(self, txn) -> None:
+        log.info("re-INVITE of a joined party timed out")
 
 
 def _info_digit(req: Request) -> str | None:

@@ -24,7 +24,8 @@ import uuid
 from typing import TYPE_CHECKING
 
 from node.model import Cdr
-from node.pbx import hold, recording
+from node.pbx import answer_confirm, hold, recording
+from node.pbx.attempts import AttemptWalker, best_failure, outcome, trunk_failover
 from node.pbx.routing import RoutePlan, Target
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
@@ -39,7 +40,6 @@ log = logging.getLogger("hivepbx.call")
 
 USER_AGENT = "hivepbx"
 _ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE"
-_RETRY_STATUSES = frozenset((408, 500, 502, 503, 504))
 
 
 class CallState(enum.Enum):
@@ -66,7 +66,7 @@ class Leg:
 
     __slots__ = (
         "call", "target", "flow", "invite", "txn", "dialog", "provisional", "final", "cancel_pending",
-        "cancelled", "auth_tried", "ack", "bye_sent",
+        "cancelled", "auth_tried", "ack", "bye_sent", "screen",
     )
 
     def __init__(self, call: "Call", target: Target, flow: Flow) -> None:
@@ -83,18 +83,27 @@ class Leg:
         self.auth_tried = False
         self.ack: Request | None = None
         self.bye_sent = False
+        #: "press 1 to accept" in progress on this leg (node/pbx/answer_confirm.py)
+        self.screen = None
 
 
 class Forwarded:
     """Context of an in-dialog request re-issued on the other side (stored in txn.tu)."""
 
-    __slots__ = ("call", "from_side", "server_txn", "request")
+    __slots__ = ("call", "from_side", "server_txn", "request", "answer")
 
     def __init__(self, call: "Call", from_side: str, server_txn, request: Request) -> None:
         self.call = call
         self.from_side = from_side
         self.server_txn = server_txn
         self.request = request
+        #: an awaited anchor's rewrite of the 2xx SDP: None, _REWRITING, or (SDP in, SDP out),
+        #: so a retransmitted 2xx is forwarded again without asking the relay twice
+        self.answer: object = None
+
+
+#: ``Forwarded.answer`` while the relay works on the first 2xx
+_REWRITING = object()
 
 
 class Call:
@@ -122,7 +131,8 @@ class Call:
         self.a_dialog: Dialog | None = None
         self.a_final: Response | None = None
         self.legs: list[Leg] = []
-        self.attempt = -1
+        #: which attempt of the plan rings (node/pbx/attempts.py); set when routing starts
+        self.walker: AttemptWalker | None = None
         self.answered_leg: Leg | None = None
         self.ringing_sent = False
         self.start = time.time()
@@ -132,9 +142,6 @@ class Call:
         self.disposition = "failed"
         self.trunk_name = ""
         self._ring_timer = None
-        #: plans with rules (hunt groups, forwarding): this attempt's timer, its first leg
-        self._attempt_timer = None
-        self._attempt_first = 0
         self._retrans_timer = None
         self._retrans_interval = 0.0
         self._retrans_deadline = 0.0
@@ -165,32 +172,27 @@ class Call:
             ring = self.plan.ring_timeout  # the attempts' own timers govern
         if ring:
             self._ring_timer = self.host.loop.call_later(ring, self._on_ring_timeout)
-        self._next_attempt()
+        self.walker = AttemptWalker(
+            self.plan, ring=self._ring_target, cancel=self._cancel_leg, call_later=self.host.loop.call_later,
+            default_ring=self.tenant.ring_timeout or self.host.cfg.ring_timeout,
+            on_no_answer=self._on_ring_timeout, on_app=self._to_application, failover=trunk_failover,
+        )
+        if not self.walker.start() and self.state is CallState.RINGING:
+            self.fail_a(best_failure(l.final for l in self.legs), None)
 
-    def _next_attempt(self) -> bool:
-        self.attempt += 1
-        if self.attempt >= len(self.plan.attempts):
-            return False
-        self._attempt_first = len(self.legs)
-        for target in self.plan.attempts[self.attempt]:
-            if target.app is not None:
-                return self._to_application(target)
-            try:
-                flow = self.host.flow_for(target)
-            except OSError as e:
-                log.info("cannot reach %s: %s", target.ruri, e)
-                continue
-            leg = Leg(self, target, flow)
-            self.legs.append(leg)
-            self._send_invite(leg)
-        # with rules, forks of an earlier attempt may still await their 487: only this one counts
-        current = self.legs[self._attempt_first:] if self.plan.rules else self.legs
-        if not any(l.final == 0 for l in current):
-            if self.plan.rules:
-                return self._goto_attempt(self.plan.rules[self.attempt].on_fail)
-            return self._next_attempt()
-        self._arm_attempt_timer()
-        return True
+    def _ring_target(self, target: Target) -> Leg | None:
+        """Start one target of the current attempt (the walker's ``ring``)."""
+        try:
+            flow = self.host.flow_for(target)
+        except OSError as e:
+            log.info("cannot reach %s: %s", target.ruri, e)
+            return None
+        leg = Leg(self, target, flow)
+        self.legs.append(leg)
+        if target.confirm_for and answer_confirm.ring(self, leg):
+            return leg  # "press 1 to accept": its INVITE leaves once its media endpoint is open
+        self._send_invite(leg)
+        return leg
 
     def _to_application(self, target: Target) -> bool:
         """The plan reached an application (voicemail after busy / no answer): the node
@@ -202,6 +204,8 @@ class Call:
         for leg in self.legs:
             if leg.final == 0:
                 self._cancel_leg(leg)
+            if leg.screen is not None:
+                leg.screen.call_ended()
         self._cancel_ring_timer()
         self._cancel_attempt_timer()
         self.state = CallState.ENDED
@@ -212,49 +216,10 @@ class Call:
         apps.take_over(self.host, self, target.app)
         return True
 
-    # ------------------------------------------------------------------ attempts with rules
-    def _arm_attempt_timer(self) -> None:
-        if not self.plan.rules:
-            return
-        rule = self.plan.rules[self.attempt]
-        ring = rule.ring or self.tenant.ring_timeout or self.host.cfg.ring_timeout
-        self._cancel_attempt_timer()
-        self._attempt_timer = self.host.loop.call_later(ring, self._on_attempt_timeout)
-
     def _cancel_attempt_timer(self) -> None:
-        if self._attempt_timer is not None:
-            self._attempt_timer.cancel()
-            self._attempt_timer = None
-
-    def _goto_attempt(self, idx: int | None) -> bool:
-        """Start attempt ``idx`` (rules only ever point forward, so this cannot loop)."""
-        if idx is None or idx <= self.attempt:
-            return False
-        self._cancel_attempt_timer()
-        self.attempt = idx - 1
-        return self._next_attempt()
-
-    def _on_attempt_timeout(self) -> None:
-        self._attempt_timer = None
-        if self.state is not CallState.RINGING:
-            return
-        for leg in self.legs[self._attempt_first:]:
-            if leg.final == 0:
-                self._cancel_leg(leg)
-        if self._goto_attempt(self.plan.rules[self.attempt].on_noanswer):
-            return
-        self._on_ring_timeout()
-
-    def _attempt_failed(self, leg: Leg) -> None:
-        current = self.legs[self._attempt_first:]
-        if leg not in current or any(l.final == 0 for l in current):
-            return  # a cancelled fork of an earlier attempt, or forks still ringing
-        codes = [l.final for l in current]
-        if self._goto_attempt(self.plan.rules[self.attempt].next_for(_outcome(codes))):
-            return
-        self._cancel_attempt_timer()
-        self.sip_code = _best_failure(codes)
-        self.fail_a(self.sip_code, None)
+        """Answered or over: the walk through the plan's attempts stops."""
+        if self.walker is not None:
+            self.walker.stop()
 
     def _send_invite(self, leg: Leg, auth_header: tuple[str, str] | None = None) -> None:
         host = self.host
@@ -310,8 +275,13 @@ class Call:
         if auth_header is not None:
             headers.append(auth_header)
         body = b""
-        if self.invite.body and self.media is not None:
-            body = self.media.rewrite("a", self.invite.body, local)
+        if leg.screen is not None:  # "press 1 to accept": it talks to our endpoint first
+            body = leg.screen.offer(local)
+            headers.append(("Content-Type", "application/sdp"))
+        elif self.invite.body and self.media is not None:
+            # every fork and attempt offers the same: an external relay's answer was awaited
+            # once, when the anchor opened (node/pbx/media_rtpengine.py)
+            body = self.media.initial_offer(self.invite.body, local)
             headers.append(("Content-Type", "application/sdp"))
         req = Request("INVITE", target.ruri, headers, body)
         leg.invite = req
@@ -334,6 +304,8 @@ class Call:
                 self._forward_provisional(leg, resp)
             return
         if status < 300:
+            if leg.screen is not None and leg.screen.on_2xx(resp):
+                return  # answered, but the callee must accept first
             self._on_leg_2xx(leg, resp)
             return
         # final failure of this leg
@@ -364,31 +336,44 @@ class Call:
         self._leg_failed(leg, 408, "Request Timeout")
 
     def _leg_failed(self, leg: Leg, status: int, reason: str) -> None:
-        if self.state is not CallState.RINGING:
+        if leg.screen is not None:
+            leg.screen.close()  # never answered: its media endpoint is not needed
+        if self.state is not CallState.RINGING or self.walker is None:
             return
-        if self.plan.rules:
-            self._attempt_failed(leg)
-            return
-        group = [l for l in self.legs]
-        if any(l.final == 0 for l in group):
-            return  # other forks still ringing
-        if all(l.final in _RETRY_STATUSES for l in group if l.target.kind == "trunk") and any(
-            l.target.kind == "trunk" for l in group
-        ):
-            if self._next_attempt():
-                return
-        self.sip_code = _best_failure([l.final for l in group])
-        self.fail_a(self.sip_code, None if self.sip_code != status else reason)
+        code = self.walker.leg_failed(leg)
+        if code is None:
+            return  # forks still ringing, or the next attempt rings
+        self.sip_code = code
+        self.fail_a(code, reason if code == status and not self.plan.rules else None)
+
+    def _awaits_media(self) -> bool:
+        """The anchor asks an external relay (rtpengine): its rewrites are awaited in a task."""
+        return getattr(self.media, "needs_await", False)
 
     def _forward_provisional(self, leg: Leg, resp: Response) -> None:
         body = b""
-        headers = [("Contact", self._a_contact()), ("Allow", _ALLOW)]
-        if resp.body and self.media is not None and resp.content_type == "application/sdp":
+        if resp.body and self.media is not None and resp.content_type == "application/sdp" and leg.screen is None:
+            if self._awaits_media():
+                self.host._spawn(self._forward_provisional_async(leg, resp))
+                return
             try:
                 body = self.media.rewrite("b", resp.body, self.host.endpoint.local_host(self.a_flow))
-                headers.append(("Content-Type", "application/sdp"))
             except SipError:
                 body = b""
+        self._send_provisional(resp, body)
+
+    async def _forward_provisional_async(self, leg: Leg, resp: Response) -> None:
+        try:
+            body = await self.media.rewrite_async("b", resp.body, self.host.endpoint.local_host(self.a_flow))
+        except SipError:
+            body = b""
+        if self.state is CallState.RINGING and leg.final == 0:
+            self._send_provisional(resp, body)
+
+    def _send_provisional(self, resp: Response, body: bytes) -> None:
+        headers = [("Contact", self._a_contact()), ("Allow", _ALLOW)]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
         if self.ringing_sent and not body:
             return
         self.ringing_sent = True
@@ -424,6 +409,14 @@ class Call:
         body = b""
         if resp.body and self.media is not None:
             local_a = self.host.endpoint.local_host(self.a_flow)
+            if self._awaits_media():
+                if not self.late_offer:
+                    self._ack_leg(leg, b"")  # B stops retransmitting; A's 200 waits for the relay
+                # the cancelled forks' 487s and the ring timers must not end the call meanwhile
+                self._cancel_ring_timer()
+                self._cancel_attempt_timer()
+                self.host._spawn(self._on_leg_2xx_async(leg, resp.body, local_a))
+                return
             try:
                 body = self.media.rewrite("b", resp.body, local_a)
             except SipError as e:
@@ -433,7 +426,33 @@ class Call:
                 self.sip_code = 488
                 self.fail_a(488, "Not Acceptable Here")
                 return
-        if not self.late_offer:
+        self._answered(leg, body)
+
+    async def _on_leg_2xx_async(self, leg: Leg, sdp: bytes, local_a: str) -> None:
+        """The callee's 2xx once the relay rewrote its SDP. Its retransmissions meanwhile
+        find ``answered_leg`` set and are only ACKed; a CANCEL, ring timeout or shutdown
+        meanwhile ends the call, and then this leg is hung up too."""
+        try:
+            body = await self.media.rewrite_async("b", sdp, local_a)
+        except SipError as e:
+            if self.state is CallState.RINGING:
+                log.info("SDP in 2xx from callee not relayed: %s", e)
+                if leg.ack is None:
+                    self._ack_leg(leg, b"")
+                self._bye_leg(leg)
+                self.sip_code = e.status_hint if e.status_hint >= 400 else 488
+                self.fail_a(self.sip_code, None)
+                return
+            body = b""
+        if self.state is not CallState.RINGING:
+            if leg.ack is None:
+                self._ack_leg(leg, b"")
+            self._bye_leg(leg)
+            return
+        self._answered(leg, body)
+
+    def _answered(self, leg: Leg, body: bytes) -> None:
+        if not self.late_offer and leg.ack is None:
             self._ack_leg(leg, b"")
         self._answer_a(body)
         self.answer_at = time.time()
@@ -541,6 +560,8 @@ class Call:
         if method == "REFER":
             from node.pbx import transfer
 
+            # a call whose media rtpengine relays is moved to the node's relay first
+            # (node/pbx/reanchor.py, awaited by the transfer)
             transfer.on_refer(self, side, req)
             return
         if method == "BYE":
@@ -568,11 +589,40 @@ class Call:
         body = req.body
         ctype = req.get("Content-Type")
         if body and req.content_type == "application/sdp" and self.media is not None:
+            if self._awaits_media():
+                fwd = Forwarded(self, side, txn, req)
+                self.pending[other] = fwd  # a crossing re-INVITE gets its 491 meanwhile
+                self.host._spawn(self._forward_in_dialog_async(fwd, ep.local_host(odialog.flow)))
+                return
             try:
                 body = self.media.rewrite(side, body, ep.local_host(odialog.flow))
             except SipError as e:
                 ep.send_response(make_response(req, e.status_hint if e.status_hint >= 400 else 488, None))
                 return
+        self._send_in_dialog(Forwarded(self, side, txn, req), body)
+
+    async def _forward_in_dialog_async(self, fwd: Forwarded, local_ip: str) -> None:
+        req, other = fwd.request, "b" if fwd.from_side == "a" else "a"
+        ep = self.host.endpoint
+        try:
+            body = await self.media.rewrite_async(fwd.from_side, req.body, local_ip,
+                                                  offer=True if req.method in ("INVITE", "UPDATE") else None)
+        except SipError as e:
+            if self.pending.get(other) is fwd:
+                self.pending[other] = None
+            ep.send_response(make_response(req, e.status_hint if e.status_hint >= 400 else 488, None))
+            return
+        if self.state is not CallState.ANSWERED or self.pending.get(other) is not fwd:
+            ep.send_response(make_response(req, 481, None))  # the call ended meanwhile
+            return
+        self._send_in_dialog(fwd, body)
+
+    def _send_in_dialog(self, fwd: Forwarded, body: bytes) -> None:
+        req, other = fwd.request, "b" if fwd.from_side == "a" else "a"
+        odialog = self.a_dialog if other == "a" else self.answered_leg.dialog  # type: ignore[union-attr]
+        assert odialog is not None
+        ep = self.host.endpoint
+        ctype = req.get("Content-Type")
         extra = []
         for name in ("Event", "Subscription-State", "Content-Disposition", "Info-Package", "Refer-To"):
             v = req.get(name)
@@ -581,7 +631,6 @@ class Call:
         if req.method == "INVITE":
             extra.append(("Allow", _ALLOW))
         out = odialog.create_request(req.method, ep.sent_by(odialog.flow), body=body, content_type=ctype if body else None, extra=extra)
-        fwd = Forwarded(self, side, txn, req)
         self.pending[other] = fwd
         t = ep.send_request(out, odialog.flow)
         t.tu = fwd
@@ -606,6 +655,15 @@ class Call:
             ep.send_stateless(ack, odialog.flow)
         if resp.body and resp.content_type == "application/sdp" and self.media is not None:
             side_dialog = self.a_dialog if fwd.from_side == "a" else self.answered_leg.dialog  # type: ignore[union-attr]
+            if self._awaits_media():
+                if fwd.answer is _REWRITING:
+                    return  # a retransmitted 2xx (its ACK re-sent above): the first is with the relay
+                if isinstance(fwd.answer, tuple) and fwd.answer[0] == resp.body:
+                    self._send_forwarded_response(fwd, resp, fwd.answer[1], [("Content-Type", "application/sdp")])
+                    return
+                fwd.answer = _REWRITING
+                self.host._spawn(self._forward_response_async(fwd, resp, ep.local_host(side_dialog.flow)))  # type: ignore[union-attr]
+                return
             try:
                 body = self.media.rewrite(other, resp.body, ep.local_host(side_dialog.flow))  # type: ignore[union-attr]
                 headers.append(("Content-Type", "application/sdp"))
@@ -616,6 +674,26 @@ class Call:
             ct = resp.get("Content-Type")
             if ct:
                 headers.append(("Content-Type", ct))
+        self._send_forwarded_response(fwd, resp, body, headers)
+
+    async def _forward_response_async(self, fwd: Forwarded, resp: Response, local_ip: str) -> None:
+        other = "b" if fwd.from_side == "a" else "a"
+        headers: list[tuple[str, str]] = []
+        try:
+            body = await self.media.rewrite_async(other, resp.body, local_ip)
+            headers.append(("Content-Type", "application/sdp"))
+            fwd.answer = (resp.body, body)
+        except SipError as e:
+            log.info("SDP of a forwarded response not relayed: %s", e)
+            body = b""
+            fwd.answer = None
+        if self.state is not CallState.ANSWERED:
+            return
+        self._send_forwarded_response(fwd, resp, body, headers)
+
+    def _send_forwarded_response(self, fwd: Forwarded, resp: Response, body: bytes,
+                                 headers: list[tuple[str, str]]) -> None:
+        req, ep = fwd.request, self.host.endpoint
         if req.method == "INVITE" and 200 <= resp.status < 300:
             headers.append(("Contact", self._a_contact() if fwd.from_side == "a" else self._b_contact()))
         out = make_response(req, resp.status, resp.reason, headers=headers, body=body)
@@ -649,11 +727,23 @@ class Call:
             if self.late_offer and leg is not None and leg.ack is None:
                 body = b""
                 if req.body and self.media is not None:
+                    if self._awaits_media():
+                        self.host._spawn(self._ack_late_answer(leg, req.body))
+                        return
                     try:
                         body = self.media.rewrite("a", req.body, self.host.endpoint.local_host(leg.flow))
                     except SipError:
                         body = b""
                 self._ack_leg(leg, body)
+
+    async def _ack_late_answer(self, leg: Leg, sdp: bytes) -> None:
+        """A's answer (in its ACK) to the callee's offer, once the relay rewrote it."""
+        try:
+            body = await self.media.rewrite_async("a", sdp, self.host.endpoint.local_host(leg.flow))
+        except SipError:
+            body = b""
+        if leg.ack is None:
+            self._ack_leg(leg, body)
 
     # ------------------------------------------------------------------ B leg helpers
     def _ack_leg(self, leg: Leg, body: bytes) -> None:
@@ -759,6 +849,9 @@ class Call:
             hold.on_offer_answered(self, offerer, offer, answer)
 
     def _media_features_ended(self) -> None:
+        for leg in self.legs:
+            if leg.screen is not None:
+                leg.screen.call_ended()
         if getattr(self, "hold", None) is not None:
             hold.on_call_ended(self)
         if getattr(self, "recorder", None) is not None:
@@ -793,30 +886,9 @@ class Call:
         return out
 
 
-def _best_failure(codes: list[int]) -> int:
-    """RFC 3261 §16.7 flavoured: 6xx wins, then busy, then the lowest 4xx, then 5xx; a
-    callee that never answered (408) is presented as 480."""
-    codes = [c for c in codes if c >= 300] or [480]
-    six = [c for c in codes if c >= 600]
-    if six:
-        return min(six)
-    if 486 in codes:
-        return 486
-    fours = sorted(c for c in codes if 400 <= c < 500 and c != 408)
-    if fours:
-        return fours[0]
-    if all(c == 408 for c in codes):
-        return 480
-    return min(codes)
-
-
-def _outcome(codes: list[int]) -> str:
-    """How a failed attempt ended, for forwarding: busy, no answer, or anything else."""
-    if any(c in (486, 600, 603) for c in codes):
-        return "busy"
-    if all(c in (408, 480, 487) for c in codes):
-        return "noanswer"
-    return "fail"
+#: kept under their old names for the modules that import them from here
+_best_failure = best_failure
+_outcome = outcome
 
 
 def _disposition(status: int) -> str:

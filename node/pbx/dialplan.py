@@ -197,9 +197,8 @@ class Ctx:
                 return await time_switch.compile_switch(self, d.value, doc)
             doc = await forwarding.load(self.config, self.tenant.id, d.value)
             frag = await forwarding.compile_extension(self, d.value, forwarding.validate(doc) if doc else doc, ring)
-            from node.pbx import voicemail  # its mailbox answers busy / no answer (when enabled)
-
-            return await voicemail.fallback(self, d.value, frag)
+            # its mailbox answers busy / no answer (when enabled)
+            return await _voicemail().fallback(self, d.value, frag)
         except ConfigError as e:
             # a document written around its feature's checks (another tool, an old version)
             log.warning("tenant %s: %s %s is misconfigured: %s", self.tenant.name, kind, d.value, e)
@@ -245,9 +244,21 @@ async def _needs_features(config: ConfigStore, tenant_id: int, number: str) -> b
         return False
     if not forwarding.is_plain(await forwarding.load(config, tenant_id, number)):
         return True
-    from node.pbx import voicemail
+    return await _voicemail().enabled(config, tenant_id, number)
 
-    return await voicemail.enabled(config, tenant_id, number)
+
+_voicemail_module = None
+
+
+def _voicemail():
+    """node.pbx.voicemail, imported on first use (it pulls in the media stack), then kept:
+    an import statement on every call costs more than the lookups around it."""
+    global _voicemail_module
+    if _voicemail_module is None:
+        from node.pbx import voicemail
+
+        _voicemail_module = voicemail
+    return _voicemail_module
 
 
 async def plan_outgoing(

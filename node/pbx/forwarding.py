@@ -9,11 +9,18 @@
                                                # (busy / no_answer / unreachable may be "voicemail":
                                                #  the extension's own mailbox, node/pbx/voicemail.py)
      "follow_me": {"mode": "ordered",          # or "simultaneous"
-                   "destinations": [{"to": "1001", "ring": 10}, {"to": "tel:017012345", "ring": 20}]},
+                   "destinations": [{"to": "1001", "ring": 10},
+                                    {"to": "tel:017012345", "ring": 20, "confirm": true,
+                                     "active": {"weekdays": "mon-fri", "time": "08:00-20:00"}}]},
      "active": {"weekdays": "mon-fri", "time": "08:00-18:00"}}   # optional: when forwards/follow-me apply
 
 Follow-me replaces the plain ring of the phones (list the extension itself to ring its
-phones); when it ends unanswered the no-answer forward applies. DND without a busy forward
+phones); when it ends unanswered the no-answer forward applies. A destination with its own
+``active`` periods (same syntax as the top-level one, the tenant's time zone) is skipped
+outside them. ``"confirm": true`` screens the destination: whoever answers hears "Call for
+<extension>. Press 1 to accept" and is bridged only after pressing 1; any other key, 10 s
+of silence or a hang-up counts as no answer and the follow-me goes on (node/pbx/answer_confirm.py;
+the answered leg still gets its CDR row). DND without a busy forward
 answers 486 Busy Here. Outside the ``active`` periods (node/pbx/time_rules.py conditions, the
 tenant's time zone) forwards and follow-me are off and the phones just ring; DND holds always.
 Forwards chain (an extension forwarded to one that forwards on), up
@@ -37,6 +44,7 @@ VOICEMAIL = "voicemail"
 _DESTS = ("unconditional", "busy", "no_answer", "unreachable")
 _KEYS = ("dnd", "no_answer_ring", "follow_me", "active") + _DESTS
 MAX_FOLLOW_ME = 10
+_FM_KEYS = frozenset(("to", "ring", "confirm", "active"))
 
 
 def _ring(value: object, what: str) -> int:
@@ -81,11 +89,23 @@ def validate(doc: object) -> dict:
         for i, d in enumerate(dests, 1):
             if isinstance(d, str):
                 d = {"to": d}
-            if not isinstance(d, dict) or set(d) - {"to", "ring"}:
-                raise ConfigError(f"follow_me destination {i}: use a destination text or {{\"to\": ..., \"ring\": seconds}}")
+            if not isinstance(d, dict) or set(d) - _FM_KEYS:
+                raise ConfigError(f"follow_me destination {i}: use a destination text or {{\"to\": ..., \"ring\": seconds,"
+                                  f" \"confirm\": true|false, \"active\": {{...}}}} (allowed: {', '.join(sorted(_FM_KEYS))})")
             e = {"to": str(destinations.parse(d.get("to"), f"follow_me destination {i}"))}
             if "ring" in d:
                 e["ring"] = _ring(d["ring"], f"ring of follow_me destination {i}")
+            if "confirm" in d:
+                if not isinstance(d["confirm"], bool):
+                    raise ConfigError(f"follow_me destination {i}: confirm must be true or false, not {d['confirm']!r}")
+                if d["confirm"]:
+                    e["confirm"] = True
+            if d.get("active") not in (None, {}, []):
+                try:
+                    time_rules.parse_when(d["active"])
+                except ConfigError as err:
+                    raise ConfigError(f"follow_me destination {i} active period: {err}") from None
+                e["active"] = d["active"]
             out_d.append(e)
         out["follow_me"] = {"mode": mode, "destinations": out_d}
     return out
@@ -176,23 +196,44 @@ async def _dest(ctx: "Ctx", number: str, value: str, greeting: str) -> "Frag":
     return await ctx.dest(value)
 
 
+def _now_active(ctx: "Ctx", entry: dict) -> bool:
+    when = entry.get("active")
+    if not when:
+        return True
+    return time_rules.holds(time_rules.parse_when(when), time_rules.local(ctx.now, ctx.tenant.timezone or "UTC"))
+
+
+def _confirm(ctx: "Ctx", number: str, entry: dict, first: int) -> None:
+    """Mark the targets of the attempts compiled for ``entry`` (from ``first`` on) as screened."""
+    if entry.get("confirm"):
+        for attempt in ctx.attempts[first:]:
+            for t in attempt:
+                t.confirm_for = number
+
+
 async def _follow_me(ctx: "Ctx", number: str, fm: dict) -> "Frag":
     from node.pbx.dialplan import Frag
 
-    entries = fm["destinations"]
+    entries = [e for e in fm["destinations"] if _now_active(ctx, e)]
     if fm["mode"] == "simultaneous":
         targets = []
         for e in entries:
-            targets += await ctx.member_targets(e["to"], f"followme:{number}:{e['to']}")
+            found = await ctx.member_targets(e["to"], f"followme:{number}:{e['to']}")
+            if e.get("confirm"):
+                for t in found:
+                    t.confirm_for = number
+            targets += found
         if not targets:
             return Frag(None, [], 480, "Temporarily Unavailable (no follow-me destination reachable)")
         return ctx.add(targets, max((e.get("ring", 0) for e in entries), default=0))
     frags = []
     for e in entries:
+        first = len(ctx.attempts)
         if e["to"] == number:
             targets = await ctx.phones(number)
             if targets:
                 frags.append(ctx.add(targets, e.get("ring", 0)))
+                _confirm(ctx, number, e, first)
             continue
         # a follow-me step is one stop of a list: its own voicemail must not end the list
         ctx.list_depth = getattr(ctx, "list_depth", 0) + 1
@@ -202,6 +243,7 @@ async def _follow_me(ctx: "Ctx", number: str, fm: dict) -> "Frag":
             ctx.list_depth -= 1
         if f.entry is not None:
             frags.append(f)
+            _confirm(ctx, number, e, first)
     if not frags:
         return Frag(None, [], 480, "Temporarily Unavailable (no follow-me destination reachable)")
     # any way one destination ends (busy, no answer, failure), the next one rings

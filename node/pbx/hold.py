@@ -242,6 +242,10 @@ def _offer_answered(call, offerer: str, offer: bytes, answer: bytes) -> None:
     media = getattr(call, "media", None)
     session = getattr(media, "session", None)
     apps = getattr(call.host, "apps", None)
+    if session is None and getattr(media, "remote_hold", None) is not None:
+        # rtpengine relays this call: it plays the music (node/pbx/media_rtpengine.py)
+        media.remote_hold(call, offerer, is_hold_offer(offer))
+        return
     if session is None or apps is None:
         return  # no relay or no media engine: hold is forwarded end to end only
     hold = is_hold_offer(offer)

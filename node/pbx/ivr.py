@@ -14,7 +14,10 @@ reaches it. Its document (all keys optional except what a menu needs to be usefu
                  "9": {"type": "external", "value": "+4930123456"},
                  "0": "1000"},             # a plain string: an internal number (or tel:/+ external)
      "invalid": {"type": "repeat", "announce": ["invalid"]},   # unknown key (this is the default)
-     "no_input": {"type": "repeat", "announce": ["no-input"]}} # timeout (this is the default)
+     "no_input": {"type": "repeat", "announce": ["no-input"]}, # timeout (this is the default)
+     "active": {"weekdays": "mon-fri", "time": "08:00-18:00"},  # open hours (or a list of them)
+     "closed": ["closed"],                 # played outside them (this is the default)
+     "out_of_hours": "1009"}               # then this destination; left out: hang up
 
 Destination types: 'extension' (any internal number: an extension with its forwarding, a hunt
 group, a time switch, another IVR — compiled by node/pbx/dialplan.py as for a dialled call),
@@ -25,16 +28,24 @@ validator for the document and a coroutine that runs it). Each destination may c
 tenant's recordings or the defaults (node/media_engine/prompts.py).
 
 A transfer that fails (busy, no answer) plays "unavailable" and returns to the menu.
+
+Open hours: "active" is a time condition of node/pbx/time_rules.py (holiday lists included),
+judged in the tenant's time zone when the call reaches the menu. Outside it the caller hears
+the "closed" prompts and goes to "out_of_hours" (any destination an option may have, a
+destination string of node/pbx/destinations.py included), or is hung up on when there is
+none: one menu number serves day and night without a time switch in front of it. A menu
+without "active" is always open.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Awaitable, Callable
 
 from node.config_rules import ConfigError
-from node.pbx import destinations
+from node.pbx import destinations, time_rules
 from node.pbx.app_call import AppContext, register_app
 
 log = logging.getLogger("hivepbx.ivr")
@@ -53,6 +64,10 @@ Outcome = str
 DestFn = Callable[[AppContext, dict], Awaitable[Outcome]]
 #: type → (validate value → normalised value, run)
 DESTINATIONS: dict[str, tuple[Callable[[object], str], DestFn]] = {}
+#: destinations that make no sense outside open hours (there is no menu to go back to)
+_NOT_OUT_OF_HOURS = ("repeat",)
+#: the wall clock open hours are judged by (tests pin it)
+clock: Callable[[], float] = time.time
 
 
 def register_destination(kind: str, validate: Callable[[object], str], run: DestFn) -> None:
@@ -96,6 +111,13 @@ def _external(value: object) -> str:
     return v
 
 
+def _uri(value: object) -> str:
+    dest = destinations.parse(value, "SIP URI destination")
+    if dest.kind != "uri":
+        raise ConfigError(f"SIP URI destination {value!r}: write sip:user@IP")
+    return dest.value
+
+
 def _none(value: object) -> str:
     return ""
 
@@ -104,7 +126,9 @@ def destination(value: object, what: str) -> dict:
     """A destination in its normalised dict form (a string is shorthand for a number)."""
     if isinstance(value, str):
         v = value.strip()
-        if v.lower().startswith("tel:") or v.startswith("+") or len(v) > 10:
+        if v.lower().startswith("sip:"):
+            value = {"type": "uri", "value": v}
+        elif v.lower().startswith("tel:") or v.startswith("+") or len(v) > 10:
             value = {"type": "external", "value": v}
         else:
             value = {"type": "extension", "value": v}
@@ -134,7 +158,8 @@ def validate(doc: object) -> dict:
     """The normalised IVR document, or ConfigError saying what is wrong."""
     if not isinstance(doc, dict):
         raise ConfigError("an IVR is a JSON object (see node/pbx/ivr.py for its keys)")
-    allowed = {"intro", "prompt", "timeout", "digit_timeout", "direct_dial", "attempts", "options", "invalid", "no_input"}
+    allowed = {"intro", "prompt", "timeout", "digit_timeout", "direct_dial", "attempts", "options", "invalid", "no_input",
+               "active", "closed", "out_of_hours"}
     extra = set(doc) - allowed
     if extra:
         raise ConfigError(f"unknown IVR key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(allowed))})")
@@ -164,7 +189,46 @@ def validate(doc: object) -> dict:
     out["no_input"] = destination(doc.get("no_input", DEFAULT_NO_INPUT), "IVR no_input")
     if not out["options"] and not dd:
         raise ConfigError("an IVR needs options or direct_dial, else no key leads anywhere")
+    out.update(_hours(doc))
     return out
+
+
+def _hours(doc: dict) -> dict:
+    """The open-hours keys, normalised; {} for a menu that is always open."""
+    if doc.get("active") in (None, {}, []):
+        for key in ("closed", "out_of_hours"):
+            if doc.get(key) not in (None, [], ""):
+                raise ConfigError(f"IVR {key} needs 'active' (the open hours) to ever be used")
+        return {}
+    try:
+        time_rules.parse_when(doc["active"])
+    except ConfigError as e:
+        raise ConfigError(f"IVR active (open hours): {e}") from None
+    out: dict = {"active": doc["active"], "closed": _prompts(doc.get("closed", ["closed"]), "IVR closed")}
+    if doc.get("out_of_hours") not in (None, ""):
+        dest = destination(doc["out_of_hours"], "IVR out_of_hours")
+        if dest["type"] in _NOT_OUT_OF_HOURS:
+            raise ConfigError(f"IVR out_of_hours cannot be {dest['type']!r}: outside open hours there is no menu"
+                              " (leave it out to hang up)")
+        out["out_of_hours"] = dest
+    return out
+
+
+async def is_open(config, tenant, doc: dict, now: float | None = None) -> bool:
+    """Whether the menu is within its open hours (always, without 'active'), in the
+    tenant's time zone; holiday lists come from the tenant's config (a missing one never holds)."""
+    if not doc.get("active"):
+        return True
+    from node.pbx.time_switch import HOLIDAYS
+
+    conds = time_rules.parse_when(doc["active"])
+    holidays: dict[str, time_rules.DateSet] = {}
+    for c in conds:
+        if c.holidays and c.holidays not in holidays:
+            h = await config.get_object(tenant.id, HOLIDAYS, c.holidays)
+            holidays[c.holidays] = time_rules.parse_dates(h["dates"]) if h else time_rules.DateSet(frozenset(), frozenset(), ())
+    when = time_rules.local(clock() if now is None else now, getattr(tenant, "timezone", "") or "UTC")
+    return time_rules.holds(conds, when, holidays)
 
 
 def name(value: object) -> str:
@@ -183,8 +247,30 @@ async def put(config, tenant_id: int, ivr_name: str, doc: object) -> dict:
     if taken is not None and taken != KIND:  # replacing the IVR itself is fine
         raise ConfigError(f"{n} is {'an' if taken == 'extension' else 'a'} {taken.replace('_', ' ')} of this tenant:"
                           " pick another number for the IVR", 409)
+    await _check_hours(config, tenant_id, n, out)
     await config.put_object(tenant_id, KIND, n, out)
     return out
+
+
+async def _check_hours(config, tenant_id: int, number: str, doc: dict) -> None:
+    """What validation alone cannot see: the holiday lists and the out-of-hours target exist
+    in this tenant."""
+    from node.pbx.time_switch import HOLIDAYS
+
+    if "active" not in doc:
+        return
+    for cond in time_rules.parse_when(doc["active"]):
+        if cond.holidays and await config.get_object(tenant_id, HOLIDAYS, cond.holidays) is None:
+            raise ConfigError(f"IVR active (open hours): no holiday list {cond.holidays!r} in this tenant", 404)
+    dest = doc.get("out_of_hours")
+    if dest is None:
+        return
+    if dest["type"] in (KIND, "extension") and dest["value"] == number:
+        raise ConfigError(f"IVR out_of_hours cannot be IVR {number} itself (it is closed then too)")
+    if dest["type"] == KIND and await config.get_object(tenant_id, KIND, dest["value"]) is None:
+        raise ConfigError(f"IVR out_of_hours: no IVR {dest['value']} in this tenant", 404)
+    if dest["type"] == "extension":
+        await destinations.check(config, tenant_id, dest["value"], "IVR out_of_hours")
 
 
 # ------------------------------------------------------------------ running
@@ -195,6 +281,12 @@ async def run(ctx: AppContext, ivr_name: str, doc: dict) -> None:
     except ConfigError as e:
         log.warning("IVR %s of tenant %s is invalid (%s): hanging up", ivr_name, ctx.tenant.name, e)
         await ctx.play(["goodbye"])
+        return
+    if "active" in doc and not await is_open(ctx.config, ctx.tenant, doc):
+        log.info("IVR %s of tenant %s is closed now", ivr_name, ctx.tenant.name)
+        await ctx.play(doc["closed"])
+        if "out_of_hours" in doc and await _go(ctx, doc["out_of_hours"]) == "repeat":
+            await ctx.play(["goodbye"])  # the out-of-hours target failed: nothing to go back to
         return
     if doc["intro"]:
         await ctx.play(doc["intro"])
@@ -271,6 +363,7 @@ async def _submenu(ctx: AppContext, dest: dict) -> Outcome:
 
 register_destination("extension", _internal, _transfer)
 register_destination("external", _external, _transfer)
+register_destination("uri", _uri, _transfer)
 register_destination("ivr", _internal, _submenu)
 register_destination("repeat", _none, _repeat)
 register_destination("hangup", _none, _hangup)

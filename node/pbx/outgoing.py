@@ -7,8 +7,11 @@ party needs no re-INVITE when its far end changes: the relay just learns the new
 address from the new leg's SDP (node/pbx/media.py).
 
 The attempts of a RoutePlan ring one after the other, the targets of one attempt in
-parallel; the first 2xx wins and the others are cancelled. Attempt rules (hunt groups,
-forwarding) degrade to "next attempt when this one failed or timed out".
+parallel; the first 2xx wins and the others are cancelled. A plan with rules (hunt groups,
+forwarding, follow-me) is walked by its rules like any call's (node/pbx/attempts.py): each
+attempt rings for its own time and its outcome picks the next one. Without rules, the next
+attempt rings whenever one failed. Application targets (an extension's voicemail) cannot
+take a party here and are skipped; "press 1 to accept" is not asked.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
-from node.pbx.call import USER_AGENT, Caller, CallState, Leg, _ALLOW, _best_failure
+from node.pbx.attempts import AttemptWalker, always_failover
+from node.pbx.call import USER_AGENT, Caller, CallState, Leg, _ALLOW
 from node.pbx.routing import RoutePlan, Target
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
@@ -33,11 +37,11 @@ log = logging.getLogger("hivepbx.outgoing")
 FEATURE_EVENTS = Counter("hivepbx_call_features", "Transfers, pickups, parks and dialog replacements, by outcome",
                          ["feature", "outcome"])
 PARKED = Gauge("hivepbx_parked_calls", "Calls waiting in a park slot on this node")
-_FEATURES = {"blind_transfer", "attended_transfer", "pickup", "park", "replaces"}
+_FEATURES = {"blind_transfer", "attended_transfer", "semi_attended_transfer", "pickup", "park", "replaces"}
 
 
 def feature_done(feature: str, outcome: str) -> None:
-    """Count one feature event; ``outcome`` is 'done', 'failed', 'refused', 'retrieved', 'timeout'."""
+    """Count one feature event; ``outcome`` is 'done', 'failed', 'refused', 'retrieved', 'timeout', 'recalled'."""
     FEATURE_EVENTS.labels(feature if feature in _FEATURES else "other", outcome).inc()
 
 
@@ -101,43 +105,39 @@ class Outgoing:
         self.on_fail = on_fail
         self.on_ringing = on_ringing
         self.extra = extra or []
-        self.ring_timeout = ring_timeout or call.tenant.ring_timeout or self.host.cfg.ring_timeout
+        default_ring = call.tenant.ring_timeout or self.host.cfg.ring_timeout
+        #: overall cap; with rules the attempts' own timers govern (the plan's cap, 0 = none)
+        self.ring_timeout = ring_timeout or (plan.ring_timeout if plan.rules else default_ring)
         self.legs: list[OutLeg] = []
-        self.attempt = -1
         self.done = False
         self.winner: OutLeg | None = None
         self._timer = None
         self._rang = False
-        self._first = 0
+        self.walker = AttemptWalker(plan, ring=self._ring_target, cancel=self._cancel,
+                                    call_later=self.host.loop.call_later, default_ring=default_ring,
+                                    on_no_answer=self._on_timeout, failover=always_failover)
 
     # ------------------------------------------------------------------ driving
     def start(self) -> None:
         if not self.plan.attempts:
             self._finish_fail(self.plan.fail_status or 404, self.plan.fail_reason or "Not Found")
             return
-        self._timer = self.host.loop.call_later(self.ring_timeout, self._on_timeout)
-        if not self._next_attempt():
+        if self.ring_timeout:
+            self._timer = self.host.loop.call_later(self.ring_timeout, self._on_timeout)
+        if not self.walker.start() and not self.done:
             self._finish_fail(480, "Temporarily Unavailable")
 
-    def _next_attempt(self) -> bool:
-        while True:
-            self.attempt += 1
-            if self.attempt >= len(self.plan.attempts):
-                return False
-            started = 0
-            self._first = len(self.legs)
-            for target in self.plan.attempts[self.attempt]:
-                try:
-                    flow = self.host.flow_for(target)
-                except OSError as e:
-                    log.info("cannot reach %s: %s", target.ruri, e)
-                    continue
-                leg = OutLeg(self, target, flow)
-                self.legs.append(leg)
-                self._send_invite(leg)
-                started += 1
-            if started:
-                return True
+    def _ring_target(self, target: Target) -> OutLeg | None:
+        """Start one target of the current attempt (the walker's ``ring``)."""
+        try:
+            flow = self.host.flow_for(target)
+        except OSError as e:
+            log.info("cannot reach %s: %s", target.ruri, e)
+            return None
+        leg = OutLeg(self, target, flow)
+        self.legs.append(leg)
+        self._send_invite(leg)
+        return leg
 
     def abort(self) -> None:
         """The call ended or the request was withdrawn: cancel what still rings."""
@@ -157,6 +157,7 @@ class Outgoing:
         self._finish_fail(480, "Temporarily Unavailable (no answer)")
 
     def _stop_timer(self) -> None:
+        self.walker.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -234,6 +235,8 @@ class Outgoing:
             for other in self.legs:
                 if other is not leg:
                     self._cancel(other)
+            if self.plan.on_answer is not None:
+                self.plan.on_answer(leg.target)  # hunt group statistics (circular, least used)
             try:
                 self.on_answer(leg, resp)
             except SipError as e:
@@ -249,14 +252,9 @@ class Outgoing:
     def _failed(self, leg: OutLeg) -> None:
         if self.done:
             return
-        current = self.legs[self._first:]
-        if any(l.final == 0 for l in current):
-            return
-        if self._next_attempt():
-            return
-        self._stop_timer()
-        codes = [l.final for l in self.legs]
-        self._finish_fail(_best_failure(codes), "")
+        code = self.walker.leg_failed(leg)
+        if code is not None:
+            self._finish_fail(code, "")
 
     def _finish_fail(self, status: int, reason: str) -> None:
         self.done = True

@@ -107,11 +107,18 @@ async def try_pickup(host, req: Request, txn, flow, tenant, picker, dialled: str
         host.endpoint.send_response(make_response(req, 488, "Not Acceptable Here (pickup needs an SDP offer)",
                                                   to_tag=new_tag()))
         return True
+    from node.pbx import reanchor
+
+    taker = Caller(picker.number, picker.display_name, tenant.domain, picker)
     try:
-        take_ringing(call, req, flow, Caller(picker.number, picker.display_name, tenant.domain, picker),
-                     "picked-up")
+        # a call whose media rtpengine relays moves to the node's relay (node/pbx/reanchor.py)
+        await reanchor.local_then(call, lambda: take_ringing(call, req, flow, taker, "picked-up"), ())
     except SipError as e:
         host.endpoint.send_response(make_response(req, 488, None, to_tag=new_tag()))
+        log.info("pickup failed: %s", e)
+    except reanchor.ReanchorError as e:
+        host.endpoint.send_response(make_response(req, e.status if e.status in (481, 491) else 488,
+                                                  f"Not Acceptable Here ({e.reason})", to_tag=new_tag()))
         log.info("pickup failed: %s", e)
     return True
 

@@ -1,6 +1,13 @@
 """Call recording of bridged calls: per extension (feature objects kind 'recording', named by
 the extension number), tapped from the relay, written as stereo WAV per tenant.
 
+Calls the node answers first and bridges onward (IVR -> extension, queue -> agent, a hunt
+group or directory reached from an application: node/pbx/app_call.py) are recorded the same
+way, tapped from the node's own two media endpoints instead of the relay: the A endpoint
+hears the caller, the B endpoint the party that answered. The B side's policy is that of
+the extension that answered (not of the IVR or queue number dialled), and the file names the
+call's one CDR like any other recording (``cdr_id``; ``answered_by`` the extension reached).
+
     {"mode": "always"}      every answered call of the extension is recorded
     {"mode": "never"}       never (wins over the other party's "always": it opted out)
     {"mode": "on_demand", "toggle": "*1"}   the extension's user presses *1 during the call to
@@ -11,7 +18,8 @@ whole call; else "on_demand" parties' keys toggle it. Only the keys of an on_dem
 own side count (a caller from outside cannot switch an employee's recording).
 
 Taps cost only recorded calls: a plain call's relay sockets never run tap code
-(node/rtp_engine/relay.py ``add_tap`` swaps the socket's class). A tap stores raw payloads
+(node/rtp_engine/relay.py ``add_tap`` swaps the socket's class; a media endpoint loops over
+an empty tuple). A tap stores raw payloads
 with their arrival time; decoding and writing happen once, in a thread, when a segment
 ends. Keys are the RFC 4733 events the phones send, seen by the relay on the way through
 (they are still relayed: the other party's phone ignores stray events).
@@ -53,7 +61,7 @@ _FILE = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}-[0-9]{1,3}\.wav\Z")
 _MAX_PACKETS = 50 * 3600
 #: a chunk arriving less than this late (samples) is played right after the previous one
 _JOIN = 800
-RECORDED_CALLS = Gauge("hivepbx_recorded_calls", "Bridged calls whose relay legs are tapped for recording now")
+RECORDED_CALLS = Gauge("hivepbx_recorded_calls", "Bridged calls whose legs are tapped for recording now")
 RECORDINGS = Counter("hivepbx_recordings", "Recording files written, by result", ["result"])
 _WRITTEN, _FAILED = RECORDINGS.labels("written"), RECORDINGS.labels("failed")
 #: segment files being written (awaited at shutdown so no recording is lost)
@@ -178,7 +186,9 @@ def _write_segment(path: Path, meta: dict, t0: float, a: list, b: list) -> None:
 
 # ------------------------------------------------------------------ a call being recorded
 class Recorder:
-    """Taps both relay legs of one call. ``start``/``stop`` a segment; ``close`` at the end."""
+    """Taps both legs of one call (``session.leg('a' | 'b')``: relay legs, or the node's own
+    endpoints, anything with ``add_tap``/``remove_tap``). ``start``/``stop`` a segment;
+    ``close`` at the end."""
 
     def __init__(self, call, session, data_dir: str | Path, trigger: str, toggles: dict[str, str]) -> None:
         self.call = call
@@ -190,6 +200,8 @@ class Recorder:
         self.active = False
         self.segments = 0
         self.files: list[str] = []
+        #: the extension that answered, when it is not the number dialled (node-answered calls)
+        self.answered_by: str | None = None
         self._id = secrets.token_hex(4)
         self._t0 = 0.0
         self._wall0 = 0.0
@@ -261,6 +273,8 @@ class Recorder:
         meta = {"file": name, "call_id": call.invite.call_id, "cdr_id": call.id, "caller": call.caller.number,
                 "callee": call.plan.callee, "start": round(self._wall0, 3), "trigger": self.trigger,
                 "channels": "stereo: left caller, right callee"}
+        if self.answered_by is not None:
+            meta["answered_by"] = self.answered_by
         a, b = list(self._chunks["a"]), list(self._chunks["b"])
         self._chunks["a"].clear()
         self._chunks["b"].clear()
@@ -313,9 +327,13 @@ async def _setup(call, session) -> None:
     try:
         config, tid = call.host.config, call.tenant.id
         a_ext = call.caller.extension.number if call.caller.extension is not None else None
-        b_ext = call.plan.callee_ext.number if call.plan.callee_ext is not None else None
-        if b_ext is None and call.answered_leg is not None:
-            b_ext = _extension_of_target(call.answered_leg.target)
+        if isinstance(session, _EndpointLegs):
+            # the node answered (an IVR, a queue): the B side is whoever answered the transfer
+            b_ext = _extension_of_target(call.answered_leg.target) if call.answered_leg is not None else None
+        else:
+            b_ext = call.plan.callee_ext.number if call.plan.callee_ext is not None else None
+            if b_ext is None and call.answered_leg is not None:
+                b_ext = _extension_of_target(call.answered_leg.target)
         docs = {}
         for side, ext in (("a", a_ext), ("b", b_ext)):
             docs[side] = await config.get_object(tid, KIND, ext) if ext else None
@@ -323,6 +341,8 @@ async def _setup(call, session) -> None:
         if trigger == "off" or session.closed or call.state.value == "ended":
             return
         rec = call.recorder = Recorder(call, session, call.host.cfg.data_dir, trigger, toggles)
+        if b_ext is not None and b_ext != call.plan.callee:
+            rec.answered_by = b_ext
         if trigger == "always":
             rec.start()
         if getattr(call, "span", None) is not None:
@@ -330,6 +350,32 @@ async def _setup(call, session) -> None:
         log.info("call %s recording %s", call.id, trigger)
     except Exception:
         log.exception("call recording setup failed (call %s)", getattr(call, "id", "?"))
+
+
+class _EndpointLegs:
+    """The two media endpoints of a node-answered call bridged onward, as the Recorder's
+    ``session``: A hears the caller, B the party that answered."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b) -> None:
+        self.a, self.b = a, b
+
+    def leg(self, side: str):
+        return self.a if side == "a" else self.b
+
+    @property
+    def closed(self) -> bool:
+        return self.a.closed or self.b.closed
+
+
+def on_app_bridged(call) -> None:
+    """A call the node answered (node/pbx/app_call.py) was bridged to the party that answered
+    a transfer: the same policy lookup as ``on_answered``, tapping the node's endpoints."""
+    a, b = getattr(call, "ep", None), getattr(call, "b_ep", None)
+    if a is None or b is None or getattr(call, "recorder", None) is not None:
+        return
+    call.host._spawn(_setup(call, _EndpointLegs(a, b)))
 
 
 def on_call_ended(call) -> None:

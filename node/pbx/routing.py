@@ -36,6 +36,9 @@ class Target:
     #: kind 'app': the node answers the call itself and runs this application (voicemail
     #: after busy / no answer: node/pbx/call.py hands the caller over to node/pbx/app_call.py)
     app: "AppTarget | None" = None
+    #: follow-me "press 1 to accept": the extension the call is for (spoken to whoever
+    #: answers, node/pbx/answer_confirm.py); "" = bridge on answer
+    confirm_for: str = ""
 
 
 @dataclass(slots=True)

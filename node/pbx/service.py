@@ -24,7 +24,7 @@ from node.ports import CdrStore, ConfigStore, LocationStore
 from node.runtime.config import NodeConfig
 from node.sip.errors import SipError
 from node.sip.flow import Flow
-from node.sip.ids import new_tag
+from node.sip.ids import new_tag, stateless_tag
 from node.sip.message import Request, Response, make_response
 from node.sip.transaction import (
     RequestReceived,
@@ -89,6 +89,8 @@ class PbxService:
         self.subscriptions = SubscriptionServer(endpoint, config, auth, self.loop)
         self.line_states = LineStates(self.subscriptions, config)
         self.call_listeners.append(self.line_states.on_call_state)
+        # every phone's first REGISTER is answered without a transaction (see _answer_statelessly)
+        endpoint.layer.stateless_responder = self._answer_statelessly
 
     # ------------------------------------------------------------------ event entry
     def on_event(self, ev) -> None:
@@ -174,7 +176,8 @@ class PbxService:
                 return
             self._spawn(self._new_invite(req, flow, txn))
         elif method == "REGISTER":
-            challenge = self.registrar.challenge_now(req, new_tag(), time.time())
+            # with credentials (the usual case here: _answer_statelessly took the others), no tag is drawn
+            challenge = None if req.get("Authorization") is not None else self.registrar.challenge(req, new_tag(), time.time())
             if challenge is not None:
                 self.endpoint.send_response(challenge)
             else:
@@ -217,6 +220,35 @@ class PbxService:
             log.error("request handler failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ REGISTER
+    def _answer_statelessly(self, req: Request, flow: Flow) -> Response | None:
+        """The transaction layer's stateless responder (Kamailio's sl): a REGISTER without
+        credentials, half of the registrar's load, gets its 401 with no server transaction,
+        timer or task; a retransmission of it gets the same 401 again, with the same To tag
+        (RFC 3261 §8.2.7). Anything else returns None and takes the full path (so a Require,
+        Max-Forwards 0 or a To tag gets the answer ``_on_request`` gives it)."""
+        if req.method != "REGISTER":
+            return None
+        via = frm = call_id = cseq = None
+        for n, v in req.headers:
+            if n == "Authorization" or n == "Require":
+                return None
+            if n == "Via":
+                if via is None:
+                    via = v
+            elif n == "From":
+                frm = v
+            elif n == "Call-ID":
+                call_id = v
+            elif n == "CSeq":
+                cseq = v
+        mf = req.max_forwards
+        if (mf is not None and mf <= 0) or req.to.tag is not None:
+            return None
+        challenge = self.registrar.challenge(req, stateless_tag(via, frm, call_id, cseq), time.time())  # type: ignore[arg-type]
+        if challenge is not None:
+            M.sip_request_in("REGISTER")
+        return challenge
+
     async def _register(self, req: Request, flow: Flow) -> None:
         span = otrace.tracer().start_span("sip.register") if otrace.enabled() else None
         try:
@@ -368,7 +400,7 @@ class PbxService:
                     call.fail_a(415, None, [("Accept", "application/sdp")])
                     return
                 try:
-                    call.media = await self.media_factory(req.call_id, tenant.name)
+                    call.media = await self.media_factory(req.call_id, tenant.name, call)
                     if req.body:
                         call.media.check_offer(req.body)
                 except SipError as e:
@@ -391,8 +423,7 @@ class PbxService:
     async def _call_feature(self, req: Request, txn, flow: Flow, tenant, ext, dialled: str) -> bool:
         """Features that take over an existing call instead of routing a new one (pickup,
         park retrieval, INVITE with Replaces): True when one handled the INVITE."""
-        from node.pbx import park, pickup, replaces
-
+        park, pickup, replaces = _call_features()
         if req.get("Replaces") is not None:
             return await replaces.on_invite(self, req, txn, flow, tenant, ext)
         if await pickup.try_pickup(self, req, txn, flow, tenant, ext, dialled):
@@ -470,6 +501,20 @@ class PbxService:
             "transactions": self.endpoint.layer.transaction_count,
             "draining": self.draining,
         }
+
+
+_features: tuple | None = None
+
+
+def _call_features() -> tuple:
+    """(park, pickup, replaces), imported on first use (they import call control, which
+    imports this module's neighbours), then kept: an import per INVITE is not free."""
+    global _features
+    if _features is None:
+        from node.pbx import park, pickup, replaces
+
+        _features = (park, pickup, replaces)
+    return _features
 
 
 def _clean(reason: str) -> str:

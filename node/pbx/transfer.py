@@ -8,6 +8,12 @@ phone, places the new call (RFC 5589 §6: the B2BUA terminates the REFER).
   1003 fails   ─▶ NOTIFY "<status> <reason>"; the transferor is still in the call (or, if
                   it hung up already, the transferee is released)
 
+A transferor that gave up its consultation call to the same target just before (CANCEL,
+then blind REFER: how many phones "transfer while it rings") is not raced: the new INVITE
+waits, briefly, until that target has answered the CANCEL (``_cancelled_forks_pending``).
+Transferring *to* the still-ringing consultation call itself (REFER with an early Replaces)
+is node/pbx/replaces.py ``SemiAttended``.
+
 Why the node places the call: the target is routed inside the transferor's tenant with its
 class of service (a phone cannot transfer a caller to a number it may not dial itself), and
 the transferee (maybe a carrier) never learns anybody's contact. Refer-To must name the
@@ -21,6 +27,7 @@ id, same call) which ends normally.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -104,7 +111,7 @@ def on_refer(call, side: str, req: Request) -> None:
     """An in-dialog REFER from ``side`` of an answered call (already CSeq-checked)."""
     ep = call.host.endpoint
     try:
-        if call.transfer is not None:
+        if call.transfer is not None or getattr(call, "reanchor", None) is not None:
             raise ReferError(491, "Request Pending (a transfer is in progress)")
         target = parse_refer_to(req.get("Refer-To"))
         if not same_tenant(call.tenant, target.host):
@@ -130,6 +137,39 @@ def on_refer(call, side: str, req: Request) -> None:
     call.transfer = xfer
     xfer.notify(100, "Trying")
     call.host._spawn(xfer.run())
+
+
+#: longest a transfer waits for the target's answer to a CANCEL (see ``_cancelled_forks_pending``)
+RING_RACE_WAIT = 3.0
+
+
+async def _cancelled_forks_pending(host, targets) -> bool:
+    """Wait (at most RING_RACE_WAIT) until no INVITE this node CANCELled towards one of
+    ``targets`` still awaits its final response; True when it had to wait.
+
+    Why: a phone giving up its consultation call and sending a blind REFER right after
+    (the usual way to "transfer while it rings") makes the node CANCEL the consultation
+    fork and INVITE the same phone again. A fork whose CANCEL is still deferred (no
+    provisional yet, RFC 3261 §9.1) or unanswered is still ringing there: a second INVITE
+    now rings the phone twice at once, and a single-line phone answers it 486 Busy."""
+    ruris = {t.ruri for t in targets}
+    loop = host.loop
+    deadline = loop.time() + RING_RACE_WAIT
+    waited = False
+    while True:
+        pending = False
+        for txn in host.endpoint.layer.client_invites():
+            leg = txn.tu
+            if (getattr(leg, "cancelled", False) and getattr(leg, "final", 1) == 0
+                    and getattr(getattr(leg, "target", None), "ruri", None) in ruris):
+                pending = True
+                break
+        if not pending or loop.time() >= deadline:
+            if pending:
+                log.info("transfer: the target has not answered an earlier CANCEL; ringing it anyway")
+            return waited
+        waited = True
+        await asyncio.sleep(0.05)
 
 
 class BlindTransfer:
@@ -165,8 +205,19 @@ class BlindTransfer:
     async def run(self) -> None:
         call = self.call
         host = call.host
-        from node.pbx import dialplan, park
+        from node.pbx import dialplan, park, reanchor
 
+        if reanchor.needed(call):
+            # rtpengine relays the call: its parties move to the node's relay first (both:
+            # the transferor gets the call back if the target fails)
+            try:
+                await reanchor.make_local(call, gone=lambda s: s == self.side and self.transferor_gone)
+            except reanchor.ReanchorError as e:
+                if not self.aborted and call.state is CallState.ANSWERED:
+                    self.failed(e.status, e.reason)
+                return
+            if self.aborted or call.state is not CallState.ANSWERED:
+                return
         try:
             if await park.park_by_transfer(self, self.number):
                 return
@@ -185,6 +236,9 @@ class BlindTransfer:
             self.failed(plan.fail_status or 404, plan.fail_reason or "Not Found")
             return
         self.plan = plan
+        if await _cancelled_forks_pending(host, plan.attempts[0]):
+            if self.aborted or call.state is not CallState.ANSWERED:
+                return
         local = host.endpoint.local_host(call.a_flow)
         try:
             # the new party takes the transferor's side: offer it the transferee's SDP with

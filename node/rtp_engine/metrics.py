@@ -44,7 +44,7 @@ def session_opened() -> None:
 class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         t = {k: _retired[k] for k in _FIELDS}
-        active = ports_free = ports_used = 0
+        active = ports_free = ports_used = idle = 0
         exhausted = _retired["exhausted"]
         opened = _opened
         for relay in list(_relays):
@@ -54,6 +54,7 @@ class RelayCollector(Collector):
             active += relay.session_count
             ports_free += relay.pool.available
             ports_used += relay.pool.in_use
+            idle += relay.idle_pairs
             exhausted += relay.pool.exhausted
 
         packets = CounterMetricFamily("hivepbx_rtp_packets", "RTP/RTCP packets through the relay", labels=["direction"])
@@ -76,6 +77,9 @@ class RelayCollector(Collector):
         ports.add_metric(["free"], ports_free)
         ports.add_metric(["in_use"], ports_used)
         yield ports
+        yield GaugeMetricFamily(
+            "hivepbx_rtp_idle_pairs", "Free port pairs kept bound for the next calls (counted as free)", value=idle
+        )
         yield CounterMetricFamily(
             "hivepbx_rtp_port_exhaustion", "Sessions refused for want of an RTP port", value=exhausted
         )

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
+import zlib
 from typing import Any
 
 from node.rtp_engine.errors import RelayError
 
-__all__ = ["bencode", "bdecode", "BencodeError", "NgClient", "NgError", "NgTimeout", "decode_text"]
+__all__ = ["bencode", "bdecode", "BencodeError", "NgClient", "NgError", "NgInstances", "NgTimeout", "decode_text"]
 
 
 class BencodeError(ValueError):
@@ -266,3 +268,50 @@ class NgClient:
             if not fut.done():
                 fut.cancel()
         self._pending.clear()
+
+
+class NgInstances:
+    """Several rtpengine instances for one purpose, with failover.
+
+    A call sticks to one instance (the first of ``candidates``: a hash of its id picks it); an
+    instance that times out is marked down for ``down_time`` seconds and the
+    next healthy one is tried (``candidates``). ``check`` pings them all (recovers the down).
+    """
+
+    def __init__(self, addresses: list[tuple[str, int]], *, timeout: float = 0.5, retries: int = 2,
+                 down_time: float = 10.0, clock=None) -> None:
+        if not addresses:
+            raise ValueError("no rtpengine ng address")
+        self.clients = [NgClient(h, p, timeout=timeout, retries=retries) for h, p in addresses]
+        self.down_time = down_time
+        self.clock = clock or time.monotonic
+        self._down_until = [0.0] * len(self.clients)
+
+    def candidates(self, key: str) -> list[NgClient]:
+        """Every instance, the key's own first, healthy ones before those marked down."""
+        n = len(self.clients)
+        start = zlib.crc32(key.encode()) % n
+        order = [(start + i) % n for i in range(n)]
+        now = self.clock()
+        return ([self.clients[i] for i in order if self._down_until[i] <= now]
+                + [self.clients[i] for i in order if self._down_until[i] > now])
+
+    def mark_down(self, client: NgClient) -> None:
+        self._down_until[self.clients.index(client)] = self.clock() + self.down_time
+
+    def mark_up(self, client: NgClient) -> None:
+        self._down_until[self.clients.index(client)] = 0.0
+
+    def is_up(self, client: NgClient) -> bool:
+        return self._down_until[self.clients.index(client)] <= self.clock()
+
+    async def check(self) -> int:
+        """Ping every instance; the number answering."""
+        oks = await asyncio.gather(*(c.ping() for c in self.clients))
+        for c, ok in zip(self.clients, oks):
+            self.mark_up(c) if ok else self.mark_down(c)
+        return sum(oks)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()

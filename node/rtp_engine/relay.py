@@ -26,6 +26,15 @@ learned before the first ``set_remote`` is kept (the callee's RTP often beats it
 0.0.0.0, ``::`` or port 0 (hold, rejected stream) stops sending towards that peer until the
 next ``set_remote`` with a real address; what arrives from it is still relayed.
 
+Sockets kept between calls: a closed session's port pairs stay bound and go to a FIFO of
+idle pairs instead of being closed; a new session takes a pair that has been idle for at
+least ``reuse_after`` seconds (the quarantine that keeps a late packet of the old call from
+latching the new one) and only binds a fresh pair when there is none. This saves a call
+four socket()+bind()+transport setups and four closes. What reaches an idle pair is dropped
+(counted as ``dropped_no_destination``). The idle FIFO is bounded (``max_idle``, from the
+process's file limit), pairs idle for ``idle_ttl`` are closed, parking stops while the port
+pool runs low (``PortPool.low_water``) and ``close()`` closes them all.
+
 Hot path: ``datagram_received`` compares the source with the latched one, bumps plain
 integer counters and calls ``sendto``; no logging, no objects, no clock. Prometheus sees
 the counters through a collector at scrape time (``node.rtp_engine.metrics``).
@@ -35,7 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import resource
 import socket
+import weakref
+from collections import deque
 from dataclasses import dataclass
 
 from node.rtp_engine import metrics
@@ -354,7 +366,8 @@ class RelaySession:
         self.b = b
         self.closed = False
         self._relay = relay
-        self._done = relay.loop.create_future()
+        #: what ``wait_closed`` awaits, made on demand (most sessions nobody waits for)
+        self._done: asyncio.Future | None = None
         self._open_legs = 2
         a.session = b.session = self
 
@@ -362,7 +375,7 @@ class RelaySession:
         self._open_legs -= 1
         if self._open_legs == 0:
             self._relay._pending.pop(self.id, None)
-            if not self._done.done():
+            if self._done is not None and not self._done.done():
                 self._done.set_result(None)
 
     def leg(self, name: str) -> RelayLeg:
@@ -383,7 +396,10 @@ class RelaySession:
         self._relay._close_session(self)
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._done)
+        if self._open_legs:
+            if self._done is None:
+                self._done = self._relay.loop.create_future()
+            await asyncio.shield(self._done)
 
     def __repr__(self) -> str:
         return (f"<RelaySession {self.id} tenant={self.tenant!r} call_id={self.call_id!r} "
@@ -398,7 +414,10 @@ class RtpRelay:
     has IPv6, else ``'0.0.0.0'``).
     """
 
-    def __init__(self, pool: PortPool, bind_host: str = "0.0.0.0", *, relatch_after: float = 1.0) -> None:
+    def __init__(
+        self, pool: PortPool, bind_host: str = "0.0.0.0", *, relatch_after: float = 1.0,
+        reuse_after: float = 1.0, max_idle: int | None = None, idle_ttl: float = 30.0,
+    ) -> None:
         self.pool = pool
         self.bind_host, self.family, self.dual_stack = bind_address(bind_host)
         try:
@@ -415,6 +434,26 @@ class RtpRelay:
         #: counters of sessions already closed, folded in so totals never go down
         self.closed_totals = _Totals()
         self.sessions_opened = 0
+        #: seconds a closed session's port pair stays idle before a new session may take it
+        self.reuse_after = reuse_after
+        #: port pairs kept bound at most (0: close every pair at once, as without reuse)
+        self.max_idle = _default_max_idle() if max_idle is None else max_idle
+        #: seconds an idle pair is kept when no session takes it
+        self.idle_ttl = idle_ttl
+        self._idle: deque[_IdlePair] = deque()
+        self._idle_closing: set[_IdlePair] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        #: sessions whose two legs were both idle pairs / pairs parked instead of closed
+        self.pairs_reused = 0
+        self.pairs_parked = 0
+        ref = weakref.ref(self)  # the pool must not keep the relay alive (metrics.track)
+
+        def reclaim() -> None:
+            relay = ref()
+            if relay is not None:
+                relay._reclaim_idle()
+
+        pool.reclaim = reclaim
         metrics.track(self)
 
     @property
@@ -429,36 +468,65 @@ class RtpRelay:
         if self.closed:
             raise RelayError("RTP relay is closed", 503)
         loop = self.loop
-        bound: list[tuple[int, socket.socket, socket.socket]] = []
+        # per leg: (port, rtp, rtcp) with sockets to wire up, or an idle pair to take over
+        got: list[tuple[int, socket.socket, socket.socket] | _IdlePair] = []
         try:
-            bound.append(self._bind_pair())
-            bound.append(self._bind_pair())
+            now = loop.time()
+            for _ in range(2):
+                idle = self._idle
+                if idle and idle[0].ready_at <= now:
+                    got.append(self._take_idle())
+                    continue
+                try:
+                    got.append(self._bind_pair())
+                except RelayError:
+                    if not idle:
+                        raise
+                    got.append(self._take_idle())  # out of ports: quarantine is a luxury
         except BaseException:
-            for port, s1, s2 in bound:
-                s1.close()
-                s2.close()
-                self.pool.release(port)
+            for item in got:
+                if isinstance(item, _IdlePair):
+                    item.close()
+                else:
+                    item[1].close()
+                    item[2].close()
+                    self.pool.release(item[0])
             raise
-        a, b = RelayLeg(self, "a", bound[0][0]), RelayLeg(self, "b", bound[1][0])
-        protos = [(a.rtp, bound[0][1]), (a.rtcp, bound[0][2]), (b.rtp, bound[1][1]), (b.rtcp, bound[1][2])]
+        ports = [item.port if isinstance(item, _IdlePair) else item[0] for item in got]
+        a, b = RelayLeg(self, "a", ports[0]), RelayLeg(self, "b", ports[1])
         # cross-wire before any transport exists, so no datagram can find a half-built session
         a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
         a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
         session = RelaySession(self, next(self._ids), call_id, tenant, a, b)
-        created: list[_Socket] = []
-        try:
-            for proto, sock in protos:
-                await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)
-                created.append(proto)
-        except BaseException:
-            session.closed = True
-            for proto, sock in protos:
-                if proto in created:
-                    proto.transport.close()  # type: ignore[union-attr]  # → connection_lost
-                else:
-                    sock.close()
-                    proto._gone()
-            raise
+        protos: list[tuple[_Socket, socket.socket]] = []
+        reused: list[RelayLeg] = []
+        for leg, item in ((a, got[0]), (b, got[1])):
+            if isinstance(item, _IdlePair):
+                item.hand_over(leg)
+                reused.append(leg)
+            else:
+                protos.append((leg.rtp, item[1]))
+                protos.append((leg.rtcp, item[2]))
+        if protos:
+            created: list[_Socket] = []
+            try:
+                for proto, sock in protos:
+                    await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)
+                    created.append(proto)
+            except BaseException:
+                session.closed = True
+                for proto, sock in protos:
+                    if proto in created:
+                        proto.transport.close()  # type: ignore[union-attr]  # → connection_lost
+                    else:
+                        sock.close()
+                        proto._gone()
+                for leg in reused:
+                    leg.rtp.transport.close()  # type: ignore[union-attr]
+                    leg.rtcp.transport.close()  # type: ignore[union-attr]
+                raise
+        else:
+            self.pairs_reused += 1
         self._sessions[session.id] = session
         self.sessions_opened += 1
         metrics.session_opened()
@@ -479,15 +547,26 @@ class RtpRelay:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def idle_pairs(self) -> int:
+        """Port pairs kept bound for the next sessions."""
+        return len(self._idle)
+
     def close(self) -> None:
-        """Close every session and refuse new ones. Idempotent."""
+        """Close every session and every idle pair, and refuse new sessions. Idempotent."""
         self.closed = True
         for s in list(self._sessions.values()):
             s.close()
+        self._close_idle(len(self._idle))
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     async def wait_closed(self) -> None:
         for s in list(self._pending.values()):
             await s.wait_closed()
+        for p in list(self._idle_closing):
+            await p.wait_closed()
 
     def totals(self) -> "_Totals":
         """Counters summed over every session this relay ever had (for metrics)."""
@@ -506,13 +585,138 @@ class RtpRelay:
         self.closed_totals.add(session)
         self._pending[session.id] = session
         for leg in (session.a, session.b):
+            if self._can_park(leg):
+                self._park(leg)  # → the leg is done at once, its sockets stay bound
+                continue
             for sock in (leg.rtp, leg.rtcp):
                 if sock.transport is not None:
                     sock.transport.close()  # → connection_lost → the leg gives its port back
 
+    # ------------------------------------------------------------------ idle pairs
+    def _can_park(self, leg: "RelayLeg") -> bool:
+        if self.closed or len(self._idle) >= self.max_idle or not self.pool.can_park or leg._open != 2:
+            return False
+        for sock in (leg.rtp, leg.rtcp):
+            t = sock.transport
+            if t is None or sock.lost or sock.paused or t.is_closing() or t.get_write_buffer_size():
+                return False
+        return True
+
+    def _park(self, leg: "RelayLeg") -> None:
+        pair = _IdlePair(self, leg.local_port, leg.rtp.transport, leg.rtcp.transport,  # type: ignore[arg-type]
+                         self.loop.time() + self.reuse_after)
+        for sock in (leg.rtp, leg.rtcp):
+            # the old session's objects stay readable (stats) but can no longer send
+            sock.transport = None
+            sock.lost = True
+        leg._open = 0
+        self.pool.park(leg.local_port)
+        self._idle.append(pair)
+        self.pairs_parked += 1
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.idle_ttl, self._expire_idle)
+        leg.session._leg_gone()  # type: ignore[union-attr]
+
+    def _take_idle(self) -> "_IdlePair":
+        pair = self._idle.popleft()
+        self.pool.unpark(pair.port)
+        return pair
+
+    def _close_idle(self, n: int) -> None:
+        """Close the ``n`` pairs idle longest; their ports return to the pool once closed."""
+        for _ in range(min(n, len(self._idle))):
+            self._idle.popleft().close()
+
+    def _reclaim_idle(self) -> None:
+        # the pool runs low: give it back a few ports (they are free once the sockets closed)
+        self._close_idle(max(1, len(self._idle) // 4))
+
+    def _expire_idle(self) -> None:
+        self._idle_timer = None
+        deadline = self.loop.time() + self.reuse_after - self.idle_ttl
+        n = 0
+        for pair in self._idle:
+            if pair.ready_at > deadline:
+                break
+            n += 1
+        self._close_idle(n)
+        if self._idle and not self.closed:
+            self._idle_timer = self.loop.call_later(self.idle_ttl, self._expire_idle)
+
     def _normalize(self, host: str) -> str | None:
         """``host`` as the kernel reports sources on our sockets; None for 0.0.0.0/::."""
         return normalize_host(host, self.family, self.dual_stack, "relay")
+
+
+class _IdlePair(asyncio.DatagramProtocol):
+    """The two bound sockets of a closed session's leg, waiting for the next session; the
+    protocol of both transports meanwhile (drops what arrives)."""
+
+    __slots__ = ("relay", "port", "rtp", "rtcp", "ready_at", "_open", "_done")
+
+    def __init__(self, relay: "RtpRelay", port: int, rtp: asyncio.DatagramTransport,
+                 rtcp: asyncio.DatagramTransport, ready_at: float) -> None:
+        self.relay = relay
+        self.port = port
+        self.rtp = rtp
+        self.rtcp = rtcp
+        self.ready_at = ready_at
+        self._open = 2
+        self._done: asyncio.Future | None = None
+        rtp.set_protocol(self)
+        rtcp.set_protocol(self)
+
+    def hand_over(self, leg: "RelayLeg") -> None:
+        """Make these sockets ``leg``'s (its port is ``self.port``, taken out of the pool)."""
+        for sock, transport in ((leg.rtp, self.rtp), (leg.rtcp, self.rtcp)):
+            sock.transport = transport
+            transport.set_protocol(sock)
+
+    def close(self) -> None:
+        """Close the sockets of a pair still idle (or taken by a session that failed to open)."""
+        if self._open:
+            self.relay._idle_closing.add(self)
+        self.rtp.close()  # → connection_lost on whichever protocol holds the transport now
+        self.rtcp.close()
+
+    async def wait_closed(self) -> None:
+        if self._open:
+            if self._done is None:
+                self._done = self.relay.loop.create_future()
+            await asyncio.shield(self._done)
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        self.relay.closed_totals.dropped_no_destination += 1
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open -= 1
+        if self._open:
+            return
+        relay = self.relay
+        try:
+            relay._idle.remove(self)  # closed from outside (not by us): no longer reusable
+        except ValueError:
+            pass
+        relay._idle_closing.discard(self)
+        relay.pool.release(self.port)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+
+def _default_max_idle() -> int:
+    """Idle pairs (two descriptors each) a process may keep: a quarter of its file limit in
+    descriptors, so sockets kept for reuse leave most of it to calls and SIP (and a bind
+    that fails for want of descriptors takes an idle pair instead)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(0, min(8192, soft // 8))
 
 
 class _Totals:

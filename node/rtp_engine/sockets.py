@@ -5,6 +5,7 @@ addresses. Shared by the relay (node/rtp_engine/relay.py) and the media engine
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 
 from node.rtp_engine.errors import BadRemote, RelayError
@@ -64,6 +65,7 @@ def bind_pair(
     raise RelayError(f"no bindable RTP port pair on {bind_host}: {last}", 503)
 
 
+@functools.lru_cache(maxsize=4096)  # every SDP names a host: the few peers a node sees, over and over
 def normalize_host(host: str, family: int, dual_stack: bool, owner: str = "relay") -> str | None:
     """``host`` as the kernel reports sources on sockets of ``family``; None for 0.0.0.0 / ::.
     Raises ``BadRemote`` (488) for what such a socket cannot send to; ``owner`` names the

@@ -20,6 +20,7 @@ from node.pbx.authn import Authenticator
 from node.pbx.cdr_spool import SPOOL_FILENAME, SpooledCdrStore
 from node.pbx.keepalive import NatKeepalive
 from node.pbx.media import MediaAnchors
+from node.pbx.media_rtpengine import RtpengineAnchors, ng_addresses
 from node.pbx.service import PbxService
 from node.pbx.app_call import AppRuntime
 from node.pbx import ivr as _ivr  # noqa: F401  (registers the 'ivr' application)
@@ -95,6 +96,8 @@ class Node:
         #: ACD queues (node/acd), on the backend's event bus when it has one (Kafka)
         self.acd: AcdService | None = None
         self.blf_sharing: LineStateSharing | None = None
+        #: media_relay = "rtpengine": the factory handing plain calls' media to rtpengine
+        self.rtpengine: RtpengineAnchors | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -114,9 +117,16 @@ class Node:
         self.endpoint.transports = self.transports
         self.relay = RtpRelay(PortPool(cfg.rtp_port_min, cfg.rtp_port_max), cfg.rtp_bind or _rtp_wildcard())
         anchors = MediaAnchors(self.relay, cfg.advertise_address)
+        media_factory = anchors.open
+        if cfg.media_relay == "rtpengine":
+            self.rtpengine = RtpengineAnchors(anchors, ng_addresses(cfg.rtpengine_ng), timeout=cfg.rtpengine_timeout)
+            await self.rtpengine.start()
+            media_factory = self.rtpengine.open
+        elif cfg.media_relay != "local":
+            raise ValueError(f'media_relay must be "local" or "rtpengine", not {cfg.media_relay!r}')
         self.service = PbxService(
             cfg, self.endpoint, self.backend.config, self.backend.locations, self.cdrs,
-            Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl, cfg.digest_algorithms), anchors.open,
+            Authenticator(_node_secret(cfg.data_dir), cfg.nonce_ttl, cfg.digest_algorithms), media_factory,
         )
         self.media = MediaEngine(self.relay.pool, self.relay.bind_host)
         prompts = PromptLibrary(cfg.data_dir)
@@ -211,6 +221,9 @@ class Node:
             await self.service.drain(drain_timeout)
             if getattr(self.service, "voicemail", None) is not None:
                 await self.service.voicemail.close()  # e-mails of the last messages
+        if self.rtpengine is not None:
+            await self.rtpengine.close()  # deletes the sessions of the calls just ended
+            self.rtpengine = None
         if self.trunks is not None:
             # un-REGISTER while the sockets are still open (bounded by its stop_timeout)
             await self.trunks.stop()
@@ -266,6 +279,7 @@ def _banner(node: Node) -> str:
             for l in node.transports.listens
         ),
         f"  RTP ports      : {cfg.rtp_port_min}-{cfg.rtp_port_max}",
+        f"  media relay    : {cfg.media_relay}" + (f" ({', '.join(cfg.rtpengine_ng)})" if cfg.media_relay == "rtpengine" else ""),
         f"  HTTP           : http://{cfg.http_host}:{node.http_port}/metrics  /health",
     ]
     if cfg.backend != "embedded":

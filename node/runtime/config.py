@@ -88,3 +88,10 @@ class NodeConfig:
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_from: str = "voicemail@localhost"
+    #: who relays plain bridged calls' RTP: 'local' (the node's relay) or 'rtpengine' (the
+    #: instances of rtpengine_ng, ng protocol, 'host:port'; node/pbx/media_rtpengine.py).
+    #: Calls needing the node's media (recording, applications) stay local either way.
+    media_relay: str = "local"
+    rtpengine_ng: tuple[str, ...] = ()
+    #: seconds an ng command waits for each try (it is tried twice) before the next instance
+    rtpengine_timeout: float = 0.5

@@ -22,6 +22,30 @@ _ICE_ATTRIBUTES = frozenset(
 )
 
 
+#: media attributes ``rewrite_for_relay`` drops or changes
+_REWRITTEN = _ICE_ATTRIBUTES | {"rtcp"}
+#: c= of the relay per address it advertises
+_relay_connections: dict[str, Connection] = {}
+
+
+def _relayed_attributes(
+    attributes: tuple[Attribute, ...], relayed: bool, port: int, relay_conn: Connection
+) -> tuple[Attribute, ...]:
+    """A media section's attributes without ICE, a=rtcp pointing at the relay (kept on the
+    relayed stream only)."""
+    out: list[Attribute] = []
+    for a in attributes:
+        if a.name in _ICE_ATTRIBUTES:
+            continue
+        if a.name == "rtcp":
+            if not relayed:
+                continue
+            has_addr = a.value is not None and len(a.value.split()) == 4
+            a = Attribute("rtcp", f"{port + 1} {relay_conn}" if has_addr else str(port + 1))
+        out.append(a)
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class MediaAddress:
     """Where a peer wants its audio: feed this to ``RelayLeg.set_remote``.
@@ -81,7 +105,11 @@ def rewrite_for_relay(
     Raises ``SdpError`` when ``sdp`` is bytes and malformed.
     """
     sd = sdp if isinstance(sdp, SessionDescription) else parse(sdp)
-    relay_conn = Connection.for_ip(ip)
+    relay_conn = _relay_connections.get(ip)
+    if relay_conn is None:
+        relay_conn = Connection.for_ip(ip)
+        if len(_relay_connections) < 64:  # the node's own addresses: a handful
+            _relay_connections[ip] = relay_conn
     relayed = relayed_stream(sd)
     media: list[Media] = []
     missing_conn = False
@@ -91,25 +119,22 @@ def rewrite_for_relay(
             conn = relay_conn
         elif conn is None and sd.connection is None:
             missing_conn = True
-        attrs: list[Attribute] = []
-        for a in m.attributes:
-            if a.name in _ICE_ATTRIBUTES:
-                continue
-            if a.name == "rtcp":
-                if i != relayed:
-                    continue
-                has_addr = a.value is not None and len(a.value.split()) == 4
-                a = Attribute("rtcp", f"{port + 1} {relay_conn}" if has_addr else str(port + 1))
-            attrs.append(a)
+        attrs = m.attributes
+        for a in attrs:
+            if a.name in _REWRITTEN:  # else the attributes pass as they are (the usual case)
+                attrs = _relayed_attributes(attrs, i == relayed, port, relay_conn)
+                break
         # built directly rather than with .replace(): dataclasses.replace is several times
         # slower, and this runs for every SDP crossing the bridge
-        media.append(Media(m.type, port if i == relayed else 0, m.proto, m.formats, None, conn, tuple(attrs), m.other))
+        media.append(Media(m.type, port if i == relayed else 0, m.proto, m.formats, None, conn, attrs, m.other))
     session_conn = sd.connection
     if (session_conn is not None and not session_conn.unspecified) or missing_conn:
         session_conn = relay_conn
     attributes = sd.attributes
-    if any(a.name in _ICE_ATTRIBUTES for a in attributes):
-        attributes = tuple(a for a in attributes if a.name not in _ICE_ATTRIBUTES)
+    for a in attributes:
+        if a.name in _ICE_ATTRIBUTES:
+            attributes = tuple(a for a in attributes if a.name not in _ICE_ATTRIBUTES)
+            break
     if origin is None:
         o = sd.origin
         o = Origin(o.username, o.sess_id, o.sess_version, ip, relay_conn.addrtype, o.nettype)

@@ -45,7 +45,34 @@ SESSION_ORDER = "vosiuepcbtrzk"
 MEDIA_ORDER = "micbk"
 
 
-@dataclass(frozen=True, slots=True)
+def frozen(cls):
+    """``@dataclass(frozen=True, slots=True)`` whose ``__init__`` stores through the slots'
+    own descriptors. The generated one calls ``object.__setattr__`` per field (the way
+    around frozenness), which made building descriptions a third of the SDP cost of a call;
+    a field's slot descriptor does the same store at half the price. Everything else
+    (equality, hashing, immutability, ``dataclasses.replace``) is the dataclass's."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    ns: dict = {}
+    params = []
+    for f in dataclasses.fields(cls):
+        ns[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is not dataclasses.MISSING:
+            ns[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            assert f.default_factory is dataclasses.MISSING, "default factories are not supported"
+            params.append(f.name)
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", ns)  # noqa: S102  (our own field names)
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init
+    return cls
+
+
+@frozen
 class Origin:
     """o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address> (§5.2)."""
 
@@ -60,7 +87,7 @@ class Origin:
         return f"{self.username} {self.sess_id} {self.sess_version} {self.nettype} {self.addrtype} {self.address}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Connection:
     """c=<nettype> <addrtype> <connection-address> (§5.7). ``address`` keeps any /ttl suffix."""
 
@@ -86,7 +113,7 @@ class Connection:
         return f"{self.nettype} {self.addrtype} {self.address}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attribute:
     """a=<name>[:<value>] (§5.13). ``value`` None is a property attribute (a=sendrecv)."""
 
@@ -97,7 +124,7 @@ class Attribute:
         return self.name if self.value is None else f"{self.name}:{self.value}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RtpMap:
     """a=rtpmap:<payload type> <encoding name>/<clock rate>[/<channels>] (§6.6)."""
 
@@ -124,7 +151,7 @@ def _direction_of(attributes: tuple[Attribute, ...]) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Media:
     """One media description: m=<media> <port>[/<count>] <proto> <fmt> ... and its lines (§5.14)."""
 
@@ -205,7 +232,7 @@ class Media:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionDescription:
     """A whole SDP body. Serialize with ``to_bytes()`` (CRLF line ends, §5)."""
 

@@ -36,25 +36,32 @@ class LocalOrigin:
         return _with_origin(sd, self._origin(address, self.version))
 
     def stamp_bytes(self, sd: SessionDescription, address: str) -> bytes:
-        """``stamp(sd, address).to_bytes()``, rendering the description once instead of twice."""
+        """``stamp(sd, address).to_bytes()``, rendering the description once instead of twice
+        and building no description objects."""
         lines, i = self._render(sd, address)
-        lines[i] = f"o={self._origin(address, self.version)}"
+        lines[i] = self._origin_line(address, self.version)
         return serialize(lines)
 
     def _origin(self, address: str, version: int) -> Origin:
         return Origin(self.username, str(self.sess_id), version, address, addrtype_of(address))
 
+    def _origin_line(self, address: str, version: int) -> str:
+        # f"o={self._origin(address, version)}" without the Origin
+        return f"o={self.username} {self.sess_id} {version} IN {addrtype_of(address)} {address}"
+
     def _render(self, sd: SessionDescription, address: str) -> tuple[list[str], int]:
-        """Bump the version if the content changed; the lines of ``sd`` with sess-version 0
-        and the index of their o= line."""
-        origin = self._origin(address, 0)
-        lines = _with_origin(sd, origin).lines()
+        """Bump the version if the content changed; the lines of ``sd`` with our o= line at
+        sess-version 0, and the index of that line."""
+        lines = sd.lines()
+        # v= comes first and o= second, unless a v= sneaked into ``other`` (never from parse)
+        i = 1 if lines[1].startswith("o=") else lines.index(f"o={sd.origin}")
+        lines[i] = self._origin_line(address, 0)
         content = tuple(lines)
         if content != self._last:
             if self._last is not None:
                 self.version += 1
             self._last = content
-        return lines, lines.index(f"o={origin}")
+        return lines, i
 
 
 def _with_origin(sd: SessionDescription, origin: Origin) -> SessionDescription:

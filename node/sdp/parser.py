@@ -15,19 +15,30 @@ from node.sdp.model import MEDIA_ORDER, SESSION_ORDER, Attribute, Connection, Me
 _SESSION_ONLY = frozenset("vosuepztr")
 _KNOWN = frozenset("vosiuepcbtrzkam")
 
+#: attributes that read the same in every call of a phone (codecs, packet time, direction):
+#: parsed once and shared (they are immutable), which saves building them and the garbage
+#: collector scanning them. Per-call ones (crypto keys, ICE, ports) are never kept.
+_SHARED_NAMES = frozenset(("rtpmap", "fmtp", "ptime", "maxptime", "sendrecv", "sendonly", "recvonly",
+                           "inactive", "rtcp-mux", "rtcp-fb", "silenceSupp"))
+_shared: dict[str, Attribute] = {}
+_SHARED_MAX = 512
+
 
 def parse(data: bytes | str) -> SessionDescription:
     """Parse an SDP body. Raises ``SdpError`` (status_hint 400/488) on anything unusable."""
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    # lines end in LF, one CR before it dropped: CRLF → LF first, then split (one pass each in C)
+    raw = (text.replace("\r\n", "\n") if "\r" in text else text).split("\n")
+    if raw[-1].endswith("\r"):
+        raw[-1] = raw[-1][:-1]
     lines: list[str] = []
-    for ln in text.split("\n"):
-        if ln.endswith("\r"):
-            ln = ln[:-1]
-        if len(ln) < 2 or ln[1] != "=" or not ("a" <= ln[0] <= "z"):
-            if not ln.strip():
-                continue  # blank line
+    append = lines.append
+    for ln in raw:
+        if len(ln) > 1 and ln[1] == "=" and "a" <= ln[0] <= "z":
+            append(ln)
+        elif ln.strip():
             raise SdpError(f"malformed SDP line {ln[:60]!r}")
-        lines.append(ln)
+        # else a blank line
     if not lines:
         raise SdpError("empty SDP body")
     if lines[0][0] != "v":
@@ -64,7 +75,7 @@ def parse(data: bytes | str) -> SessionDescription:
         elif letter == "t":
             timing.append(value)
         elif letter == "a":
-            attributes.append(_attribute(value))
+            attributes.append(_shared.get(value) or _attribute(value))
         else:
             other.append((letter, value))
         i += 1
@@ -82,7 +93,7 @@ def parse(data: bytes | str) -> SessionDescription:
         timing=tuple(timing) or ("0 0",),
         attributes=tuple(attributes),
         media=tuple(media),
-        other=_in_order(other, SESSION_ORDER),
+        other=_in_order(other, SESSION_ORDER) if other else (),
     )
 
 
@@ -116,21 +127,29 @@ def _media(lines: list[str], i: int) -> tuple[Media, int]:
     attributes: list[Attribute] = []
     other: list[tuple[str, str]] = []
     i += 1
-    while i < len(lines) and lines[i][0] != "m":
-        letter, value = lines[i][0], lines[i][2:]
-        if letter == "c":
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        letter = line[0]
+        if letter == "a":
+            value = line[2:]
+            attributes.append(_shared.get(value) or _attribute(value))
+        elif letter == "m":
+            break
+        elif letter == "c":
             if connection is not None:
                 # RFC 8866 §5.7 allows several only for layered multicast, which we do not relay
                 raise SdpNotAcceptable("several c= lines in one media section")
-            connection = _connection(value)
-        elif letter == "a":
-            attributes.append(_attribute(value))
+            connection = _connection(line[2:])
         elif letter in _SESSION_ONLY:
             raise SdpError(f"{letter}= line inside a media section")
         else:
-            other.append((letter, value))
+            other.append((letter, line[2:]))
         i += 1
-    return Media(mtype, port, proto, formats, port_count, connection, tuple(attributes), _in_order(other, MEDIA_ORDER)), i
+    return Media(
+        mtype, port, proto, formats, port_count, connection, tuple(attributes),
+        _in_order(other, MEDIA_ORDER) if other else (),
+    ), i
 
 
 def _port(s: str, line: str) -> int:
@@ -150,7 +169,20 @@ def _origin(value: str) -> Origin:
     return Origin(username, sess_id, int(version), address, addrtype, nettype)
 
 
+#: c= values seen (a phone's address recurs in all its calls): shared, like ``_shared``
+_connections: dict[str, Connection] = {}
+
+
 def _connection(value: str) -> Connection:
+    c = _connections.get(value)
+    if c is None:
+        c = _parse_connection(value)
+        if len(_connections) < _SHARED_MAX:
+            _connections[value] = c
+    return c
+
+
+def _parse_connection(value: str) -> Connection:
     # c=<nettype> <addrtype> <connection-address> (§5.7)
     parts = value.split()
     if len(parts) != 3:
@@ -167,4 +199,7 @@ def _attribute(value: str) -> Attribute:
     name, colon, v = value.partition(":")
     if not name or " " in name:
         raise SdpError(f"malformed a= line {value[:60]!r}")
-    return Attribute(name, v if colon else None)
+    a = Attribute(name, v if colon else None)
+    if name in _SHARED_NAMES and len(_shared) < _SHARED_MAX and len(value) <= 200:
+        _shared[value] = a
+    return a

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError
-from node.sip.headers import KNOWN_NAMES, LIST_HEADERS, CSeq, Via, canonical_name
+from node.sip.headers import KNOWN_NAMES, LIST_HEADERS, NAMES, CSeq, Via, canonical_name
 from node.sip.uri import (
     DELTA_LIMIT,
     TOKEN_C,
@@ -175,6 +175,12 @@ class Message:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of header ``name`` (any spelling)."""
+        key = NAMES.get(name)
+        if key is not None:  # a known name: stored canonical, compared exactly
+            for n, v in self.headers:
+                if n == key:
+                    return v
+            return default
         key, low = self._key(name)
         for n, v in self.headers:
             if n == key or (low is not None and n.lower() == low):
@@ -290,6 +296,9 @@ class Message:
 
     @property
     def contact_star(self) -> bool:
+        vals = self._values("Contact")
+        if not vals or (len(vals) == 1 and "*" not in vals[0]):
+            return False  # the common answer without splitting the list
         return [v.strip() for v in self.get_all("Contact")] == ["*"]
 
     @property
@@ -423,7 +432,7 @@ class Response(Message):
 
 
 # Headers a response copies from its request (RFC 3261 §8.2.6.2)
-_COPIED = ("Via", "From", "To", "Call-ID", "CSeq")
+_COPIED = frozenset(("Via", "From", "To", "Call-ID", "CSeq"))
 
 
 def make_response(
@@ -437,18 +446,29 @@ def make_response(
 ) -> Response:
     """A response to ``request`` with Via/From/To/Call-ID/CSeq copied and an optional To tag."""
     hdrs: list[tuple[str, str]] = []
-    for n, v in request.headers:
-        if n in _COPIED:
-            if n == "To" and to_tag is not None and status != 100:
-                to = request.to
-                if to.tag is None:
-                    v = f"{v};tag={to_tag}"
-            hdrs.append((n, v))
+    append = hdrs.append
+    copied = _COPIED
+    for h in request.headers:
+        n = h[0]
+        if n in copied:
+            if n == "To" and to_tag is not None and status != 100 and request.to.tag is None:
+                h = (n, f"{h[1]};tag={to_tag}")
+            append(h)  # the request's own (immutable) pair: nothing re-built
         elif n == "Record-Route" and 100 < status < 300:
             # RFC 3261 §12.1.1: copied into responses that establish a dialog
-            hdrs.append((n, v))
+            append(h)
         elif n == "Timestamp" and status == 100:
-            hdrs.append((n, v))
+            append(h)
     if headers:
         hdrs.extend(headers)
-    return Response(status, reason, hdrs, body)
+    resp = _new_response(Response)
+    resp.headers = hdrs
+    resp.body = body
+    resp._cache = {}
+    resp.status = status
+    resp.reason = REASONS.get(status, "Unknown") if reason is None else reason
+    resp.version = "SIP/2.0"
+    return resp
+
+
+_new_response = Response.__new__

@@ -31,6 +31,7 @@ import enum
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError
 from node.sip.flow import Flow
@@ -282,6 +283,13 @@ class TransactionLayer:
         self._recent: dict[tuple, Flow] = {}
         self._recent_old: dict[tuple, Flow] = {}
         self._recent_rotate_at = 0.0
+        #: the TU's stateless answer (Kamailio's sl): called with (request, flow) for a new
+        #: request other than ACK/INVITE, before any server transaction exists; a Response
+        #: it returns is sent on the request's flow and no transaction is made (no timers,
+        #: no table entry). For answers that need no retransmission absorption, such as the
+        #: 401 to a REGISTER without credentials: a retransmitted request simply gets the
+        #: answer again. None (the default) or a None result: the usual transaction.
+        self.stateless_responder: Callable[[Request, Flow], Response | None] | None = None
 
     # ------------------------------------------------------------------ outputs
     def next_event(self) -> Event | None:
@@ -299,6 +307,11 @@ class TransactionLayer:
     @property
     def transaction_count(self) -> int:
         return len(self._clients) + len(self._servers)
+
+    def client_invites(self) -> list[ClientTransaction]:
+        """INVITE client transactions still in the table (a TU looking for its own, e.g.
+        forks it CANCELled whose final response has not come yet)."""
+        return [t for t in self._clients.values() if t.is_invite]
 
     # ------------------------------------------------------------------ inputs
     def receive(self, msg: Message, flow: Flow, now: float) -> None:
@@ -458,6 +471,15 @@ class TransactionLayer:
                 self._out.append((data, flow))
             return
         via_text = _stamp_via(req, via, flow)
+        responder = self.stateless_responder
+        if responder is not None and method != "INVITE":
+            try:
+                resp = responder(req, flow)
+            except Exception:
+                resp = None  # the TU's full path gets the request (and reports what fails there)
+            if resp is not None:
+                self._out.append((resp.to_bytes(), flow))
+                return
         if method == "INVITE":
             txn = ServerTransaction(key, req, flow, _PROCEEDING)
             if self.send_100_trying:
@@ -471,7 +493,12 @@ class TransactionLayer:
         servers[key] = txn
         if len(key) == 4:
             # only magic-cookie keys: RFC 2543 ones need more than the Via and CSeq text
-            text_key = txn._text_key = (via_text, req.get("CSeq"))
+            cseq_text = None
+            for name, value in req.headers:
+                if name == "CSeq":
+                    cseq_text = value
+                    break
+            text_key = txn._text_key = (via_text, cseq_text)
             self._servers_by_text[text_key] = txn
         self._events.append(RequestReceived(req, flow, txn))
 

@@ -188,7 +188,7 @@ def parse_generic_params(text: str) -> dict[str, str | None]:
 
 
 def format_params(params: dict[str, str | None]) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()]) if params else ""
 
 
 def unquote_string(quoted: str) -> str:
@@ -472,6 +472,16 @@ class NameAddr:
             if len(memo) >= MEMO_SIZE:
                 memo.clear()
             memo[text] = True
+            # a checked value is often parsed next (a registrar reads the Contact of every
+            # REGISTER): let ``parse`` find its prefix
+            quoted = m.group(1)
+            if quoted is None:
+                display = m.group(2)
+            else:
+                display = (_QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]) or None
+            if len(_NA_PREFIX) >= MEMO_SIZE:
+                _NA_PREFIX.clear()
+            _NA_PREFIX[text[: m.start(10)]] = (m, display)
 
     @classmethod
     def _parse_slow(cls, text: str) -> "NameAddr":

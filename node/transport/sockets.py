@@ -77,19 +77,30 @@ def _bind_socket(host: str, port: int, kind: int, reuse_port: bool = False) -> s
     return sock
 
 
+#: flows kept per UDP socket: a phone's datagrams come in runs (REGISTER, its retry with
+#: credentials; a call's requests), and a Flow is immutable, so one object serves them all
+_FLOW_MEMO = 4096
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("owner", "local", "transport")
+    __slots__ = ("owner", "local", "transport", "_flows")
 
     def __init__(self, owner: "SipTransports", local: tuple[str, int]) -> None:
         self.owner = owner
         self.local = local
         self.transport: asyncio.DatagramTransport | None = None
+        self._flows: dict[tuple, Flow] = {}
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
-        flow = Flow("udp", (addr[0], addr[1]), self.local)
+        flows = self._flows
+        flow = flows.get(addr)
+        if flow is None:
+            if len(flows) >= _FLOW_MEMO:
+                flows.clear()
+            flow = flows[addr] = Flow("udp", (addr[0], addr[1]), self.local)
         if len(data) <= 4 and not data.strip(b"\r\n\x00 "):
             return  # NAT keep-alive (CRLF / empty datagram): nothing to answer over UDP
         try:

@@ -16,10 +16,10 @@ Seam with the SBC pipeline:
 
 from sbc.protection.geoip import GeoIp
 from sbc.protection.guard import SCANNER_SIGNATURES, Guard, GuardConfig
-from sbc.protection.tenants import POLICY_KIND, PolicyError, TenantPolicy
+from sbc.protection.tenants import POLICY_KIND, POLICY_NAME, PolicyError, TenantPolicy
 from sbc.protection.verdict import ACCEPT, CAUSES, Verdict
 
 __all__ = [
     "Guard", "GuardConfig", "Verdict", "ACCEPT", "CAUSES", "SCANNER_SIGNATURES",
-    "TenantPolicy", "PolicyError", "POLICY_KIND", "GeoIp",
+    "TenantPolicy", "PolicyError", "POLICY_KIND", "POLICY_NAME", "GeoIp",
 ]

@@ -392,14 +392,17 @@ class Guard:
         country = None
         if outbound and p.filter_by_ip and p.allowed_countries and self.geoip is not None:
             country = self.geoip.country(ip)
-        cause = self.tenants.check(tenant, outbound, external, ip, country, self.wall_clock())
+        now = self.wall_clock()
+        # filters and usage first; max calls is checked by the count itself, under the lock
+        # the workers share (two workers cannot both take a tenant's last slot)
+        cause = self.tenants.check(tenant, outbound, external, ip, country, now) or \
+            self.tenants.start(call_id, tenant, outbound, external, now)
         if cause:
             metrics.blocked(cause)
             self._note(self.clock(), cause, ip, f"call refused for tenant {tenant}", logging.INFO, tenant, call_id)
             if cause == "max_calls":
                 return reject(cause, 503, "Service Unavailable", (("Retry-After", str(self.config.retry_after)),))
             return reject(cause, 403, "Forbidden")
-        self.tenants.start(call_id, tenant, outbound, external, self.wall_clock())
         return ACCEPT
 
     def call_ended(self, call_id: str, usage: float | None = None) -> None:

@@ -34,3 +34,16 @@ def track_tables(bans: Callable[[], int], sources: Callable[[], int]) -> None:
     """Read the table sizes at scrape time (the latest Guard built wins, as one SBC runs one)."""
     BANNED_NOW.set_function(bans)
     TRACKED.set_function(sources)
+
+
+UNTRACKED = Counter(
+    "hivepbx_sbc_tenant_calls_untracked",
+    "Calls admitted without counting them against their tenant (the shared counter table was full)",
+)
+POLICY_LOADS = Counter("hivepbx_sbc_tenant_policy_loads", "Loads of the tenants' edge policies from the cluster, by result",
+                       ["result"])
+POLICIES = Gauge("hivepbx_sbc_tenant_policies", "Tenants with an edge policy in force at this SBC")
+
+
+def untracked() -> None:
+    UNTRACKED.inc()

@@ -13,20 +13,28 @@ Product rules (the Virtual PBX client settings):
   once billing feeds it); 0 = unlimited.
 
 All of it is sans-I/O: the caller passes the wall-clock time (``now``, epoch seconds).
+Policies come from the SBC's config file or the cluster (sbc/policies.py; written by
+``hivepbx edge-policy``, checked by ``TenantPolicy.from_dict``); the counters live in a
+table the SBC host's workers share and its state dir keeps (sbc/protection/counters.py).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sbc.protection import metrics
+from sbc.protection.counters import NO_ROOM, OVER_LIMIT, CounterTable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: the ConfigStore feature-object kind holding a tenant's edge policy (document ``"edge"``)
+#: the ConfigStore feature object holding a tenant's edge policy (``hivepbx edge-policy``)
 POLICY_KIND = "sbc_policy"
+POLICY_NAME = "edge"
 
 
 class PolicyError(ValueError):
@@ -108,101 +116,141 @@ class TenantPolicy:
 DEFAULT_POLICY = TenantPolicy()
 
 
-@dataclass(slots=True)
-class _Call:
-    tenant: str
-    outbound: bool
-    external: bool
-    started: float
-    answered: float | None = None
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+#: zone name -> (start, end, ordinal) of the day last asked for: a call asks twice
+_days: dict[str, tuple[float, float, int]] = {}
+
+
+def _day(zone_name: str, now: float) -> int:
+    """The date ordinal of ``now`` in the time zone ``zone_name`` (cached per zone for the
+    day: a datetime per call would cost more than the counting itself)."""
+    hit = _days.get(zone_name)
+    if hit is not None and hit[0] <= now < hit[1]:
+        return hit[2]
+    zone = _zone(zone_name)
+    d = datetime.fromtimestamp(now, zone).date()
+    start = datetime.combine(d, dtime(0), zone).timestamp()
+    end = datetime.combine(d + timedelta(days=1), dtime(0), zone).timestamp()
+    if len(_days) > 4096:
+        _days.clear()
+    if start <= now < end:  # (a day that starts in a DST gap: no caching, still right)
+        _days[zone_name] = (start, end, d.toordinal())
+    return d.toordinal()
 
 
 class TenantLimits:
     """Live per-tenant counters: admitted calls and the day's usage.
 
+    The counters live in a CounterTable (sbc/protection/counters.py): in this process's
+    memory by default, or shared by every worker of the SBC host and kept in its state
+    directory (``use_table``), so a tenant's limits hold host-wide and its usage survives
+    a restart. The policies are this process's (every worker loads the same ones).
+
     A call whose end is never reported (a phone that died mid-call, a lost BYE) must not
-    hold a tenant's call slot forever: calls older than ``max_call_age`` are forgotten,
-    oldest first, whenever that tenant's counter is consulted (O(1) amortised: the calls
-    are kept in admission order).
+    hold a tenant's call slot forever: calls older than ``max_call_age`` are forgotten
+    when a tenant at its limit asks for one more (at most once a second host-wide; one
+    vectorised scan of the table).
     """
 
-    def __init__(self, max_call_age: float = 4 * 3600.0) -> None:
+    def __init__(self, max_call_age: float = 4 * 3600.0, table: CounterTable | None = None) -> None:
         self.policies: dict[str, TenantPolicy] = {}
         self.max_call_age = max_call_age
-        self._calls: dict[str, _Call] = {}
-        self._by_tenant: dict[str, OrderedDict[str, _Call]] = {}
-        self._usage: dict[str, tuple[date, float]] = {}
+        self.table = table if table is not None else CounterTable.open()
+        self._keys: dict[str, int] = {}
+        #: Call-ID -> key of the calls this process counted (a keyed hash costs more than
+        #: the rest of the accounting); a call ended by a sibling leaves its entry until the
+        #: next clear
+        self._calls: dict[str, int] = {}
+        self._last: tuple[str, int] = ("", 0)
+
+    def use_table(self, table: CounterTable) -> None:
+        """Count in ``table`` from now on (the SBC host's shared one)."""
+        self.table = table
+        self._keys.clear()
+        self._calls.clear()
+        self._last = ("", 0)
+
+    def _key(self, tenant: str) -> int:
+        k = self._keys.get(tenant)
+        if k is None:
+            if len(self._keys) > 65536:
+                self._keys.clear()
+            k = self._keys[tenant] = self.table.key(tenant)
+        return k
+
+    def _call_key(self, call_id: str) -> int:
+        k = self._calls.get(call_id)
+        if k is not None:
+            return k
+        last = self._last  # admit asks twice for the same Call-ID
+        if last[0] == call_id:
+            return last[1]
+        k = self.table.key(call_id)
+        self._last = (call_id, k)
+        return k
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant, DEFAULT_POLICY)
 
     def active_calls(self, tenant: str, now: float | None = None) -> int:
-        calls = self._by_tenant.get(tenant)
-        if calls is None:
-            return 0
         if now is not None:
-            self._expire(calls, now)
-        return len(calls)
+            self.table.sweep(now - self.max_call_age, now)
+        return self.table.active(self._key(tenant))
 
     def usage_today(self, tenant: str, now: float) -> float:
-        today = self._today(tenant, now)
-        day, used = self._usage.get(tenant, (today, 0.0))
-        return used if day == today else 0.0
+        return self.table.usage(self._key(tenant), self._today(tenant, now))
 
-    def _today(self, tenant: str, now: float) -> date:
-        return datetime.fromtimestamp(now, self.policy(tenant).zone).date()
+    def _today(self, tenant: str, now: float) -> int:
+        return _day(self.policy(tenant).timezone, now)
 
     def admitted(self, call_id: str) -> bool:
-        return call_id in self._calls
-
-    def _expire(self, calls: "OrderedDict[str, _Call]", now: float) -> None:
-        limit = now - self.max_call_age
-        while calls:
-            call_id, call = next(iter(calls.items()))
-            if call.started > limit:
-                break
-            self.end(call_id, 0.0, now)  # no usage: we do not know how long it really lasted
+        return self.table.has_call(self._call_key(call_id))
 
     def check(self, tenant: str, outbound: bool, external: bool, ip: str, country: str | None, now: float) -> str:
-        """'' when the call may start, else the cause (ip_filter, daily_usage, max_calls)."""
+        """'' when the call may start, else the cause (ip_filter, daily_usage). Max calls is
+        ``start``'s: counting and checking it must be one step when workers share the count."""
         p = self.policy(tenant)
         if outbound and not p.source_allowed(ip, country):
             return "ip_filter"
-        if external:
-            if outbound and p.max_daily_usage and self.usage_today(tenant, now) >= p.max_daily_usage:
-                return "daily_usage"
-            if p.max_calls and self.active_calls(tenant, now) >= p.max_calls:
-                return "max_calls"
+        if external and outbound and p.max_daily_usage and self.usage_today(tenant, now) >= p.max_daily_usage:
+            return "daily_usage"
         return ""
 
-    def start(self, call_id: str, tenant: str, outbound: bool, external: bool, now: float) -> None:
-        """Count a call. Only external calls take a slot; internal ones are not tracked."""
-        if not external:
-            return
-        call = _Call(tenant, outbound, external, now)
-        self._calls[call_id] = call
-        self._by_tenant.setdefault(tenant, OrderedDict())[call_id] = call
+    def start(self, call_id: str, tenant: str, outbound: bool, external: bool, now: float) -> str:
+        """Count a call: '' done, or 'max_calls' when another worker took the tenant's last
+        slot since ``check``. Only external calls of a tenant with a call or usage limit are
+        counted (a limit set mid-day counts from then on)."""
+        p = self.policy(tenant)
+        if not external or not (p.max_calls or p.max_daily_usage):
+            return ""  # nothing to enforce, nothing to count (nor table rows for made-up domains)
+        ckey, tkey, day = self._call_key(call_id), self._key(tenant), _day(p.timezone, now)
+        got = self.table.start(ckey, tkey, outbound, now, p.timezone, day, p.max_calls)
+        if got == OVER_LIMIT and self.table.sweep(now - self.max_call_age, now):
+            # at the limit: calls whose end was never seen are forgotten first
+            got = self.table.start(ckey, tkey, outbound, now, p.timezone, day, p.max_calls)
+        if got == OVER_LIMIT:
+            return "max_calls"
+        if got == NO_ROOM:
+            metrics.untracked()
+            return ""
+        if len(self._calls) > 100_000:
+            self._calls.clear()
+        self._calls[call_id] = ckey
+        return ""
 
     def answered(self, call_id: str, now: float) -> None:
-        call = self._calls.get(call_id)
-        if call is not None and call.answered is None:
-            call.answered = now
+        k = self._calls.get(call_id)
+        self.table.answered(k if k is not None else self.table.key(call_id), now)
 
-    def end(self, call_id: str, usage: float | None, now: float) -> _Call | None:
+    def end(self, call_id: str, usage: float | None, now: float) -> bool:
         """Release the call; its usage (None: answered seconds, if it was answered) adds to
-        the tenant's day when it was an external outgoing call."""
-        call = self._calls.pop(call_id, None)
-        if call is None:
-            return None
-        calls = self._by_tenant.get(call.tenant)
-        if calls is not None:
-            calls.pop(call_id, None)
-            if not calls:
-                del self._by_tenant[call.tenant]
-        if usage is None:
-            usage = max(0.0, now - call.answered) if call.answered is not None else 0.0
-        if call.outbound and usage > 0:
-            today = self._today(call.tenant, now)
-            day, used = self._usage.get(call.tenant, (today, 0.0))
-            self._usage[call.tenant] = (today, (used if day == today else 0.0) + usage)
-        return call
+        the tenant's day when it was an external outgoing call. False: not a counted call."""
+        k = self._calls.pop(call_id, None)
+        return self.table.end(k if k is not None else self.table.key(call_id), now, usage, _day)

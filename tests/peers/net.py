@@ -35,10 +35,12 @@ def free_port(host: str = LOOPBACK, *, span: int = 1) -> int:
         start = random.randrange(*_RANGE)
         for port in itertools.chain(range(start, _RANGE[1]), range(_RANGE[0], start)):
             block = range(port, port + span)
-            if _taken.intersection(block):
+            # port + span stays unhanded too: media peers get RTCP on their RTP port + 1
+            # (RFC 3550 §11), which must not be another peer's socket
+            if _taken.intersection(range(port, port + span + 1)):
                 continue
             if all(_bindable(host, p) for p in block):
-                _taken.update(block)
+                _taken.update(range(port, port + span + 1))
                 return port
         # a long session handed out the whole range: ports of finished peers are free again
         # (the bind check still skips live ones), so forget what was handed out and look again

@@ -58,3 +58,26 @@ def test_blank_lines_and_bare_lf_parse_as_before() -> None:
         parse(b"v=0\r\n o=- 1 1 IN IP4 192.0.2.1\r\n")  # a line may not start with a space
     with pytest.raises(SdpError):
         parse(b"\r\n \r\n")
+
+
+def test_codec_attributes_are_shared_between_parses_and_per_call_ones_are_not() -> None:
+    from node.sdp import parser
+
+    body = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+            b"m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+            b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s\r\n")
+    one = parse(body % b"KEY1").media[0].attributes
+    two = parse(body % b"KEY2").media[0].attributes
+    assert one == two[:2] + one[2:] and one[2] != two[2]
+    assert one[0] is two[0] and one[1] is two[1]  # the same immutable objects
+    assert one[2] is not two[2] and "crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY1" not in parser._shared
+    assert parse(body % b"K").connection is parse(body % b"L").connection  # a phone's c= too
+    # a flood of distinct codec lines cannot grow the table without bound
+    for i in range(parser._SHARED_MAX + 50):
+        parse(body.replace(b"PCMU/8000", b"X%d/8000" % i) % b"K")
+    assert len(parser._shared) <= parser._SHARED_MAX
+    for i in range(parser._SHARED_MAX + 50):
+        parse(body.replace(b"192.0.2.1", b"10.0.%d.%d" % divmod(i, 256)) % b"K")
+    assert len(parser._connections) <= parser._SHARED_MAX
+    with pytest.raises(SdpError):  # what is shared was checked once, what is not is checked each time
+        parse(body.replace(b"a=sendrecv", b"a=bad name") % b"K")

@@ -781,3 +781,34 @@ def test_many_answered_client_transactions_do_not_bloat_the_heap(layer):
         layer.receive(answer(inv, 100, to_tag=None), TRUNK, i * 0.001)
     assert len(layer._timers) < 2000
     assert layer.get_timer() is None and layer.transaction_count == 5000
+
+
+# ============================================================ stateless answers (the TU's sl)
+def test_stateless_responder_answers_without_a_transaction(layer):
+    seen = []
+
+    def responder(req, flow):
+        seen.append((req.method, flow))
+        return make_response(req, 401, to_tag="st1") if req.method == "REGISTER" else None
+
+    layer.stateless_responder = responder
+    reg = request("REGISTER", uri="sip:example.com")
+    layer.receive(wire(reg), UDP, 0.0)
+    ((resp, flow),) = sent(layer)
+    assert resp.status == 401 and flow == UDP
+    # the answer routes back by its Via alone (RFC 3581): rport and received are filled in
+    assert resp.top_via.params["rport"] == str(UDP.remote[1]) and resp.top_via.params["received"] == UDP.remote[0]
+    assert events(layer) == [] and layer.transaction_count == 0 and layer.get_timer() is None
+    # a retransmission is answered again, still without a transaction
+    layer.receive(wire(reg), UDP, 0.2)
+    assert [status_of(m) for m, _ in sent(layer)] == [401]
+    assert_gone(layer)
+    # what the responder declines gets the usual server transaction
+    opt = request("OPTIONS")
+    layer.receive(wire(opt), UDP, 0.3)
+    (ev,) = events(layer)
+    assert isinstance(ev, RequestReceived) and ev.transaction is not None
+    assert layer.transaction_count == 1
+    # an INVITE never reaches the responder (its 100 Trying and Timer G/H need a transaction)
+    layer.receive(wire(request("INVITE")), UDP, 0.4)
+    assert [m for m, _ in seen] == ["REGISTER", "REGISTER", "OPTIONS"]

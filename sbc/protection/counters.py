@@ -1,0 +1,380 @@
+"""The tenants' live call counts and daily usage, in one fixed-size table every worker of an
+SBC host shares (sbc/workers.py forks N processes on one port).
+
+Why a shared table: with a counter per process a tenant's "max 10 calls" became 10 per
+worker, and its day's usage was split N ways. Why this shape:
+
+* **Shared memory, one lock.** The table is an ``mmap`` made before the fork (MAP_SHARED),
+  so every worker reads and writes the same pages; a ``multiprocessing.Lock`` (a futex, no
+  system call when uncontended) made before the fork serialises the updates. Each
+  operation is a few ``struct`` reads/writes under the lock: microseconds per call (figure
+  in sbc/README.md), no round trip to a coordinator.
+* **The call records are shared too**, not just the counts: a call admitted by one worker
+  may end in another (a node's BYE reaches the worker its address hashes to).
+* **Daily usage is money**: with a state directory the mmap is a file
+  (``tenant-counters.v1``), so every update is in the page cache the moment it is made; a
+  killed worker or a restarted SBC loses nothing (a power loss may lose what the kernel had
+  not written yet: ``flush`` is called every few seconds). The live calls are kept across a
+  restart as well: the SBC keeps no dialog state, so those calls go on through the restarted
+  SBC and their BYEs end them (and add their usage); a call whose BYE never comes is
+  forgotten after ``max_call_age``. Active counts are recounted from the call records at
+  open, so an update torn by a crash does not skew them.
+* **Bounded**: ``TENANTS`` tenant rows (a row unused for two days is reused) and ``CALLS``
+  call records (open addressing, linear probing, backward-shift deletion). A full table
+  admits the call without counting it (``hivepbx_sbc_tenant_calls_untracked``): the edge
+  fails open, the nodes' own limits still hold.
+
+Keys are 64-bit BLAKE2b hashes of the tenant and the Call-ID, stable across restarts
+(Python's ``hash()`` is salted per process). Only the SBC host's own workers share a
+table; several SBC hosts each enforce the limits on their own traffic (sbc/README.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import mmap
+import multiprocessing
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("sbc.protection")
+
+FILENAME = "tenant-counters.v1"
+MAGIC = b"HIVECNT1"
+#: tenant rows and call records (powers of two); 1.2 MB + 8 MB of shared memory
+TENANTS = 16384
+CALLS = 262144
+#: the call table refuses new records above this share of its slots (probe lengths stay short)
+MAX_LOAD = 0.75
+
+_HEAD = struct.Struct("<8sIIIId16s")  # magic, version, tenant rows, call slots, live calls, last sweep, hash key
+_HEAD_SIZE = 64
+_LIVE, _SWEPT = 20, 24  # offsets in the header
+_TROW = struct.Struct("<Qiid48s")  # key, active calls, day (ordinal), usage that day, time zone
+_CALL = struct.Struct("<Qiidd")    # key, tenant row, flags, started, answered (-1: not yet)
+_CALL_DTYPE = np.dtype([("key", "<u8"), ("trow", "<i4"), ("flags", "<i4"), ("started", "<f8"), ("answered", "<f8")])
+_TROW_DTYPE = np.dtype([("key", "<u8"), ("active", "<i4"), ("day", "<i4"), ("usage", "<f8"), ("zone", "S48")])
+_Q = struct.Struct("<Q")
+_I = struct.Struct("<i")
+_D = struct.Struct("<d")
+_OUTBOUND = 1
+#: CounterTable.start's answers
+STARTED, OVER_LIMIT, NO_ROOM = 0, 1, 2
+
+
+class _NoLock:
+    __slots__ = ()
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class CounterError(OSError):
+    """The state directory cannot hold the counters (in use by another SBC, not writable)."""
+
+
+class CounterTable:
+    """Tenant rows and call records in one buffer. Every method takes the lock itself."""
+
+    def __init__(self, buf, lock=None, path: Path | None = None, fd: int | None = None,
+                 tenants: int = TENANTS, calls: int = CALLS) -> None:
+        self.buf = buf
+        self.lock = lock or _NoLock()
+        self.path = path
+        self._fd = fd
+        self.tcap, self.ccap = tenants, calls
+        self.tmask, self.cmask = tenants - 1, calls - 1
+        self.toff = _HEAD_SIZE
+        self.coff = _HEAD_SIZE + tenants * _TROW.size
+        self.max_live = int(calls * MAX_LOAD)
+        self.secret = b""
+
+    # ------------------------------------------------------------------ opening
+    @staticmethod
+    def size(tenants: int = TENANTS, calls: int = CALLS) -> int:
+        return _HEAD_SIZE + tenants * _TROW.size + calls * _CALL.size
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike | None = None, *, shared: bool = False,
+             tenants: int = TENANTS, calls: int = CALLS) -> "CounterTable":
+        """In memory (``state_dir`` None), or in ``state_dir``/tenant-counters.v1, created or
+        reloaded. ``shared``: the table will be used by forked workers (a real lock).
+        Raises CounterError when another SBC holds the file."""
+        assert tenants & (tenants - 1) == 0 and calls & (calls - 1) == 0, "capacities are powers of two"
+        size = cls.size(tenants, calls)
+        lock = multiprocessing.Lock() if shared else None
+        if state_dir is None or state_dir == "":
+            table = cls(mmap.mmap(-1, size), lock, tenants=tenants, calls=calls)
+            table._init_header()
+            return table
+        path = Path(state_dir) / FILENAME
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise CounterError(f"state dir {state_dir}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CounterError(f"state dir {state_dir} is in use by another SBC (its {FILENAME} is locked)") from None
+        try:
+            have = os.fstat(fd).st_size
+            fresh = have == 0
+            if not fresh:
+                head = os.pread(fd, _HEAD.size, 0)
+                ok = len(head) == _HEAD.size and _HEAD.unpack(head)[:4] == (MAGIC, 1, tenants, calls) and have == size
+                if not ok:
+                    old = path.with_name(f"{FILENAME}.unreadable-{int(os.path.getmtime(path))}")
+                    log.error("%s is not a counter table of this version/size: moved to %s, starting empty", path, old)
+                    os.rename(path, old)
+                    os.close(fd)
+                    return cls.open(state_dir, shared=shared, tenants=tenants, calls=calls)
+            os.ftruncate(fd, size)
+            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        table = cls(buf, lock, path, fd, tenants, calls)
+        if fresh:
+            table._init_header()
+        else:
+            table._recount()
+        return table
+
+    def _init_header(self) -> None:
+        self.secret = os.urandom(16)
+        _HEAD.pack_into(self.buf, 0, MAGIC, 1, self.tcap, self.ccap, 0, 0.0, self.secret)
+
+    def key(self, text: str) -> int:
+        """The key of a tenant or Call-ID in this table."""
+        return _Q.unpack(hashlib.blake2b(text.encode(), digest_size=8, key=self.secret).digest())[0] or 1
+
+    def _recount(self) -> None:
+        """Active calls per tenant and the live count, from the call records (the truth)."""
+        self.secret = _HEAD.unpack_from(self.buf, 0)[6]
+        calls = np.frombuffer(self.buf, _CALL_DTYPE, self.ccap, self.coff)
+        rows = np.frombuffer(self.buf, _TROW_DTYPE, self.tcap, self.toff)
+        live = calls["key"] != 0
+        counts = np.bincount(calls["trow"][live], minlength=self.tcap)[: self.tcap]
+        rows["active"] = counts.astype("<i4")
+        struct.pack_into("<I", self.buf, _LIVE, int(live.sum()))
+        del calls, rows, live
+
+    def flush(self) -> None:
+        """Ask the kernel to write the file now (the page cache already survives a crash)."""
+        if self._fd is not None:
+            self.buf.flush()
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.buf.flush()
+            self.buf.close()
+        finally:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+    # ------------------------------------------------------------------ tenant rows
+    def _tenant_row(self, tkey: int, create: bool, today: int = 0) -> int:
+        """The row of ``tkey`` (-1 if absent and not ``create``, or no room). Caller holds the lock."""
+        buf, off, mask = self.buf, self.toff, self.tmask
+        i = tkey & mask
+        reusable = -1
+        for _ in range(self.tcap):
+            k, active, day, _u, _z = _TROW.unpack_from(buf, off + i * _TROW.size)
+            if k == tkey:
+                return i
+            if k == 0:
+                if not create:
+                    return -1
+                if reusable < 0:
+                    reusable = i
+                break
+            if create and reusable < 0 and active == 0 and today and day < today - 1:
+                reusable = i  # a tenant without calls since before yesterday: its row may go
+            i = (i + 1) & mask
+        if reusable < 0:
+            return -1
+        _TROW.pack_into(buf, off + reusable * _TROW.size, tkey, 0, 0, 0.0, b"")
+        return reusable
+
+    def active(self, tkey: int) -> int:
+        self.lock.acquire()
+        try:
+            row = self._tenant_row(tkey, False)
+            return 0 if row < 0 else _I.unpack_from(self.buf, self.toff + row * _TROW.size + 8)[0]
+        finally:
+            self.lock.release()
+
+    def usage(self, tkey: int, day: int) -> float:
+        self.lock.acquire()
+        try:
+            row = self._tenant_row(tkey, False)
+            if row < 0:
+                return 0.0
+            _k, _a, d, used, _z = _TROW.unpack_from(self.buf, self.toff + row * _TROW.size)
+            return used if d == day else 0.0
+        finally:
+            self.lock.release()
+
+    # ------------------------------------------------------------------ call records
+    def _find(self, ckey: int) -> int:
+        buf, off, mask, size = self.buf, self.coff, self.cmask, _CALL.size
+        i = ckey & mask
+        while True:
+            k = _Q.unpack_from(buf, off + i * size)[0]
+            if k == ckey:
+                return i
+            if k == 0:
+                return -1
+            i = (i + 1) & mask
+
+    def has_call(self, ckey: int) -> bool:
+        self.lock.acquire()
+        try:
+            return self._find(ckey) >= 0
+        finally:
+            self.lock.release()
+
+    def start(self, ckey: int, tkey: int, outbound: bool, now: float, zone: str, today: int, limit: int = 0) -> int:
+        """Record a call and count it against its tenant, unless the tenant already has
+        ``limit`` calls (checked under the lock: two workers cannot both take the last slot).
+        Returns STARTED, OVER_LIMIT or NO_ROOM (the table is full: not counted)."""
+        self.lock.acquire()
+        try:
+            buf = self.buf
+            live = struct.unpack_from("<I", buf, _LIVE)[0]
+            row = self._tenant_row(tkey, True, today)
+            if row < 0:
+                return NO_ROOM
+            toff = self.toff + row * _TROW.size
+            k, active, day, used, _z = _TROW.unpack_from(buf, toff)
+            if limit and active >= limit:
+                return OVER_LIMIT
+            if live >= self.max_live:
+                return NO_ROOM
+            i = ckey & self.cmask
+            while True:
+                k = _Q.unpack_from(buf, self.coff + i * _CALL.size)[0]
+                if k == ckey:
+                    return STARTED  # already counted
+                if k == 0:
+                    break
+                i = (i + 1) & self.cmask
+            _CALL.pack_into(buf, self.coff + i * _CALL.size, ckey, row, _OUTBOUND if outbound else 0, now, -1.0)
+            _TROW.pack_into(buf, toff, tkey, active + 1, day, used, zone.encode()[:48])
+            struct.pack_into("<I", buf, _LIVE, live + 1)
+            return STARTED
+        finally:
+            self.lock.release()
+
+    def answered(self, ckey: int, now: float) -> None:
+        self.lock.acquire()
+        try:
+            i = self._find(ckey)
+            if i >= 0:
+                off = self.coff + i * _CALL.size + 24
+                if _D.unpack_from(self.buf, off)[0] < 0:
+                    _D.pack_into(self.buf, off, now)
+        finally:
+            self.lock.release()
+
+    def end(self, ckey: int, now: float, usage: float | None, day_of) -> bool:
+        """Release the call; an outbound call's usage (None: answered seconds) is added to its
+        tenant's day, ``day_of(zone_name, now)`` (the tenant's date ordinal). False: unknown."""
+        self.lock.acquire()
+        try:
+            i = self._find(ckey)
+            if i < 0:
+                return False
+            buf = self.buf
+            _k, row, flags, _started, answered = _CALL.unpack_from(buf, self.coff + i * _CALL.size)
+            self._delete(i)
+            toff = self.toff + row * _TROW.size
+            k, active, day, used, zone = _TROW.unpack_from(buf, toff)
+            active = max(0, active - 1)
+            if usage is None:
+                usage = max(0.0, now - answered) if answered >= 0 else 0.0
+            if flags & _OUTBOUND and usage > 0:
+                today = day_of(zone.rstrip(b"\0").decode() or "UTC", now)
+                used = (used if day == today else 0.0) + usage
+                day = today
+            _TROW.pack_into(buf, toff, k, active, day, used, zone)
+            return True
+        finally:
+            self.lock.release()
+
+    def _delete(self, i: int) -> None:
+        """Empty slot ``i`` keeping every probe chain unbroken (backward shift). Lock held."""
+        buf, off, mask, size = self.buf, self.coff, self.cmask, _CALL.size
+        j = i
+        while True:
+            j = (j + 1) & mask
+            k = _Q.unpack_from(buf, off + j * size)[0]
+            if k == 0:
+                break
+            home = k & mask
+            # the entry at j may move back to i unless its home lies cyclically in (i, j]
+            if (i < j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                buf[off + i * size: off + (i + 1) * size] = buf[off + j * size: off + (j + 1) * size]
+                i = j
+        buf[off + i * size: off + (i + 1) * size] = bytes(size)
+        struct.pack_into("<I", buf, _LIVE, max(0, struct.unpack_from("<I", buf, _LIVE)[0] - 1))
+
+    def sweep(self, older_than: float, now: float, every: float = 1.0) -> int:
+        """Forget calls started before ``older_than`` (their end was never seen), at most once
+        per ``every`` seconds host-wide; returns how many."""
+        self.lock.acquire()
+        try:
+            buf = self.buf
+            if 0 <= now - _D.unpack_from(buf, _SWEPT)[0] < every:
+                return 0
+            _D.pack_into(buf, _SWEPT, now)
+            calls = np.frombuffer(buf, _CALL_DTYPE, self.ccap, self.coff)
+            stale = calls["key"][(calls["key"] != 0) & (calls["started"] <= older_than)].tolist()
+            del calls
+            for ckey in stale:
+                i = self._find(ckey)
+                if i < 0:
+                    continue
+                row = _I.unpack_from(buf, self.coff + i * _CALL.size + 8)[0]
+                self._delete(i)
+                toff = self.toff + row * _TROW.size + 8
+                _I.pack_into(buf, toff, max(0, _I.unpack_from(buf, toff)[0] - 1))
+            return len(stale)
+        finally:
+            self.lock.release()
+
+    def live(self) -> int:
+        return struct.unpack_from("<I", self.buf, _LIVE)[0]
+
+
+# ---------------------------------------------------------------- one table per SBC host
+_prepared: tuple[str, CounterTable] | None = None
+
+
+def prepare(state_dir: str, workers: int) -> CounterTable:
+    """Open the host's table before the workers are forked, so they all map the same pages
+    and share one lock; ``for_process`` hands it to each of them."""
+    global _prepared
+    table = CounterTable.open(state_dir or None, shared=workers > 1)
+    _prepared = (state_dir, table)
+    return table
+
+
+def for_process(state_dir: str) -> tuple[CounterTable, bool]:
+    """The table prepared before the fork (not to be closed by a worker: second item False),
+    or a new one of this process's own (True: its owner closes it)."""
+    if _prepared is not None and _prepared[0] == state_dir:
+        return _prepared[1], False
+    return CounterTable.open(state_dir or None), True

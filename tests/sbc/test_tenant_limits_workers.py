@@ -1,0 +1,157 @@
+"""A tenant's limits hold across the workers of one SBC host (`hivepbx sbc --workers 2`):
+max_calls = 2 admits exactly 2 concurrent calls whichever worker the kernel hands each
+caller to (per-worker counters admitted 4), and the day's usage, kept in the state dir,
+survives a worker killed -9 and the SBC restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.peers.net import free_port
+from tests.peers.sipp import Sipp
+
+pytestmark = pytest.mark.interop
+
+HIVEPBX = Path(sys.executable).parent / "hivepbx"
+DOMAIN = "alpha.example"
+EXTERNAL = "0034911234567"  # a number leaving the platform: counted against the tenant
+
+
+def _metric(port: int, line_start: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+        text = r.read().decode()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line_start))
+
+
+class SbcProcess:
+    def __init__(self, tmp_path: Path, name: str, node_port: int, state_dir: Path, policy: str) -> None:
+        self.port, self.http = free_port(), free_port(span=2)
+        self.config = tmp_path / f"{name}.toml"
+        self.config.write_text(f"""
+[sbc]
+listen = ["udp:127.0.0.1:{self.port}"]
+http = "127.0.0.1:{self.http}"
+secret = "workers-limits-test-secret"
+workers = 2
+probe_interval = 0
+max_loop_lag = 0
+log_level = "WARNING"
+state_dir = "{state_dir}"
+
+[[nodes]]
+id = "uas"
+address = "127.0.0.1:{node_port}"
+
+[protection.tenants."{DOMAIN}"]
+{policy}
+""")
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> "SbcProcess":
+        self.proc = await asyncio.create_subprocess_exec(
+            str(HIVEPBX), "sbc", "--config", str(self.config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        seen = b""
+        while seen.count(b"hivepbx SBC running") < 2:  # each worker's banner, once its sockets are bound
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 45)
+            assert line, (await self.proc.stderr.read()).decode()[-2000:]
+            seen += line
+        return self
+
+    def workers(self) -> list[int]:
+        return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(self.proc.wait(), 30)
+
+
+async def _uas(tmp_path: Path, calls: int, scenario: str = "uas_answer.xml", **kw) -> tuple[Sipp, int]:
+    port = free_port()
+    uas = Sipp(scenario, workdir=tmp_path / "uas", local_port=port, calls=calls, timeout=90, **kw)
+    await uas.start()
+    await uas.wait_listening()
+    return uas, port
+
+
+def _caller(target: str, workdir: Path, hold_ms: int) -> Sipp:
+    return Sipp("uac_call.xml", target, workdir=workdir, service=EXTERNAL, user="1001", domain=DOMAIN,
+                calls=1, duration_ms=hold_ms, timeout=30)
+
+
+async def test_max_calls_holds_across_two_workers(tmp_path: Path) -> None:
+    uas, node_port = await _uas(tmp_path, 40)
+    try:
+        async with SbcProcess(tmp_path, "sbc", node_port, tmp_path / "state", "max_calls = 2") as sbc:
+            loop = asyncio.get_running_loop()
+
+            async def metric(name: str) -> list[float]:
+                return [await loop.run_in_executor(None, _metric, sbc.http + i, name) for i in range(2)]
+
+            invites = 'hivepbx_sbc_requests_total{method="INVITE",side="outside"}'
+            for rnd in range(3):
+                before = await metric(invites)
+                # ten callers at once, each from its own port: the kernel spreads them over
+                # both workers; every admitted call is held 8 s, so all ten overlap
+                callers = [_caller(sbc.target, tmp_path / f"r{rnd}c{i}", 8000) for i in range(10)]
+                results = await asyncio.gather(*(c.run() for c in callers))
+                answered = sum(r.successful for r in results)
+                assert answered == 2, [r.describe() for r in results if r.successful][:3]
+                assert sum(r.failed for r in results) == 8
+                assert all(r.received(503) for r in results if r.failed)
+                per_worker = [a - b for a, b in zip(await metric(invites), before)]
+                if min(per_worker) > 0:
+                    break  # both workers took callers: the limit held across them
+                # (1 in 512: the kernel gave every caller to one worker; another round)
+            assert min(per_worker) > 0, per_worker
+            assert sum(await metric('hivepbx_sbc_blocked_total{cause="max_calls"}')) == 8 * (rnd + 1)
+            # those calls are over: their BYEs, whichever worker saw them, freed the slots
+            again = await asyncio.gather(*(_caller(sbc.target, tmp_path / f"again{i}", 200).run() for i in range(2)))
+            assert sum(r.successful for r in again) == 2, [r.describe() for r in again]
+    finally:
+        await uas.stop()
+
+
+def _hung_up_by_the_node(target: str, workdir: Path) -> Sipp:
+    return Sipp("uac_call_remote_bye.xml", target, workdir=workdir, service=EXTERNAL, user="1001", domain=DOMAIN,
+                calls=1, timeout=30)
+
+
+async def test_daily_usage_survives_a_killed_worker(tmp_path: Path) -> None:
+    """The far end hangs up (the node's BYE ends the call at the edge: its answered time is
+    the usage), the usage is over the day's limit, a worker is killed -9, and the restarted
+    SBC still refuses the tenant's next call."""
+    uas, node_port = await _uas(tmp_path, 10, "uas_answer_hangup.xml", variables={"hangup_ms": 2500})
+    state = tmp_path / "state"
+    policy = "max_daily_usage = 2  # seconds of answered external outgoing calls"
+    try:
+        async with SbcProcess(tmp_path, "first", node_port, state, policy) as sbc:
+            (await _hung_up_by_the_node(sbc.target, tmp_path / "long").run()).assert_ok()  # 2.5 s of usage
+            over = await Sipp("uac_call_expect_error.xml", sbc.target, workdir=tmp_path / "over1", service=EXTERNAL,
+                              user="1001", domain=DOMAIN, variables={"expected": 403}, timeout=20).run()
+            over.assert_ok()
+            victim = sbc.workers()[0]
+            os.kill(victim, signal.SIGKILL)  # the parent then stops the other worker and exits 1
+            assert await asyncio.wait_for(sbc.proc.wait(), 30) == 1
+        async with SbcProcess(tmp_path, "second", node_port, state, policy) as sbc:
+            again = await Sipp("uac_call_expect_error.xml", sbc.target, workdir=tmp_path / "over2",
+                               service=EXTERNAL, user="1001", domain=DOMAIN, variables={"expected": 403},
+                               timeout=20).run()
+            again.assert_ok()
+        # positive control: the same SBC with a fresh state dir lets the call through
+        async with SbcProcess(tmp_path, "fresh", node_port, tmp_path / "fresh-state", policy) as sbc:
+            (await _hung_up_by_the_node(sbc.target, tmp_path / "fresh").run()).assert_ok()
+    finally:
+        await uas.stop()
