@@ -288,11 +288,6 @@ class RtpengineAnchor:
         """The local relay session after a fallback; None while rtpengine relays."""
         return None if self.local is None else self.local.session
 
-    @property
-    def rewirable(self) -> bool:
-        """Whether the node's features may re-wire this call's media (only on its own relay)."""
-        return self.local is not None
-
     def check_offer(self, body: bytes) -> None:
         check_offer(body)
 
