@@ -898,6 +898,9 @@ class AppCall:
         assert self._xfer_plan is not None
         outgoing.new_pair(self, transferee, self._xfer_plan, "blind-transfer", leg.target, side)
         self.transferred_to = refer.number
+        if self.span is not None:
+            self.span.add_event("blind-transfer", {"hivepbx.transferred_to": refer.number,
+                                                   "hivepbx.transferor": refer.ext.number})
         recording.on_app_bridged(self)
         log.info("application call: %s transferred %s to %s", refer.ext.number, transferee.number, refer.number)
         outgoing.feature_done("blind_transfer", "done")
