@@ -105,6 +105,10 @@ class Forwarded:
 #: ``Forwarded.answer`` while the relay works on the first 2xx
 _REWRITING = object()
 
+#: an ended call's cycles are broken this many T1 later: its last transactions (a BYE's
+#: Timer F then K, a server BYE's Timer J) are over by 64 T1 plus T4
+RELEASE_AFTER_T1 = 80
+
 
 class Call:
     def __init__(
@@ -465,12 +469,13 @@ class Call:
         self._media_features_answered()
 
     def _answer_a(self, body: bytes) -> None:
-        headers = [("Contact", self._a_contact()), ("Allow", _ALLOW)]
+        contact = self._a_contact()
+        headers = [("Contact", contact), ("Allow", _ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
         resp = make_response(self.invite, 200, None, to_tag=self.a_tag, headers=headers, body=body)
         self.a_final = resp
-        self.a_dialog = Dialog.as_uas(self.invite, self.a_tag, self.a_flow, self._a_contact())
+        self.a_dialog = Dialog.as_uas(self.invite, self.a_tag, self.a_flow, contact)
         self.host.register_dialog(self.a_dialog.call_id, self.a_tag, self, "a")
         self.host.endpoint.send_response(resp)
         self._start_2xx_retransmission()
@@ -837,6 +842,24 @@ class Call:
         if self.media is not None:
             self.media.close()
         self.host.call_ended(self)
+        self.walker = None  # stopped: nothing rings any more (its bound methods point back here)
+        self.host.loop.call_later(RELEASE_AFTER_T1 * self.host.t1, self._release)
+
+    def _release(self) -> None:
+        """Break the call's reference cycles (legs, transactions, walker, forwarded requests)
+        once its transactions are surely over, so reference counting frees it: the garbage
+        collector would otherwise find ~80 objects per call, long promoted to its oldest
+        generation."""
+        for leg in self.legs:
+            if leg.call is self:  # not a leg another call adopted (node/pbx/replaces.py)
+                leg.txn = None
+                leg.screen = None
+        self.legs = []
+        self.answered_leg = None
+        self.walker = None
+        self.txn = None
+        self.transfer = None
+        self.pending = {"a": None, "b": None}
 
     # ------------------------------------------------------------------ media features
     # (music on hold: node/pbx/hold.py; call recording: node/pbx/recording.py)

@@ -229,8 +229,10 @@ class SubscriptionServer:
     # ------------------------------------------------------------------ state and NOTIFY
     def changed(self, package: str, tenant_id: int, resource: str) -> None:
         """The package's state of ``resource`` changed: NOTIFY every watcher now."""
-        for sub in list(self._watchers.get((package, tenant_id, resource), ())):
-            self._notify(sub)
+        watchers = self._watchers.get((package, tenant_id, resource)) if self._watchers else None
+        if watchers:  # most lines have no lamp watching them
+            for sub in list(watchers):
+                self._notify(sub)
 
     def _notify(self, sub: Subscription, terminated: str | None = None) -> None:
         sub.version += 1
@@ -309,38 +311,37 @@ class LineStates:
 
     def on_call_state(self, call, state: str) -> None:
         """A service call listener: ``state`` is 'early', 'confirmed' or 'terminated'."""
-        tenant_id = call.tenant.id
-        domain = call.tenant.domain
-        call_id = call.invite.call_id
+        tenant = call.tenant
+        tenant_id = tenant.id
         caller = call.caller
         callee_ext = getattr(call.plan, "callee_ext", None)
         if caller.extension is not None:
             self.update(tenant_id, caller.number, DialogInfo(
-                f"{call.id}-a", call_id, "initiator", state, f"sip:{call.plan.callee}@{domain}"))
+                f"{call.id}-a", call.invite.call_id, "initiator", state, f"sip:{call.plan.callee}@{tenant.domain}"))
         if callee_ext is not None and callee_ext.tenant_id == tenant_id:
             self.update(tenant_id, callee_ext.number, DialogInfo(
-                f"{call.id}-b", call_id, "recipient", state, f"sip:{caller.number}@{caller.domain}", caller.display))
+                f"{call.id}-b", call.invite.call_id, "recipient", state, f"sip:{caller.number}@{caller.domain}",
+                caller.display))
 
     def update(self, tenant_id: int, ext: str, info: DialogInfo, *, remote: bool = False) -> None:
         """A dialog of the line changed; ``remote``: another node's (from the bus), not republished."""
-        line = self._lines.setdefault((tenant_id, ext), {})
+        key = (tenant_id, ext)
+        line = self._lines.get(key)
         if info.state == "terminated":
-            if info.id not in line:
-                self._drop_if_empty(tenant_id, ext)
+            if line is None or info.id not in line:
                 return
             line[info.id] = info  # reported once as terminated, then gone
             self._changed(tenant_id, ext, info, remote)
             del line[info.id]
-            self._drop_if_empty(tenant_id, ext)
+            if not line:
+                self._lines.pop(key, None)
             return
-        if line.get(info.id) == info:
+        if line is None:
+            line = self._lines[key] = {}
+        elif line.get(info.id) == info:
             return
         line[info.id] = info
         self._changed(tenant_id, ext, info, remote)
-
-    def _drop_if_empty(self, tenant_id: int, ext: str) -> None:
-        if not self._lines.get((tenant_id, ext)):
-            self._lines.pop((tenant_id, ext), None)
 
     def _changed(self, tenant_id: int, ext: str, info: DialogInfo, remote: bool) -> None:
         self.server.changed("dialog", tenant_id, ext)

@@ -53,6 +53,7 @@ from node.sip.uri import (
     _SIP_URI,
     MEMO_KEY_MAX,
     MEMO_SIZE,
+    TOKEN_C,
     NameAddr,
     Uri,
     _params_fast,
@@ -309,7 +310,14 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         prefix = via if semi < 0 else via[:semi]
         hit = _VIA_PREFIX.get(prefix)
         ptext = "" if semi < 0 else via[semi:]
-        if hit is not None and (not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None):
+        common = None if hit is None else _VIA_COMMON_PARAMS.fullmatch(ptext)
+        if common is not None:
+            # the usual ";branch=...;rport" (or ";branch=..."): nothing left to check
+            v = _new_via(_Via)
+            v.transport, v.host, v.port, v.version = hit
+            branch, rport = common.groups()
+            v.params = {"branch": branch} if rport is None else {"branch": branch, "rport": None}
+        elif hit is not None and (not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None):
             # "SIP/2.0/UDP host:port" was checked before: only the parameters are new
             v = _new_via(_Via)
             v.transport, v.host, v.port, v.version = hit
@@ -378,6 +386,7 @@ _new_cseq = CSeq.__new__
 # "SIP/2.0/UDP host:port" (a Via before its parameters) → (transport, host, port, version)
 _VIA_PREFIX: dict[str, tuple] = {}
 _RURI_MEMO: dict[str, re.Match[str]] = {}
+_VIA_COMMON_PARAMS = re.compile(rf";branch=([{TOKEN_C}]++)(;rport)?+")
 _Via = Via
 _new_via = Via.__new__
 

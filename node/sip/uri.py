@@ -6,8 +6,9 @@ no input can make a pattern backtrack: matching stays linear in the input. A val
 fast pattern rejects goes through a slower scanner whose only jobs are to be liberal where
 RFC 4475 allows it (spaces inside ``< >``) and to say precisely what is wrong.
 
-Validated prefixes are memoised (see MEMO_SIZE): SIP repeats the same values message after
-message, and the patterns are the costly part of parsing them.
+Validated prefixes are memoised (see MEMO_SIZE), and whole name-addr values with parameters
+(a From/To with its tag comes back in every response and in-dialog request): SIP repeats the
+same values message after message, and the patterns are the costly part of parsing them.
 
 Unknown schemes are kept opaque (RFC 4475 §3.3.2 ``unkscm``: a parser must accept them and
 leave the 416 to the application).
@@ -76,6 +77,7 @@ _IPV6REF_RE = re.compile(IPV6REF)
 
 # *( SEMI generic-param ), no whitespace, no quoted values: the common case
 _GEN_PARAMS_FAST = re.compile(rf"(?:;[{TOKEN_C}]++(?:=[{GENVAL_C}]++)?+)*+")
+_TAG_ONLY = re.compile(rf";tag=([{TOKEN_C}]++)")
 # generic-param = token [ EQUAL gen-value ] with LWS around "=" (SEMI/EQUAL = SWS ";"/"=" SWS)
 _GEN_PARAM = re.compile(rf"[ \t]*+([{TOKEN_C}]++)[ \t]*+(?:=[ \t]*+([{GENVAL_C}]++|{QUOTED})[ \t]*+)?+")
 
@@ -105,6 +107,7 @@ MEMO_KEY_MAX = 256  # longer values are checked every time: a memo must stay sma
 # "display <uri>" (everything before the header parameters) → (uri match, display): a
 # From keeps its prefix from call to call and only the tag changes
 _NA_PREFIX: dict[str, tuple] = {}
+_NA_WHOLE: dict[str, tuple] = {}  # whole values parsed → (uri match, display, params)
 _NA_CHECKED: dict[str, bool] = {}  # whole values already checked (Route, Record-Route)
 _CONTACT_CHECKED: dict[str, bool] = {}  # whole Contact values already checked, params included
 
@@ -400,6 +403,15 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
+        hit = _NA_WHOLE.get(text)
+        if hit is not None:
+            # the whole value was parsed before (a transaction's responses, a dialog's
+            # requests, retransmissions repeat From/To): a fresh object, its own params
+            na = cls.__new__(cls)
+            na._uri = None
+            na._uri_parts, na.display, params = hit
+            na.params = params.copy()
+            return na
         gt = text.rfind(">")
         if gt > 0:
             hit = _NA_PREFIX.get(text[: gt + 1])
@@ -407,11 +419,19 @@ class NameAddr:
                 # the prefix was checked before: only the parameters are new (see _NA_PREFIX);
                 # anything unusual after it takes the full path, for the same answer
                 rest = text[gt + 1 :]
-                if not rest or _GEN_PARAMS_FAST.fullmatch(rest) is not None:
+                tag = _TAG_ONLY.fullmatch(rest) if rest else None
+                if tag is not None or not rest or _GEN_PARAMS_FAST.fullmatch(rest) is not None:
                     na = cls.__new__(cls)
                     na._uri = None
                     na._uri_parts, na.display = hit
-                    na.params = _params_fast(rest) if rest else {}
+                    if tag is not None:  # the usual From/To parameter, alone
+                        na.params = params = {"tag": tag.group(1)}
+                    else:
+                        na.params = params = _params_fast(rest) if rest else {}
+                    if rest and len(text) <= MEMO_KEY_MAX:  # no parameters: nothing to save
+                        if len(_NA_WHOLE) >= MEMO_SIZE:
+                            _NA_WHOLE.clear()
+                        _NA_WHOLE[text] = (na._uri_parts, na.display, params.copy())
                     return na
         m = _NAME_ADDR_FAST.fullmatch(text)
         if m is None:

@@ -101,7 +101,9 @@ async def test_blind_transfer_to_busy_target_returns_caller_to_receptionist(pbx,
     try:
         run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 4000})
         assert await until(lambda: _app_call(pbx) is not None and _app_call(pbx)._refer is not None, timeout=10)
-        assert not _bridged(pbx)  # the caller hears ringback while 1003 rings
+        # the caller hears ringback while 1003 rings (unbridged once the REFER's routing is
+        # looked up, which may be a moment after _refer is set; 1003 is busy only after 500 ms)
+        assert await until(lambda: not _bridged(pbx), timeout=5)
         assert await until(lambda: _bridged(pbx) and _app_call(pbx)._refer is None, timeout=10)
         start = time.monotonic()
         await a.send_tone(dest_a, 700.0, 1.2)

@@ -667,3 +667,28 @@ def test_fuzz_mutated_torture_messages(data, cuts):
 @given(st.lists(st.sampled_from(sorted(TORTURE)), min_size=1, max_size=4), st.lists(st.integers(0, 9000), max_size=5))
 def test_fuzz_torture_pipelines_on_a_stream(names, cuts):
     _check_stream(b"".join(TORTURE[n] for n in names), cuts)
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        (";branch=z9hG4bKfast;rport", {"branch": "z9hG4bKfast", "rport": None}),
+        (";branch=z9hG4bKfast", {"branch": "z9hG4bKfast"}),
+        (";branch=z9hG4bKfast;rport=5060", {"branch": "z9hG4bKfast", "rport": "5060"}),
+        (";Branch=z9hG4bKfast;RPORT", {"branch": "z9hG4bKfast", "rport": None}),
+    ],
+)
+def test_via_parameters_once_the_sent_by_is_known(params, expected):
+    # the second message takes the memoised-prefix path (and its one-pattern common case)
+    for _ in range(2):
+        msg = parse_datagram(request().replace(b";branch=z9hG4bKabc;rport", params.encode()))
+        assert msg.top_via.params == expected
+        assert (msg.top_via.host, msg.top_via.port, msg.top_via.transport) == ("192.0.2.1", 5060, "UDP")
+
+
+@pytest.mark.parametrize("params", [";branch=a;branch=b", ";branch=a;rport;rport", ";branch=a;rport=x", ";branch"])
+def test_bad_via_parameters_still_refused_once_the_sent_by_is_known(params):
+    parse_datagram(request())  # the sent-by is now memoised
+    with pytest.raises(RemoteProtocolError) as e:
+        parse_datagram(request().replace(b";branch=z9hG4bKabc;rport", params.encode()))
+    assert e.value.status_hint == 400 and e.value.message is not None

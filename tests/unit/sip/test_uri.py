@@ -254,7 +254,18 @@ def test_memos_stay_bounded():
         NameAddr.parse(f"<sip:u{i}@bounded.example.com>;tag={i}")
         NameAddr.check(f"<sip:c{i}@h>;expires={i}", contact=True)
     NameAddr.parse("<sip:" + "x" * 5000 + "@h>")
-    memos = (uri._NA_PREFIX, uri._NA_CHECKED, uri._CONTACT_CHECKED, parser._VIA_PREFIX, parser._RURI_MEMO)
+    memos = (uri._NA_PREFIX, uri._NA_WHOLE, uri._NA_CHECKED, uri._CONTACT_CHECKED, parser._VIA_PREFIX, parser._RURI_MEMO)
     for memo in memos:
         assert len(memo) <= uri.MEMO_SIZE
         assert all(len(k) <= uri.MEMO_KEY_MAX for k in memo)
+
+
+def test_a_repeated_value_gives_a_fresh_name_addr():
+    # the whole-value memo must not share mutable parameters between messages
+    text = '"Bob" <sip:bob@whole.example.com;transport=tcp>;tag=a1;x'
+    first = NameAddr.parse(text)
+    first.params["tag"] = "changed"
+    again = NameAddr.parse(text)
+    assert again is not first
+    assert again.params == {"tag": "a1", "x": None}
+    assert again.display == "Bob" and str(again.uri) == "sip:bob@whole.example.com;transport=tcp"
