@@ -43,9 +43,15 @@ on the endpoints instead of a relay:
   (``attended_join``): the plain call is absorbed; the endpoint that faced the transferor
   and the relay leg that faced it are chained (each sends to the other), so nobody is
   re-INVITEd (unless the target was held: then it gets our endpoint's sendrecv offer).
-* not supported, answered with a clear status: parking an application call (NOTIFY 488),
-  transfer to an application, joining two application calls or a ringing call (488), an
-  INVITE with Replaces naming an application call's dialog (488, node/pbx/replaces.py).
+* park (node/pbx/park.py ``park_app_call``): the party the call rang (side b) blind-transfers
+  it to a park lot or slot: that party is released and its endpoint closed; the caller keeps
+  its own endpoint, which plays the tenant's music on hold. A retriever's INVITE is answered
+  by a new endpoint bridged to the caller's; the timeout recall rings the parker with
+  ``_ring`` from a new endpoint. CDRs as for a plain call's park.
+* not supported, answered with a clear status: the caller parking the party the call rang
+  (NOTIFY 488), transfer to an application, joining two application calls or a ringing
+  call (488), an INVITE with Replaces naming an application call's dialog (488,
+  node/pbx/replaces.py).
 """
 
 from __future__ import annotations
@@ -190,6 +196,8 @@ class AppRuntime:
 class AppCall:
     #: node/pbx/replaces.py hands attended REFERs naming one of our dialogs to ``attended_refer_into``
     joins_attended = True
+    #: an attended join waits for the plain call's media to leave rtpengine (``join_attended``)
+    _joining = False
 
     def __init__(self, host: "PbxService", apps: AppRuntime, invite: Request, txn, flow: Flow,
                  plan: RoutePlan, caller: Caller) -> None:
@@ -245,6 +253,8 @@ class AppCall:
         #: who is on which side once parties changed (``outgoing.new_pair``)
         self.parties: dict[str, Caller] | None = None
         self.caller_side = "a"
+        #: the park slot holding this call (node/pbx/park.py ``AppParked``), or None
+        self._parked = None
 
     # ------------------------------------------------------------------ answer
     async def setup(self) -> None:
@@ -793,7 +803,7 @@ class AppCall:
     async def _refer_task(self, side: str, req: Request) -> None:
         ep = self.host.endpoint
         try:
-            if self._refer is not None or self._xfer is not None:
+            if self._refer is not None or self._xfer is not None or self._joining:
                 raise ReferError(491, "Request Pending (a transfer is in progress)")
             target = parse_refer_to(req.get("Refer-To"))
             if not same_tenant(self.tenant, target.host):
@@ -818,7 +828,7 @@ class AppCall:
                 if ext2 is None or ext2.number != ext.number:
                     raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
                 ep.send_response(make_response(req, 202, None))
-                attended_join(self, side, call2, side2, refer_call=self, refer_side=side)
+                await join_attended(self, side, call2, side2, refer_call=self, refer_side=side)
                 return
         except ReferError as e:
             log.info("REFER on application call refused: %s %s", e.status, e.reason)
@@ -944,6 +954,8 @@ class AppCall:
             task.cancel()
         if getattr(self, "recorder", None) is not None:
             recording.on_call_ended(self)
+        if self._parked is not None:
+            self._parked.leave()
         refer, self._refer = self._refer, None
         if refer is not None and refer.new_ep is not None:
             refer.new_ep.close()
@@ -1003,8 +1015,11 @@ class AppRefer(BlindTransfer):
         from node.pbx import park
 
         try:
-            if await park.find(host.config, call.tenant.id, self.number) is not None:
-                return self.failed(488, "Not Acceptable Here (parking a call answered by an application is not supported)")
+            found = await park.find(host.config, call.tenant.id, self.number)
+            if found is not None and self.side != "b":
+                return self.failed(488, "Not Acceptable Here (parking the party an application call rang is not supported)")
+            if found is not None:
+                return await park.park_app_call(self, found)
             plan = await dialplan.plan_outgoing(call.tenant, self.ext, self.number, host.config,
                                                 host.locations, host.features)
         except Exception:
@@ -1105,17 +1120,70 @@ def check_attended(call, side: str, call2, side2: str, early: bool, ext) -> None
     app, other = apps[0], plain[0]
     if early:
         raise ReferError(488, "Not Acceptable Here (transfer of an application call to a ringing call is not supported)")
+    if app._joining:
+        raise ReferError(491, "Request Pending (a transfer is in progress)")
     if app.state is not CallState.ANSWERED or app.answered_leg is None or app._refer is not None or app._xfer is not None:
         raise ReferError(403, "Forbidden (only a bridged call can be joined)")
     if other.state is not CallState.ANSWERED or other.transfer is not None or getattr(other, "reanchor", None):
         raise ReferError(403, "Forbidden (only an answered call can be joined)")
-    if reanchor.needed(other) or getattr(getattr(other, "media", None), "session", None) is None:
-        raise ReferError(488, "Not Acceptable Here (joining an application call to a call whose media rtpengine relays)")
+    # rtpengine's media is moved to the node's relay first (``join_attended``)
+    if not reanchor.needed(other) and getattr(getattr(other, "media", None), "session", None) is None:
+        raise ReferError(488, "Not Acceptable Here (joining an application call to a call the node does not relay)")
     if ext is None:
         raise ReferError(403, "Forbidden (only an extension may transfer)")
 
 
-def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side: str) -> None:
+async def join_attended(call, side: str, call2, side2: str, *, refer_call, refer_side: str) -> None:
+    """``attended_join`` after a 202. When rtpengine relays the plain call, its party that
+    stays first moves to the node's relay (node/pbx/reanchor.py; the transferor leaves, so
+    it is not re-INVITEd); a refusal, or a call that changed meanwhile, is the REFER's final
+    NOTIFY and both calls go on unchanged."""
+    from node.pbx import reanchor, replaces
+
+    app, plain, pside = (call, call2, side2) if isinstance(call, AppCall) else (call2, call, side)
+    if not reanchor.needed(plain):
+        attended_join(call, side, call2, side2, refer_call=refer_call, refer_side=refer_side)
+        return
+    replaces._notify(refer_call, refer_side, 100, "Trying", False)
+    move = reanchor.Reanchor(plain, ("b" if pside == "a" else "a",))
+    joined = False
+
+    def join() -> None:
+        nonlocal joined
+        attended_join(call, side, call2, side2, refer_call=refer_call, refer_side=refer_side, trying=False)
+        joined = True
+
+    app._joining = True
+    try:
+        await move.prepare()
+        if not _still_joinable(app, plain):
+            await move.rollback()
+            raise reanchor.ReanchorError(481, "Call/Transaction Does Not Exist (a call changed meanwhile)")
+        app._joining = False
+        await move.commit(join)
+    except reanchor.ReanchorError as e:
+        log.info("attended transfer of an application call failed: %s %s", e.status, e.reason)
+        outgoing.feature_done("attended_transfer", "failed")
+        if refer_call.state is CallState.ANSWERED:
+            replaces._notify(refer_call, refer_side, e.status, e.reason, True)
+    except Exception:  # no relay ports, ...: the move was undone; the transferor still hears why
+        log.exception("attended transfer of an application call failed")
+        if joined:
+            return  # only deleting rtpengine's session failed: the parties talk already
+        outgoing.feature_done("attended_transfer", "failed")
+        if refer_call.state is CallState.ANSWERED:
+            replaces._notify(refer_call, refer_side, 500, "Server Internal Error (moving the call's media)", True)
+    finally:
+        app._joining = False
+
+
+def _still_joinable(app: AppCall, plain) -> bool:
+    """After an await: both calls are still as ``check_attended`` found them."""
+    return (app.state is CallState.ANSWERED and app.answered_leg is not None and app._refer is None
+            and app._xfer is None and plain.state is CallState.ANSWERED and plain.transfer is None)
+
+
+def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side: str, trying: bool = True) -> None:
     """Join the party left on the application call with the one left on the plain call; the
     transferor's two dialogs are released (the REFER's one after a final NOTIFY), the plain
     call is absorbed into the application call. Media: the application call's endpoint that
@@ -1133,7 +1201,8 @@ def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side:
     target = outgoing.party_of(plain, pother)
     transferee = app._party(aother)
     # NOTIFY 200 on the REFER's dialog, then both transferor dialogs are released
-    replaces._notify(refer_call, refer_side, 100, "Trying", False)
+    if trying:
+        replaces._notify(refer_call, refer_side, 100, "Trying", False)
     refer_call._xfer_old_dialog = outgoing.dialog_of(refer_call, refer_side)
     replaces._notify_final(refer_call, refer_side)
     if getattr(app, "recorder", None) is not None:
@@ -1217,7 +1286,7 @@ async def attended_refer_into(call, side: str, req: Request, app: "AppCall", app
         ep.send_response(make_response(req, e.status, e.reason))
         return
     ep.send_response(make_response(req, 202, None))
-    attended_join(call, side, app, app_side, refer_call=call, refer_side=side)
+    await join_attended(call, side, app, app_side, refer_call=call, refer_side=side)
 
 
 def _reinvite_from_endpoint(call: AppCall, side: str, ep) -> None:

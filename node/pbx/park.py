@@ -17,6 +17,10 @@ phone of the tenant takes the call back by dialling the slot.
   ringback tone if no music can be had; without a media engine the parked party hears
   silence.
 
+A call the node answered itself (an IVR caller bridged to a receptionist,
+node/pbx/app_call.py) parks the same way through ``park_app_call`` / ``AppParked``: the
+caller's own media endpoint plays the music, a retriever is answered by a new endpoint.
+
 Slots live in this node's memory (a parked call is a live dialog on this node anyway).
 CDRs: the pair before parking ends with ``parked``; the parked period is its own CDR
 (callee = the slot) ending with ``retrieved-by-<ext>`` / ``park-timeout``; the retriever
@@ -165,6 +169,28 @@ class Parked:
             self.recall.abort()
         self.leave()
 
+    # -- retrieve: the retriever's INVITE takes the empty side
+    async def take(self, req, txn, flow, ext) -> None:
+        call = self.call
+        ep = call.host.endpoint
+        try:
+            to_retriever = outgoing.relay_answer(call, self.side, req.body, outgoing.side_sdp(call, self.other),
+                                                 ep.local_host(flow))
+        except SipError as e:
+            ep.send_response(make_response(req, 488, None, to_tag=new_tag()))
+            log.info("retrieve failed: %s", e)
+            return
+        self.leave()
+        retriever = Caller(ext.number, ext.display_name, call.tenant.domain, ext)
+        outgoing.accept_on_side(call, self.side, req, flow, to_retriever)
+        outgoing.new_pair(call, outgoing.party_of(call, self.other),
+                          RoutePlan(call.tenant, "internal", ext.number, callee_ext=ext),
+                          f"retrieved-by-{retriever.number}", None, self.side)
+        if self.held:
+            outgoing.resume(call, self.other)
+        log.info("slot %s retrieved by %s", self.slot, ext.number)
+        outgoing.feature_done("park", "retrieved")
+
     # -- music on hold
     async def start_media(self) -> None:
         host = self.call.host
@@ -270,13 +296,8 @@ async def park_by_transfer(xfer, number: str) -> bool:
     if xfer.aborted or call.state is not CallState.ANSWERED:
         return True
     lots = parking(host).slots
+    slot = _free_slot(xfer, lots, lot, doc, slot)
     if slot is None:
-        slot = next((s for s in slots(doc) if (call.tenant.id, s) not in lots), None)
-        if slot is None:
-            xfer.failed(486, f"Busy Here (park lot {lot} is full)")
-            return True
-    elif (call.tenant.id, slot) in lots:
-        xfer.failed(486, f"Busy Here (park slot {slot} is taken)")
         return True
     parker = outgoing.party_of(call, xfer.side)
     parked_party = outgoing.party_of(call, xfer.other)
@@ -295,6 +316,170 @@ async def park_by_transfer(xfer, number: str) -> bool:
     log.info("call of %s parked in slot %s by %s", parked_party.number, slot, parker.number)
     await p.start_media()
     return True
+
+
+def _free_slot(xfer, lots: dict, lot: str, doc: dict, slot: str | None) -> str | None:
+    """The slot the transfer parks in; None (the transfer failed 486) when there is none."""
+    tenant_id = xfer.call.tenant.id
+    if slot is None:
+        slot = next((s for s in slots(doc) if (tenant_id, s) not in lots), None)
+        if slot is None:
+            xfer.failed(486, f"Busy Here (park lot {lot} is full)")
+    elif (tenant_id, slot) in lots:
+        xfer.failed(486, f"Busy Here (park slot {slot} is taken)")
+        return None
+    return slot
+
+
+async def park_app_call(xfer, found: tuple[str, dict, str | None]) -> None:
+    """A blind REFER of the party an application call rang (node/pbx/app_call.py ``AppRefer``,
+    side b) to a park lot or slot: that party is released and its endpoint closed; the
+    caller keeps its own endpoint, which plays the tenant's music on hold. Retrieval
+    answers the retriever from a new endpoint bridged to the caller's."""
+    call = xfer.call
+    lot, doc, slot = found
+    if xfer.aborted or call.state is not CallState.ANSWERED:
+        return
+    lots = parking(call.host).slots
+    slot = _free_slot(xfer, lots, lot, doc, slot)
+    if slot is None:
+        return
+    ext = xfer.ext  # the transferor's extension (checked by the REFER): the one to recall
+    parker = Caller(ext.number, ext.display_name, call.tenant.domain, ext)
+    parked_party = call._party("a")
+    p = AppParked(call, slot, parker, doc["timeout"])
+    lots[p.key] = p
+    call._parked = p
+    outgoing.PARKED.inc()
+    outgoing.feature_done("park", "done")
+    xfer.notify(200, "OK", final=True)
+    if call._refer is xfer:
+        call._refer = None
+    if getattr(call, "recorder", None) is not None:
+        from node.pbx import recording
+
+        recording.on_call_ended(call)  # the recording of the pair ends with it
+    outgoing.release_side(call, "b", send_bye=not xfer.transferor_gone, grace=True)
+    old_leg, call.answered_leg = call.answered_leg, None
+    if old_leg is not None and old_leg in call.legs:
+        call.legs.remove(old_leg)
+    if call.b_ep is not None:
+        call.b_ep.close()
+        call.b_ep = None
+    call.held_by = None  # our music replaces the holder's
+    assert call.ep is not None
+    call.ep.unbridge()
+    call._play_music(call.ep)
+    outgoing.new_pair(call, parked_party, RoutePlan(call.tenant, "internal", slot), "parked", None, "b")
+    if call.span is not None:
+        call.span.add_event("park", {"hivepbx.park_slot": slot, "hivepbx.parker": parker.number})
+    log.info("application call of %s parked in slot %s by %s", parked_party.number, slot, parker.number)
+
+
+class AppParked:
+    """The slot of a parked application call (its side b empty, its caller hearing music
+    from its own endpoint); ``call._parked`` while it waits or its parker is rung."""
+
+    def __init__(self, call, slot: str, parker: Caller, timeout: float) -> None:
+        self.call = call
+        self.slot = slot
+        self.parker = parker
+        self.timer = call.host.loop.call_later(timeout, self._on_timeout)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.call.tenant.id, self.slot)
+
+    def leave(self) -> None:
+        """Out of the slot (retrieved, hung up, recalled); the call's end calls it too."""
+        self.timer.cancel()
+        slots_ = parking(self.call.host).slots
+        if slots_.get(self.key) is self:
+            del slots_[self.key]
+            outgoing.PARKED.dec()
+        if self.call._parked is self:
+            self.call._parked = None
+
+    async def take(self, req, txn, flow, ext) -> None:
+        """The retriever's INVITE is answered by a new endpoint bridged to the caller's."""
+        call = self.call
+        host = call.host
+        try:
+            ep = await call.apps.engine.open_endpoint(call.invite.call_id, call.tenant.name)
+        except SipError as e:
+            log.warning("no media endpoint for retrieving a parked call: %s", e.reason)
+            host.endpoint.send_response(make_response(req, 503, None, to_tag=new_tag(), headers=[("Retry-After", "5")]))
+            return
+        if parking(host).slots.get(self.key) is not self or call.state is not CallState.ANSWERED:
+            ep.close()  # retrieved, recalled or hung up while the port was opened
+            host.endpoint.send_response(make_response(req, 404, f"Not Found (nothing parked in slot {self.slot})",
+                                                      to_tag=new_tag()))
+            return
+        if getattr(txn, "tu", None) == "cancelled":
+            ep.close()
+            host.endpoint.send_response(make_response(req, 487, None, to_tag=new_tag()))
+            return
+        try:
+            answer = ep.answer(req.body, call._sdp_ip(flow))
+        except SipError as e:
+            ep.close()
+            host.endpoint.send_response(make_response(req, 488, None, to_tag=new_tag()))
+            log.info("retrieve failed: %s", e)
+            return
+        self.leave()
+        outgoing.accept_on_side(call, "b", req, flow, answer)
+        call.b_ep = ep
+        call.ep.bridge(ep)
+        outgoing.new_pair(call, call._party("a"), RoutePlan(call.tenant, "internal", ext.number, callee_ext=ext),
+                          f"retrieved-by-{ext.number}", None, "b")
+        from node.pbx import recording
+
+        recording.on_app_bridged(call)
+        log.info("slot %s retrieved by %s", self.slot, ext.number)
+        outgoing.feature_done("park", "retrieved")
+
+    # -- timeout: ring the parker from a new endpoint (the call's own transfer machinery)
+    def _on_timeout(self) -> None:
+        call = self.call
+        if call.state is not CallState.ANSWERED or call._parked is not self:
+            return
+        if parking(call.host).slots.get(self.key) is self:
+            del parking(call.host).slots[self.key]
+            outgoing.PARKED.dec()
+        outgoing.feature_done("park", "timeout")
+        call.host._spawn(self._recall())
+
+    async def _recall(self) -> None:
+        call = self.call
+        host = call.host
+        ext = self.parker.extension
+        targets = []
+        if ext is not None:
+            targets = await extension_targets(call.tenant, ext, call.tenant.domain, host.locations)
+        plan = RoutePlan(call.tenant, "internal", self.parker.number, callee_ext=ext)
+        if targets:
+            plan.attempts.append(targets)
+        status = 480
+        if targets and call.state is CallState.ANSWERED and call._parked is self:
+            try:
+                call.b_ep = await call.apps.engine.open_endpoint(call.invite.call_id, call.tenant.name)
+            except SipError as e:
+                log.warning("no media endpoint for the park recall: %s", e.reason)
+            else:
+                if call.state is not CallState.ANSWERED or call._parked is not self:
+                    return  # end() closed the endpoint
+                status = await call._ring(plan)
+        if call.state is not CallState.ANSWERED or call._parked is not self:
+            return
+        self.leave()
+        if status == 200 and call.answered_leg is not None:
+            outgoing.new_pair(call, call._party("a"), plan, "park-timeout", call.answered_leg.target, "b")
+            return
+        if call.b_ep is not None:
+            call.b_ep.close()
+            call.b_ep = None
+        call.hangup_cause = "park-timeout"
+        call.hangup_both("park-timeout")
 
 
 async def try_retrieve(host, req, txn, flow, tenant, ext, dialled: str) -> bool:
@@ -319,21 +504,5 @@ async def try_retrieve(host, req, txn, flow, tenant, ext, dialled: str) -> bool:
     if not req.body or req.content_type != "application/sdp":
         ep.send_response(make_response(req, 488, "Not Acceptable Here (retrieving needs an SDP offer)", to_tag=new_tag()))
         return True
-    call = p.call
-    try:
-        to_retriever = outgoing.relay_answer(call, p.side, req.body, outgoing.side_sdp(call, p.other),
-                                             ep.local_host(flow))
-    except SipError as e:
-        ep.send_response(make_response(req, 488, None, to_tag=new_tag()))
-        log.info("retrieve failed: %s", e)
-        return True
-    p.leave()
-    retriever = Caller(ext.number, ext.display_name, tenant.domain, ext)
-    outgoing.accept_on_side(call, p.side, req, flow, to_retriever)
-    outgoing.new_pair(call, outgoing.party_of(call, p.other), RoutePlan(call.tenant, "internal", ext.number, callee_ext=ext),
-                      f"retrieved-by-{retriever.number}", None, p.side)
-    if p.held:
-        outgoing.resume(call, p.other)
-    log.info("slot %s retrieved by %s", slot, ext.number)
-    outgoing.feature_done("park", "retrieved")
+    await p.take(req, txn, flow, ext)
     return True

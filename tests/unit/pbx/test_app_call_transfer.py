@@ -93,8 +93,9 @@ def _app(tenant_id=1, state=CallState.ANSWERED, bridged=True) -> AppCall:
     return call
 
 
-def _plain(tenant_id=1, state=CallState.ANSWERED, rtpengine=False):
-    media = SimpleNamespace(where="rtpengine", local=None) if rtpengine else SimpleNamespace(session=object())
+def _plain(tenant_id=1, state=CallState.ANSWERED, rtpengine=False, relayed=True):
+    media = (SimpleNamespace(where="rtpengine", local=None) if rtpengine
+             else SimpleNamespace(session=object() if relayed else None))
     return SimpleNamespace(tenant=SimpleNamespace(id=tenant_id), state=state, transfer=None, media=media)
 
 
@@ -102,13 +103,17 @@ def test_attended_join_pairs():
     ext = object()
     check_attended(_app(), "b", _plain(), "a", False, ext)  # REFER on the application call
     check_attended(_plain(), "a", _app(), "b", False, ext)  # REFER on the plain call
+    check_attended(_app(), "b", _plain(rtpengine=True), "a", False, ext)  # moved off rtpengine by the join
+    joining = _app()
+    joining._joining = True
     cases = [
         ((_app(), "b", _app(), "b", False, ext), 488, "two application calls"),
         ((_app(), "b", _plain(), "a", True, ext), 488, "ringing"),
         ((_app(), "b", _plain(tenant_id=2), "a", False, ext), 403, "another tenant"),
         ((_app(bridged=False), "b", _plain(), "a", False, ext), 403, "bridged"),
         ((_app(), "b", _plain(state=CallState.RINGING), "a", False, ext), 403, "answered"),
-        ((_app(), "b", _plain(rtpengine=True), "a", False, ext), 488, "rtpengine"),
+        ((_app(), "b", _plain(relayed=False), "a", False, ext), 488, "does not relay"),
+        ((joining, "b", _plain(), "a", False, ext), 491, "in progress"),
         ((_app(), "b", _plain(), "a", False, None), 403, "extension"),
     ]
     for args, status, words in cases:
