@@ -113,6 +113,7 @@ def _selfcheck_keys(tmp_path) -> dict[str, object]:
 
     return {
         "rtp_ip": "127.0.0.1", "rtp_port": 40000, "formats": "0 101", "hold_ms": 100, "dtmf_after_ms": 100,
+        "talk_ms": 100,
         "pcap": write_pcap(tmp_path / "selfcheck.pcap", rfc4733_packets("1")),
         "reject_code": 486, "reject_reason": "Busy Here", "refer_to": "sip:1003@127.0.0.1",
         "replaces": "selfcheck;to-tag=1;from-tag=2",
