@@ -226,11 +226,7 @@ class Parked:
         call = self.call
         if call.state is not CallState.ANSWERED or call.transfer is not self:
             return
-        if parking(call.host).slots.get(self.key) is self:
-            del parking(call.host).slots[self.key]
-            outgoing.PARKED.dec()
-        outgoing.feature_done("park", "timeout")
-        call.host._spawn(self._recall())
+        _timed_out(self)
 
     async def _recall(self) -> None:
         call = self.call
@@ -316,6 +312,16 @@ async def park_by_transfer(xfer, number: str) -> bool:
     log.info("call of %s parked in slot %s by %s", parked_party.number, slot, parker.number)
     await p.start_media()
     return True
+
+
+def _timed_out(p) -> None:
+    """A parked call (plain or application) whose time is up leaves its slot; the parker is rung."""
+    host = p.call.host
+    if parking(host).slots.get(p.key) is p:
+        del parking(host).slots[p.key]
+        outgoing.PARKED.dec()
+    outgoing.feature_done("park", "timeout")
+    host._spawn(p._recall())
 
 
 def _free_slot(xfer, lots: dict, lot: str, doc: dict, slot: str | None) -> str | None:
@@ -443,11 +449,7 @@ class AppParked:
         call = self.call
         if call.state is not CallState.ANSWERED or call._parked is not self:
             return
-        if parking(call.host).slots.get(self.key) is self:
-            del parking(call.host).slots[self.key]
-            outgoing.PARKED.dec()
-        outgoing.feature_done("park", "timeout")
-        call.host._spawn(self._recall())
+        _timed_out(self)
 
     async def _recall(self) -> None:
         call = self.call
