@@ -43,15 +43,15 @@ on the endpoints instead of a relay:
   (``attended_join``): the plain call is absorbed; the endpoint that faced the transferor
   and the relay leg that faced it are chained (each sends to the other), so nobody is
   re-INVITEd (unless the target was held: then it gets our endpoint's sendrecv offer).
-* park (node/pbx/park.py ``park_app_call``): the party the call rang (side b) blind-transfers
-  it to a park lot or slot: that party is released and its endpoint closed; the caller keeps
-  its own endpoint, which plays the tenant's music on hold. A retriever's INVITE is answered
-  by a new endpoint bridged to the caller's; the timeout recall rings the parker with
-  ``_ring`` from a new endpoint. CDRs as for a plain call's park.
-* not supported, answered with a clear status: the caller parking the party the call rang
-  (NOTIFY 488), transfer to an application, joining two application calls or a ringing
-  call (488), an INVITE with Replaces naming an application call's dialog (488,
-  node/pbx/replaces.py).
+* park (node/pbx/park.py ``park_app_call``): either party blind-transfers the other to a
+  park lot or slot: the transferor is released and its endpoint closed; the parked party
+  keeps its own endpoint, which plays the tenant's music on hold, and waits on side a
+  (``vacate``). A retriever's INVITE is answered by a new endpoint bridged to the parked
+  party's; the timeout recall rings the parker with ``_ring`` from a new endpoint. CDRs as
+  for a plain call's park.
+* not supported, answered with a clear status: transfer to an application, joining two
+  application calls or a ringing call (488), an INVITE with Replaces naming an application
+  call's dialog (488, node/pbx/replaces.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ from node.pbx.attempts import AttemptWalker
 from node.pbx.call import Caller, CallState, Leg, _best_failure, _disposition
 from node.config_rules import ConfigError
 from node.pbx import dialplan, hold, outgoing, recording
-from node.pbx.transfer import BlindTransfer, ReferError, parse_refer_to, same_tenant
+from node.pbx.transfer import (BlindTransfer, ReferError, check_refer, refuse, require_same_party,
+                                require_transferor)
 from node.pbx.routing import RoutePlan, app_plan
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
@@ -803,42 +804,25 @@ class AppCall:
     async def _refer_task(self, side: str, req: Request) -> None:
         ep = self.host.endpoint
         try:
-            if self._refer is not None or self._xfer is not None or self._joining:
-                raise ReferError(491, "Request Pending (a transfer is in progress)")
-            target = parse_refer_to(req.get("Refer-To"))
-            if not same_tenant(self.tenant, target.host):
-                raise ReferError(403, "Forbidden (Refer-To outside this tenant)")
-            ext = await self.party_extension(side)
-            if ext is None:
-                raise ReferError(403, "Forbidden (only an extension may transfer)")
+            target = check_refer(self, req, self._refer is not None or self._xfer is not None or self._joining)
+            ext = require_transferor(await self.party_extension(side))
             if self.state is not CallState.ANSWERED or self._refer is not None or self.answered_leg is None:
                 raise ReferError(481, "Call/Transaction Does Not Exist (the call changed meanwhile)")
             if target.replaces:
                 from node.pbx import replaces
 
-                did = replaces.parse(target.replaces)
-                if did is None:
-                    raise ReferError(400, "Bad Request (unreadable Replaces in Refer-To)")
-                found = replaces.find(self.host, did)
-                if found is None:
-                    raise ReferError(481, "Call/Transaction Does Not Exist (no dialog to replace)")
-                call2, side2, early = found
+                call2, side2, early = replaces.referred_dialog(self.host, target.replaces)
                 check_attended(self, side, call2, side2, early, ext)
-                ext2 = await party_extension(call2, side2)
-                if ext2 is None or ext2.number != ext.number:
-                    raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+                require_same_party(ext, await party_extension(call2, side2))
                 ep.send_response(make_response(req, 202, None))
                 await join_attended(self, side, call2, side2, refer_call=self, refer_side=side)
                 return
         except ReferError as e:
-            log.info("REFER on application call refused: %s %s", e.status, e.reason)
-            outgoing.feature_done("blind_transfer", "refused")
-            ep.send_response(make_response(req, e.status, e.reason))
+            refuse(self.host, req, e, "blind_transfer", "REFER on application call")
             return
-        ep.send_response(make_response(req, 202, None))
         refer = AppRefer(self, side, ext, target.number)
         self._refer = refer
-        refer.notify(100, "Trying")
+        refer.accept(req)
         await refer.run()
 
     async def party_extension(self, side: str):
@@ -883,11 +867,7 @@ class AppCall:
             if not refer.transferor_gone:
                 outgoing.Released(self, old_dialog)  # BYE after a grace unless the phone sends one
         if side == "b":
-            old_leg = self.answered_leg
-            if old_leg is not None:
-                old_leg.bye_sent = True
-                if old_leg in self.legs:
-                    self.legs.remove(old_leg)
+            self._drop_answered_leg()
             self.answered_leg = leg
             old_ep, self.b_ep = self.b_ep, refer.new_ep
         else:
@@ -914,6 +894,38 @@ class AppCall:
         recording.on_app_bridged(self)
         log.info("application call: %s transferred %s to %s", refer.ext.number, transferee.number, refer.number)
         outgoing.feature_done("blind_transfer", "done")
+
+    def _drop_answered_leg(self) -> None:
+        """Side b's leg leaves the call (its party was released or replaced: no BYE of ours)."""
+        old, self.answered_leg = self.answered_leg, None
+        if old is not None:
+            old.bye_sent = True
+            if old in self.legs:
+                self.legs.remove(old)
+
+    def vacate(self, side: str) -> None:
+        """``side``'s party was released: drop its dialog and close its endpoint. The party
+        left ends up on side a (its dialog, its endpoint), side b empty, so a call waiting
+        with one party (node/pbx/park.py ``AppParked``) always has it there, whoever parked."""
+        if side == "b":
+            self._drop_answered_leg()
+            if self.b_ep is not None:
+                self.b_ep.close()
+                self.b_ep = None
+            return
+        leg, self.answered_leg = self.answered_leg, None
+        assert leg is not None and leg.dialog is not None
+        if leg in self.legs:
+            self.legs.remove(leg)  # its dialog is side a's now (``dialogs``; a 2xx retransmission is re-ACKed)
+        old_ep, self.ep, self.b_ep = self.ep, self.b_ep, None
+        if old_ep is not None:
+            old_ep.close()
+        self.a_dialog, self.a_flow = leg.dialog, leg.flow
+        self._a_final = None
+        if self._retrans_timer is not None:
+            self._retrans_timer.cancel()
+            self._retrans_timer = None
+        self.host.register_dialog(leg.dialog.call_id, leg.dialog.local_tag, self, "a")  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ ending
     def _bye_side(self, side: str) -> None:
@@ -1016,8 +1028,6 @@ class AppRefer(BlindTransfer):
 
         try:
             found = await park.find(host.config, call.tenant.id, self.number)
-            if found is not None and self.side != "b":
-                return self.failed(488, "Not Acceptable Here (parking the party an application call rang is not supported)")
             if found is not None:
                 return await park.park_app_call(self, found)
             plan = await dialplan.plan_outgoing(call.tenant, self.ext, self.number, host.config,
@@ -1129,8 +1139,7 @@ def check_attended(call, side: str, call2, side2: str, early: bool, ext) -> None
     # rtpengine's media is moved to the node's relay first (``join_attended``)
     if not reanchor.needed(other) and getattr(getattr(other, "media", None), "session", None) is None:
         raise ReferError(488, "Not Acceptable Here (joining an application call to a call the node does not relay)")
-    if ext is None:
-        raise ReferError(403, "Forbidden (only an extension may transfer)")
+    require_transferor(ext)
 
 
 async def join_attended(call, side: str, call2, side2: str, *, refer_call, refer_side: str) -> None:
@@ -1217,11 +1226,7 @@ def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side:
     assert d2 is not None
     host.unregister_dialog(d2.call_id, d2.local_tag)
     if aside == "b":
-        old = app.answered_leg
-        if old is not None:
-            old.bye_sent = True
-            if old in app.legs:
-                app.legs.remove(old)
+        app._drop_answered_leg()
         src = plain.answered_leg if pother == "b" else None
         leg = Leg(app, src.target if src is not None else plain.answered_leg.target, d2.flow)  # type: ignore[arg-type]
         leg.dialog, leg.final, leg.provisional = d2, 200, True
@@ -1244,18 +1249,7 @@ def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side:
     leg2.set_remote(app._sdp_ip(d2.flow), ep_t.local_port)
     app._absorbed.append(plain.media)
     plain.media = None
-    # the plain call ends without BYEs: its pair's CDR, its lamps
-    plain.hangup_cause = "attended-transfer"
-    host.cdr_recorder.record(plain.cdr())
-    plain.state = CallState.ENDED
-    host.calls.pop(plain.id, None)
-    for key in plain.dialogs:
-        if key != (d2.call_id, d2.local_tag):
-            host.unregister_dialog(*key)
-    host._call_state(plain, "terminated")
-    if plain.counts_external:
-        plain.counts_external = False
-        host._external[plain.tenant.id] = max(0, host._external.get(plain.tenant.id, 1) - 1)
+    replaces.end_absorbed(plain, d2)
     app.held_by = None
     app._restore_media()
     plan = RoutePlan(app.tenant, "internal", target.number, callee_ext=target.extension)
@@ -1271,21 +1265,16 @@ def attended_join(call, side: str, call2, side2: str, *, refer_call, refer_side:
 async def attended_refer_into(call, side: str, req: Request, app: "AppCall", app_side: str, early: bool) -> None:
     """An attended REFER in a plain call whose Replaces names a dialog of application call
     ``app`` (node/pbx/replaces.py hands it here)."""
-    ep = call.host.endpoint
     try:
         ext = await party_extension(call, side)
         check_attended(call, side, app, app_side, early, ext)
-        ext2 = await app.party_extension(app_side)
-        if ext2 is None or ext2.number != ext.number:
-            raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+        require_same_party(ext, await app.party_extension(app_side))
         if call.state is not CallState.ANSWERED or app.state is not CallState.ANSWERED:
             raise ReferError(481, "Call/Transaction Does Not Exist (a call ended meanwhile)")
     except ReferError as e:
-        log.info("attended REFER refused: %s %s", e.status, e.reason)
-        outgoing.feature_done("attended_transfer", "refused")
-        ep.send_response(make_response(req, e.status, e.reason))
+        refuse(call.host, req, e, "attended_transfer", "attended REFER")
         return
-    ep.send_response(make_response(req, 202, None))
+    call.host.endpoint.send_response(make_response(req, 202, None))
     await join_attended(call, side, app, app_side, refer_call=call, refer_side=side)
 
 

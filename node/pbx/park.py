@@ -18,8 +18,9 @@ phone of the tenant takes the call back by dialling the slot.
   silence.
 
 A call the node answered itself (an IVR caller bridged to a receptionist,
-node/pbx/app_call.py) parks the same way through ``park_app_call`` / ``AppParked``: the
-caller's own media endpoint plays the music, a retriever is answered by a new endpoint.
+node/pbx/app_call.py) parks the same way through ``park_app_call`` / ``AppParked``, whichever
+party parks the other: the parked party's own media endpoint plays the music, a retriever
+is answered by a new endpoint.
 
 Slots live in this node's memory (a parked call is a live dialog on this node anyway).
 CDRs: the pair before parking ends with ``parked``; the parked period is its own CDR
@@ -231,16 +232,10 @@ class Parked:
     async def _recall(self) -> None:
         call = self.call
         host = call.host
-        ext = self.parker.extension
-        targets = []
-        if ext is not None:
-            targets = await extension_targets(call.tenant, ext, call.tenant.domain, host.locations)
+        plan = await _recall_plan(call, self.parker)
         if call.state is not CallState.ANSWERED or call.transfer is not self:
             return
-        plan = RoutePlan(call.tenant, "internal", self.parker.number, callee_ext=ext)
-        if targets:
-            plan.attempts.append(targets)
-        else:
+        if not plan.attempts:
             plan.fail_status, plan.fail_reason = 480, "Temporarily Unavailable"
         relay_ip = call.media.advertise or host.endpoint.local_host(call.a_flow)
         offer = call.media.rewrite(self.other, outgoing.side_sdp(call, self.other), relay_ip)
@@ -266,6 +261,18 @@ class Parked:
             call.hangup_cause = "park-timeout"
             outgoing.release_side(call, self.other)
             call.end()
+
+
+async def _recall_plan(call, parker: Caller) -> RoutePlan:
+    """The parker's phones (its extension's registrations) to ring when the park times
+    out; no attempts when it has none."""
+    ext = parker.extension
+    plan = RoutePlan(call.tenant, "internal", parker.number, callee_ext=ext)
+    if ext is not None:
+        targets = await extension_targets(call.tenant, ext, call.tenant.domain, call.host.locations)
+        if targets:
+            plan.attempts.append(targets)
+    return plan
 
 
 def _music(host, tenant_id: int):
@@ -338,10 +345,12 @@ def _free_slot(xfer, lots: dict, lot: str, doc: dict, slot: str | None) -> str |
 
 
 async def park_app_call(xfer, found: tuple[str, dict, str | None]) -> None:
-    """A blind REFER of the party an application call rang (node/pbx/app_call.py ``AppRefer``,
-    side b) to a park lot or slot: that party is released and its endpoint closed; the
-    caller keeps its own endpoint, which plays the tenant's music on hold. Retrieval
-    answers the retriever from a new endpoint bridged to the caller's."""
+    """A blind REFER of either party of a bridged application call (node/pbx/app_call.py
+    ``AppRefer``) to a park lot or slot: the transferor is released and its endpoint closed;
+    the parked party keeps its own endpoint, which plays the tenant's music on hold, and
+    waits on side a (``AppCall.vacate``: the caller parking the party it was put through to
+    moves that party there). Retrieval answers the retriever from a new endpoint bridged to
+    the parked party's."""
     call = xfer.call
     lot, doc, slot = found
     if xfer.aborted or call.state is not CallState.ANSWERED:
@@ -352,7 +361,7 @@ async def park_app_call(xfer, found: tuple[str, dict, str | None]) -> None:
         return
     ext = xfer.ext  # the transferor's extension (checked by the REFER): the one to recall
     parker = Caller(ext.number, ext.display_name, call.tenant.domain, ext)
-    parked_party = call._party("a")
+    parked_party = call._party(xfer.other)
     p = AppParked(call, slot, parker, doc["timeout"])
     lots[p.key] = p
     call._parked = p
@@ -365,13 +374,8 @@ async def park_app_call(xfer, found: tuple[str, dict, str | None]) -> None:
         from node.pbx import recording
 
         recording.on_call_ended(call)  # the recording of the pair ends with it
-    outgoing.release_side(call, "b", send_bye=not xfer.transferor_gone, grace=True)
-    old_leg, call.answered_leg = call.answered_leg, None
-    if old_leg is not None and old_leg in call.legs:
-        call.legs.remove(old_leg)
-    if call.b_ep is not None:
-        call.b_ep.close()
-        call.b_ep = None
+    outgoing.release_side(call, xfer.side, send_bye=not xfer.transferor_gone, grace=True)
+    call.vacate(xfer.side)
     call.held_by = None  # our music replaces the holder's
     assert call.ep is not None
     call.ep.unbridge()
@@ -383,8 +387,9 @@ async def park_app_call(xfer, found: tuple[str, dict, str | None]) -> None:
 
 
 class AppParked:
-    """The slot of a parked application call (its side b empty, its caller hearing music
-    from its own endpoint); ``call._parked`` while it waits or its parker is rung."""
+    """The slot of a parked application call (its side b empty, the parked party on side a
+    hearing music from its own endpoint); ``call._parked`` while it waits or its parker is
+    rung."""
 
     def __init__(self, call, slot: str, parker: Caller, timeout: float) -> None:
         self.call = call
@@ -453,16 +458,9 @@ class AppParked:
 
     async def _recall(self) -> None:
         call = self.call
-        host = call.host
-        ext = self.parker.extension
-        targets = []
-        if ext is not None:
-            targets = await extension_targets(call.tenant, ext, call.tenant.domain, host.locations)
-        plan = RoutePlan(call.tenant, "internal", self.parker.number, callee_ext=ext)
-        if targets:
-            plan.attempts.append(targets)
+        plan = await _recall_plan(call, self.parker)
         status = 480
-        if targets and call.state is CallState.ANSWERED and call._parked is self:
+        if plan.attempts and call.state is CallState.ANSWERED and call._parked is self:
             try:
                 call.b_ep = await call.apps.engine.open_endpoint(call.invite.call_id, call.tenant.name)
             except SipError as e:

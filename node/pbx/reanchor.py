@@ -15,7 +15,10 @@ Two phases, so a refusal changes nothing and several calls move together or not 
   local anchor; music on hold rtpengine was playing restarts from the node.
 * ``rollback`` (a party refused: 491, 488, timeout, or the call ended meanwhile): every
   party already moved is re-INVITEd back to the SDP rtpengine gave it; the local session
-  is closed. The call goes on through rtpengine as before.
+  is closed. The call goes on through rtpengine as before. A re-INVITE with no final
+  response within ``ANSWER_WAIT`` counts as refused (408) and is CANCELled (RFC 3261 §9),
+  so a silent phone costs seconds, not the 32 s transaction timeout; should its 2xx still
+  come, the party is re-INVITEd back to rtpengine.
 
 A ringing call (pickup, Replaces of an early dialog) needs no re-INVITE: nobody has an
 answer yet; the caller's 2xx will carry the local relay's SDP. The target of a
@@ -39,7 +42,7 @@ from node.pbx.call import _ALLOW, CallState
 from node.sdp.anchoring import media_address, rewrite_for_relay
 from node.sdp.errors import SdpError
 from node.sdp.parser import parse
-from node.sip.message import Response
+from node.sip.message import Request, Response
 
 log = logging.getLogger("hivepbx.reanchor")
 
@@ -47,6 +50,13 @@ REANCHORS = Counter("hivepbx_media_reanchors", "Calls moved from rtpengine to th
                     ["outcome"])
 #: longest a pending in-dialog exchange (a hold being answered) delays a re-anchoring
 PENDING_WAIT = 2.0
+#: longest a re-INVITE of the move (or of its rollback) waits for its final response.
+#: Why: a phone that never answers would otherwise hold the feature for the whole INVITE
+#: transaction timeout (64*T1 = 32 s) while the transferor waits for its NOTIFY and the call
+#: may not offer anything (491s). A phone answers a re-INVITE in milliseconds (no human in
+#: the loop), so a few seconds is ample; past it the re-INVITE is CANCELled (RFC 3261 §9.1,
+#: once a provisional came) and counts as refused: the move is rolled back.
+ANSWER_WAIT = 4.0
 
 
 class ReanchorError(Exception):
@@ -72,26 +82,80 @@ def in_rtpengine(media) -> bool:
 
 
 class _ReInvite:
-    """TU of one re-INVITE: ACKs every 2xx (retransmissions too), resolves ``done``."""
+    """TU of one re-INVITE: ACKs every 2xx (retransmissions too), resolves ``done``.
+    ``abandon`` (no answer within ANSWER_WAIT) CANCELs it; a 2xx that still comes then
+    ``late_2xx(self)``: the party took an offer the move no longer stands by."""
 
-    def __init__(self, call, side: str, dialog, req) -> None:
+    def __init__(self, call, side: str, dialog, req, late_2xx: Callable[["_ReInvite"], None] | None = None) -> None:
         self.call, self.side, self.dialog, self.req = call, side, dialog, req
         self.done: asyncio.Future[Response | None] = call.host.loop.create_future()
+        self.provisional = False
+        self.abandoned = False
+        self.cancel_pending = False
+        self.late_2xx = late_2xx
 
     def on_sip_response(self, resp: Response, txn) -> None:
         if resp.status < 200:
+            self.provisional = True
+            if self.cancel_pending:
+                self._send_cancel()
             return
         if resp.status < 300:
             ep = self.call.host.endpoint
             ack = self.dialog.create_request("ACK", ep.sent_by(self.dialog.flow), cseq=self.req.cseq.seq)
             ep.send_stateless(ack, self.dialog.flow)
             self.dialog.update_target(resp)
+            if self.abandoned and self.late_2xx is not None:
+                late, self.late_2xx = self.late_2xx, None
+                late(self)
+        self.cancel_pending = False
         if not self.done.done():
             self.done.set_result(resp)
 
     def on_sip_timeout(self, txn) -> None:
+        self.cancel_pending = False
         if not self.done.done():
             self.done.set_result(None)
+
+    def abandon(self) -> None:
+        """No final response in time: counts as a timeout now; CANCEL (RFC 3261 §9.1: only
+        once a provisional came, else when one comes; without one the transaction's own
+        Timer B ends it)."""
+        if self.done.done():
+            return
+        self.abandoned = True
+        self.done.set_result(None)
+        if self.provisional:
+            self._send_cancel()
+        else:
+            self.cancel_pending = True
+
+    def _send_cancel(self) -> None:
+        self.cancel_pending = False
+        req = self.req
+        headers = [("Via", req.get("Via") or ""), ("Max-Forwards", "70"), ("From", req.get("From") or ""),
+                   ("To", req.get("To") or ""), ("Call-ID", req.call_id), ("CSeq", f"{req.cseq.seq} CANCEL")]
+        headers.extend(("Route", r) for r in req.get_all("Route"))
+        from node.pbx import outgoing
+
+        ep = self.call.host.endpoint
+        t = ep.send_request(Request("CANCEL", req.uri_text, headers), self.dialog.flow)
+        t.tu = outgoing.IGNORE  # its 200 changes nothing: the re-INVITE's 487 (or 2xx) does
+
+
+async def _answers(tus: list[_ReInvite]) -> list[Response | None]:
+    """Each re-INVITE's final response, None for a timeout or no answer within ANSWER_WAIT
+    (then it is CANCELled: ``_ReInvite.abandon``)."""
+    done = [tu.done for tu in tus]
+    if not done:
+        return []
+    await asyncio.wait(done, timeout=ANSWER_WAIT)
+    for tu in tus:
+        if not tu.done.done():
+            log.info("call %s: side %s did not answer the re-INVITE within %.1f s: cancelled",
+                     tu.call.invite.call_id, tu.side, ANSWER_WAIT)
+            tu.abandon()
+    return [tu.done.result() for tu in tus]
 
 
 class Reanchor:
@@ -192,7 +256,7 @@ class Reanchor:
             if tu is None:
                 raise ReanchorError(481, "Call/Transaction Does Not Exist (a party left)")
             tus.append(tu)
-        results = await asyncio.gather(*(tu.done for tu in tus))
+        results = await _answers(tus)
         failure = None
         for tu, resp in zip(tus, results):
             if resp is not None and 200 <= resp.status < 300:
@@ -211,8 +275,9 @@ class Reanchor:
             reason = "Request Timeout" if resp is None else (resp.reason or "Failed")
             log.info("call %s: side %s refused to move its media to the node's relay: %s %s",
                      self.call.invite.call_id, tu.side, status, reason)
+            what = "no answer to the re-INVITE moving" if tu.abandoned else "moving"
             failure = failure or ReanchorError(status if status in (408, 481, 488, 491) else 488,
-                                               f"{reason} (moving the call's media to the node's relay)")
+                                               f"{reason} ({what} the call's media to the node's relay)")
         if failure is not None:
             raise failure
         self._check_alive()
@@ -228,9 +293,10 @@ class Reanchor:
         from node.pbx import outgoing
 
         d = outgoing.dialog_of(self.call, side)
-        return self.local.advertise or self.call.host.endpoint.local_host(d.flow if d is not None else self.call.a_flow)
+        advertise = self.local.advertise if self.local is not None else None
+        return advertise or self.call.host.endpoint.local_host(d.flow if d is not None else self.call.a_flow)
 
-    def _reinvite(self, side: str, body: bytes) -> _ReInvite | None:
+    def _reinvite(self, side: str, body: bytes, late_2xx=None) -> _ReInvite | None:
         from node.pbx import outgoing
 
         d = outgoing.dialog_of(self.call, side)
@@ -239,10 +305,37 @@ class Reanchor:
         ep = self.call.host.endpoint
         req = d.create_request("INVITE", ep.sent_by(d.flow), body=body, content_type="application/sdp",
                                extra=[("Allow", _ALLOW)])
-        tu = _ReInvite(self.call, side, d, req)
+        tu = _ReInvite(self.call, side, d, req, late_2xx if late_2xx is not None else self._moved_late)
         t = ep.send_request(req, d.flow)
         t.tu = tu
         return tu
+
+    def _back_offer(self, side: str) -> bytes | None:
+        """rtpengine's SDP for ``side`` again (our o= of that side one version up)."""
+        sent = self.anchor.sent_sdp.get(side)
+        if not sent:
+            return None
+        sd = parse(sent)
+        addr = media_address(sd)
+        ip = addr.host if addr is not None else self._ip(side)
+        return self.anchor._origins[side].stamp_bytes(sd, ip)
+
+    def _moved_late(self, tu: _ReInvite) -> None:
+        """A party accepted the move's offer after it was given up (its 2xx crossed the
+        CANCEL): while the call is still on rtpengine, re-INVITE it back there (its local
+        leg is closed or about to be)."""
+        call = self.call
+        if call.state is not CallState.ANSWERED or call.media is not self.anchor:
+            return
+        log.info("call %s: side %s accepted the move too late: moving it back to rtpengine",
+                 call.invite.call_id, tu.side)
+        try:
+            body = self._back_offer(tu.side)
+        except SdpError as e:
+            log.warning("cannot move side %s back to rtpengine: %s", tu.side, e)
+            return
+        if body:
+            self._reinvite(tu.side, body, late_2xx=_ignore_late)
 
     # ------------------------------------------------------------------ phase 2
     async def commit(self, rewire: Callable[[], object] | None = None) -> None:
@@ -315,27 +408,27 @@ class Reanchor:
         if moved and call.state is CallState.ANSWERED and call.media is self.anchor:
             tus = []
             for side in moved:
-                sent = self.anchor.sent_sdp.get(side)
-                if not sent:
-                    continue
                 try:
-                    sd = parse(sent)
-                    addr = media_address(sd)
-                    ip = addr.host if addr is not None else self._ip(side)
-                    tus.append(self._reinvite(side, self.anchor._origins[side].stamp_bytes(sd, ip)))
+                    body = self._back_offer(side)
                 except SdpError as e:
                     log.warning("cannot move side %s back to rtpengine: %s", side, e)
-            done = [tu.done for tu in tus if tu is not None]
-            if done:
-                for resp in await asyncio.gather(*done):
-                    if resp is None or resp.status >= 300:
-                        log.warning("call %s: a party refused to move back to rtpengine (%s)", call.invite.call_id,
-                                    None if resp is None else resp.status)
+                    continue
+                tu = self._reinvite(side, body, late_2xx=_ignore_late) if body else None
+                if tu is not None:
+                    tus.append(tu)
+            for resp in await _answers(tus):
+                if resp is None or resp.status >= 300:
+                    log.warning("call %s: a party refused to move back to rtpengine (%s)", call.invite.call_id,
+                                None if resp is None else resp.status)
         self._unmark()
         if self.local is not None:
             self.local.close()
             self.local = None
         REANCHORS.labels("refused").inc()
+
+
+def _ignore_late(tu: _ReInvite) -> None:
+    """A late 2xx to a move back to rtpengine: it was ACKed; that is where the party belongs."""
 
 
 async def prepare_all(*moves: Reanchor) -> None:
@@ -399,7 +492,7 @@ async def pull(call, side: str, old) -> None:
                                content_type="application/sdp", extra=[("Allow", _ALLOW)])
         tu = _ReInvite(call, side, d, req)
         ep.send_request(req, d.flow).tu = tu
-        resp = await tu.done
+        (resp,) = await _answers([tu])
         if resp is not None and 200 <= resp.status < 300:
             ok = True
             addr = media_address(parse(resp.body)) if resp.body else None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from node.pbx import outgoing, reanchor
 from node.pbx.call import Caller, CallState, Leg
 from node.pbx.routing import RoutePlan
-from node.pbx.transfer import BlindTransfer, ReferError, transferor_extension
+from node.pbx.transfer import BlindTransfer, ReferError, refuse, require_same_party, transferor_extension
 from node.sip.errors import SipError
 from node.sip.ids import new_tag
 from node.sip.message import make_response
@@ -186,18 +186,24 @@ class ChainedMedia:
         self._absorbed.close()
 
 
+def referred_dialog(host, value: str):
+    """(call, side, early) of the dialog a Refer-To's Replaces names (ReferError 400 when
+    unreadable, 481 when no call of this node has it)."""
+    did = parse(value)
+    if did is None:
+        raise ReferError(400, "Bad Request (unreadable Replaces in Refer-To)")
+    found = find(host, did)
+    if found is None:
+        raise ReferError(481, "Call/Transaction Does Not Exist (no dialog to replace)")
+    return found
+
+
 def on_attended_refer(call, side: str, req, target) -> None:
     """REFER from ``side`` of ``call`` with Refer-To ...?Replaces=<a dialog of another call>."""
     ep = call.host.endpoint
     host = call.host
     try:
-        did = parse(target.replaces)
-        if did is None:
-            raise ReferError(400, "Bad Request (unreadable Replaces in Refer-To)")
-        found = find(host, did)
-        if found is None:
-            raise ReferError(481, "Call/Transaction Does Not Exist (no dialog to replace)")
-        call2, side2, early = found
+        call2, side2, early = referred_dialog(host, target.replaces)
         if getattr(call2, "joins_attended", False):
             # a dialog of a call the node answered itself (node/pbx/app_call.py): joined there
             from node.pbx import app_call
@@ -214,14 +220,9 @@ def on_attended_refer(call, side: str, req, target) -> None:
             semi = SemiAttended.check(call, side, call2, side2)
         elif call2.state is not CallState.ANSWERED or call2.transfer is not None:
             raise ReferError(403, "Forbidden (only an answered call can be joined)")
-        ext = transferor_extension(call, side)
-        ext2 = transferor_extension(call2, side2)
-        if ext is None or ext2 is None or ext2.number != ext.number:
-            raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+        require_same_party(transferor_extension(call, side), transferor_extension(call2, side2))
     except ReferError as e:
-        log.info("attended REFER refused: %s %s", e.status, e.reason)
-        outgoing.feature_done("attended_transfer", "refused")
-        ep.send_response(make_response(req, e.status, e.reason))
+        refuse(host, req, e, "attended_transfer", "attended REFER")
         return
     ep.send_response(make_response(req, 202, None))
     if early:
@@ -349,18 +350,7 @@ def join(call, side: str, call2, side2: str) -> None:
     ip2 = call2.media.advertise or host.endpoint.local_host(call2.a_flow)
     l1.set_remote(ip2, l2.local_port)
     l2.set_remote(ip1, l1.local_port)
-    # call2 ends without BYEs: its pair's CDR, its lamps; its relay lives on in the chain
-    call2.hangup_cause = "attended-transfer"
-    host.cdr_recorder.record(call2.cdr())
-    call2.state = CallState.ENDED
-    host.calls.pop(call2.id, None)
-    for key in call2.dialogs:
-        if key != (d2.call_id, d2.local_tag):
-            host.unregister_dialog(*key)
-    host._call_state(call2, "terminated")
-    if call2.counts_external:
-        call2.counts_external = False
-        host._external[call2.tenant.id] = max(0, host._external.get(call2.tenant.id, 1) - 1)
+    end_absorbed(call2, d2)  # its relay lives on in the chain
     call.media = ChainedMedia(call.media, call2.media)
     plan = RoutePlan(call.tenant, "internal", target.number, callee_ext=target.extension)
     outgoing.new_pair(call, transferee, plan, "attended-transfer", None, side)
@@ -371,6 +361,24 @@ def join(call, side: str, call2, side2: str) -> None:
         outgoing.resume(call, side)
     log.info("attended transfer: %s joined with %s", transferee.number, target.number)
     outgoing.feature_done("attended_transfer", "done")
+
+
+def end_absorbed(call2, kept) -> None:
+    """``call2`` was absorbed by an attended join (``join`` here, ``attended_join`` of
+    node/pbx/app_call.py): it ends without BYEs, with its pair's CDR, its lamps and its
+    external-call slot; only ``kept`` (the target's dialog, the survivor's now) stays."""
+    host = call2.host
+    call2.hangup_cause = "attended-transfer"
+    host.cdr_recorder.record(call2.cdr())
+    call2.state = CallState.ENDED
+    host.calls.pop(call2.id, None)
+    for key in call2.dialogs:
+        if key != (kept.call_id, kept.local_tag):
+            host.unregister_dialog(*key)
+    host._call_state(call2, "terminated")
+    if call2.counts_external:
+        call2.counts_external = False
+        host._external[call2.tenant.id] = max(0, host._external.get(call2.tenant.id, 1) - 1)
 
 
 # ------------------------------------------------------------------ semi-attended transfer

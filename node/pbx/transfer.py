@@ -93,6 +93,37 @@ def same_tenant(tenant, host: str) -> bool:
         return False
 
 
+def check_refer(call, req: Request, busy: bool) -> ReferTarget:
+    """What every REFER must pass, in a plain or an application call (ReferError says why
+    not): no transfer running yet (491), a readable Refer-To naming this tenant (400/403)."""
+    if busy:
+        raise ReferError(491, "Request Pending (a transfer is in progress)")
+    target = parse_refer_to(req.get("Refer-To"))
+    if not same_tenant(call.tenant, target.host):
+        raise ReferError(403, "Forbidden (Refer-To outside this tenant)")
+    return target
+
+
+def require_transferor(ext):
+    """The transferor's extension (ReferError 403 when it is a carrier or a foreign party)."""
+    if ext is None:
+        raise ReferError(403, "Forbidden (only an extension may transfer)")
+    return ext
+
+
+def require_same_party(ext, ext2) -> None:
+    """An attended REFER's Replaces must name a dialog of the transferor itself (403)."""
+    if ext is None or ext2 is None or ext2.number != ext.number:
+        raise ReferError(403, "Forbidden (Replaces names a dialog of another party)")
+
+
+def refuse(host, req: Request, e: ReferError, feature: str, what: str = "REFER") -> None:
+    """A refused REFER: its final response says why; the feature's metrics count it."""
+    log.info("%s refused: %s %s", what, e.status, e.reason)
+    outgoing.feature_done(feature, "refused")
+    host.endpoint.send_response(make_response(req, e.status, e.reason))
+
+
 def transferor_extension(call, side: str):
     """The extension on ``side`` of the call, None for a carrier or a foreign party."""
     parties = getattr(call, "parties", None)
@@ -109,16 +140,9 @@ def transferor_extension(call, side: str):
 
 def on_refer(call, side: str, req: Request) -> None:
     """An in-dialog REFER from ``side`` of an answered call (already CSeq-checked)."""
-    ep = call.host.endpoint
     try:
-        if call.transfer is not None or getattr(call, "reanchor", None) is not None:
-            raise ReferError(491, "Request Pending (a transfer is in progress)")
-        target = parse_refer_to(req.get("Refer-To"))
-        if not same_tenant(call.tenant, target.host):
-            raise ReferError(403, "Forbidden (Refer-To outside this tenant)")
-        ext = transferor_extension(call, side)
-        if ext is None:
-            raise ReferError(403, "Forbidden (only an extension may transfer)")
+        target = check_refer(call, req, call.transfer is not None or getattr(call, "reanchor", None) is not None)
+        ext = require_transferor(transferor_extension(call, side))
         if target.replaces:
             from node.pbx import replaces
 
@@ -128,14 +152,11 @@ def on_refer(call, side: str, req: Request) -> None:
         if not outgoing.side_sdp(call, other):
             raise ReferError(488, "Not Acceptable Here (transfer of a call without SDP offer)")
     except ReferError as e:
-        log.info("REFER refused: %s %s", e.status, e.reason)
-        outgoing.feature_done("blind_transfer", "refused")
-        ep.send_response(make_response(req, e.status, e.reason))
+        refuse(call.host, req, e, "blind_transfer")
         return
-    ep.send_response(make_response(req, 202, None))
     xfer = BlindTransfer(call, side, ext, target.number)
     call.transfer = xfer
-    xfer.notify(100, "Trying")
+    xfer.accept(req)
     call.host._spawn(xfer.run())
 
 
@@ -185,6 +206,11 @@ class BlindTransfer:
         self.aborted = False
 
     # ------------------------------------------------------------------ NOTIFY (RFC 3515 §2.4.4)
+    def accept(self, req: Request) -> None:
+        """202 to the REFER, then the implicit subscription's first NOTIFY."""
+        self.call.host.endpoint.send_response(make_response(req, 202, None))
+        self.notify(100, "Trying")
+
     def notify(self, status: int, reason: str, final: bool = False) -> None:
         if self.notifier_done or self.transferor_gone:
             return

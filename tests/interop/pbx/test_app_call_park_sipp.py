@@ -2,21 +2,20 @@
 whose RTP is the test's own: 1001 calls the IVR 800, presses 2 and is bridged to the
 receptionist 1002, who blind-transfers it to the park lot 700. The caller hears the
 tenant's music on hold from its own endpoint; 1003 dials the slot and talks to the caller
-(tones both ways); an unretrieved call rings the parker again after the park timeout."""
+(tones both ways); an unretrieved call rings the parker again after the park timeout. The
+other way round, the caller parks the receptionist it was put through to."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-import numpy as np
 import pytest
 
-from node.media.wav import read_wav
-from node.pbx import hold, ivr, park
-from tests.interop.pbx.test_app_call_transfer_sipp import MENU, RTP, _app_call, _ivr_caller
+from node.pbx import ivr, park
+from tests.interop.pbx._calls import MENU, NO_INPUT_MENU, RTP, app_call, free_rtp_port, ivr_caller, moh_correlation
 from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, pw, stop_all, tenant_with
-from tests.peers.rtp_peer import RtpPeer, best_correlation, node_media_of, rms, tone_level
+from tests.peers.rtp_peer import RtpPeer, node_media_of, rms, tone_level
 from tests.peers.sipp import Sipp
 from tests.waiting import until
 
@@ -28,6 +27,16 @@ def _parked(pbx, key) -> bool:
     return slots is not None and list(slots.slots) == [key]
 
 
+async def _retrieved(pbx, t, *cdrs: tuple[str, str, str]) -> None:
+    """The CDRs (caller, callee, hangup cause) in order: the pair that parked, the parked
+    period, the retriever's pair; then no slot, call or media port is left."""
+    got = sorted(await pbx.wait_cdrs(t.id, len(cdrs)), key=lambda c: c.start)
+    assert [(c.caller, c.callee, c.hangup_cause) for c in got] == list(cdrs)
+    assert not pbx.node.service.parking.slots
+    assert await pbx.wait_idle()
+    assert pbx.node.media.pool.in_use == 0 and not pbx.node.media.endpoints
+
+
 async def test_receptionist_parks_ivr_caller_and_another_phone_retrieves(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003")
     await ivr.put(pbx.config, t.id, "800", MENU)
@@ -36,9 +45,9 @@ async def test_receptionist_parks_ivr_caller_and_another_phone_retrieves(pbx, tm
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer_reinvites.xml",
                      keys=dict(RTP, rtp_port=b.port, refer_to=f"700@{DOMAIN}"))
     try:
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 9000})
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 9000})
         assert await until(lambda: _parked(pbx, (t.id, "701")), timeout=10), "the caller was not parked in 701"
-        call = _app_call(pbx)
+        call = app_call(pbx)
         assert call is not None and call.b_ep is None and call.answered_leg is None
         parked_at = time.monotonic()
         await asyncio.sleep(1.6)  # the caller listens to the music on hold
@@ -63,8 +72,7 @@ async def test_receptionist_parks_ivr_caller_and_another_phone_retrieves(pbx, tm
     cres.assert_ok()
     empty.assert_ok()
     assert "nothing parked in slot 702" in empty.received(404)[0].first_line
-    tune = read_wav(hold.default_file(pbx.node.cfg.data_dir)).astype(np.float64)
-    corr = best_correlation(during[:8000], np.concatenate([tune, tune]))
+    corr = moh_correlation(pbx, during)
     print(f"parked caller: music rms {rms(during):.0f} correlation {corr:.3f}; 1003 hears 700 Hz share "
           f"{tone_level(heard_by_c, 700):.2f}; 1001 hears 1200 Hz share {tone_level(heard_by_a, 1200):.2f}")
     assert len(during) > 1.0 * 8000 and rms(during) > 300 and corr > 0.8, "the parked caller did not hear the music"
@@ -73,11 +81,85 @@ async def test_receptionist_parks_ivr_caller_and_another_phone_retrieves(pbx, tm
     assert len(b_after) == 0, "the parker still gets audio"
     assert r2.received("NOTIFY")[-1].body.strip() == "SIP/2.0 200 OK" and r2.received("BYE"), r2.describe()
     assert rres.received("BYE") or rres.sent("BYE")
+    await _retrieved(pbx, t, ("1001", "800", "parked"), ("1001", "701", "retrieved-by-1003"),
+                     ("1001", "1003", "callee-bye"))
+
+
+async def test_caller_parks_the_party_it_was_put_through_to(pbx, tmp_path):
+    """Side a parks side b: 1001 reaches 1002 through the IVR 801 (no key: no_input goes
+    there) and blind-transfers it to the park lot 700. 1001 is released; 1002 hears the
+    music from its own endpoint, which keeps its port; 1003 dials the slot and talks to 1002
+    (tones both ways)."""
+    t = await tenant_with(pbx, "1002", "1003")
+    await ivr.put(pbx.config, t.id, "801", NO_INPUT_MENU)
+    await park.save(pbx.config, t.id, "700", {"first": "701", "count": 3, "timeout": 30})
+    b, c = await RtpPeer.open(), await RtpPeer.open()
+    p2 = await phone(pbx, tmp_path, t, "1002", "uas_hold_media.xml", keys=dict(RTP, rtp_port=b.port))
+    try:
+        parker = asyncio.create_task(dial(pbx, tmp_path, "801", "uac_call_refer.xml", "parker", duration_ms=1500,
+                                          keys={"refer_to": f"700@{DOMAIN}"}).run())
+        dest_b = await node_media_of(pbx, b)  # the endpoint facing 1002, before and after the park
+        assert await until(lambda: _parked(pbx, (t.id, "701")), timeout=10), "1002 was not parked in 701"
+        call = app_call(pbx)
+        assert call is not None and call.b_ep is None and call.answered_leg is None
+        assert call.ep is not None and call.ep.local_port == dest_b[1]  # 1002 waits on side a, same port
+        pres = await asyncio.wait_for(parker, 30)
+        parked_at = time.monotonic()
+        await asyncio.sleep(1.4)  # 1002 listens to the music on hold
+        during = b.audio(parked_at + 0.2)
+        retrieve = asyncio.create_task(dial(pbx, tmp_path, "701", "uac_media_call.xml", "retriever", user="1003",
+                                            keys=dict(RTP, rtp_port=c.port, formats="0 101", hold_ms=2600)).run())
+        dest_c = await node_media_of(pbx, c)
+        assert await until(lambda: call.b_ep is not None and call.ep.peer is call.b_ep, timeout=5)
+        start = time.monotonic()
+        await asyncio.gather(b.send_tone(dest_b, 700.0, 1.6), c.send_tone(dest_c, 1200.0, 1.6))
+        heard_by_c, heard_by_b = c.audio(start + 0.3), b.audio(start + 0.3)
+        rres = await asyncio.wait_for(retrieve, 30)
+    finally:
+        (r2,) = await stop_all(p2)
+        for p in (b, c):
+            p.close()
+    pres.assert_ok()
+    rres.assert_ok()
+    corr = moh_correlation(pbx, during)
+    print(f"parked 1002: music rms {rms(during):.0f} correlation {corr:.3f}; 1003 hears 700 Hz share "
+          f"{tone_level(heard_by_c, 700):.2f}; 1002 hears 1200 Hz share {tone_level(heard_by_b, 1200):.2f}")
+    assert len(during) > 0.8 * 8000 and rms(during) > 300 and corr > 0.8, "the parked party did not hear the music"
+    assert len(heard_by_c) > 1.0 * 8000 and tone_level(heard_by_c, 700.0) > 0.5
+    assert len(heard_by_b) > 1.0 * 8000 and tone_level(heard_by_b, 1200.0) > 0.5
+    notifies = [n.body.strip() for n in pres.received("NOTIFY")]
+    assert notifies[-1] == "SIP/2.0 200 OK" and pres.received("BYE"), pres.describe()  # the parker released
+    assert len(r2.received("INVITE")) == 1, r2.describe()  # 1002 was never re-INVITEd
+    assert r2.received("BYE"), "the retriever's hang-up did not reach 1002"
+    await _retrieved(pbx, t, ("1001", "801", "parked"), ("1002", "701", "retrieved-by-1003"),
+                     ("1002", "1003", "callee-bye"))
+
+
+async def test_caller_parks_the_party_then_is_recalled(pbx, tmp_path):
+    """Side a parks side b and nobody retrieves: after the park timeout (3 s) the caller's
+    extension 1001 is rung, presenting the parked 1002, and answering puts the two together
+    again (1001 hangs up 1.5 s later)."""
+    t = await tenant_with(pbx, "1002")
+    await ivr.put(pbx.config, t.id, "801", NO_INPUT_MENU)
+    await park.save(pbx.config, t.id, "700", {"first": "701", "count": 1, "timeout": 3})
+    p2 = await phone(pbx, tmp_path, t, "1002", "uas_hold_media.xml", keys=dict(RTP, rtp_port=free_rtp_port()))
+    p1 = await phone(pbx, tmp_path, t, "1001", "uas_answer_hangup.xml", variables={"hangup_ms": 1500})
+    try:
+        pres = await dial(pbx, tmp_path, "801", "uac_call_refer.xml", "parker", duration_ms=1500,
+                          keys={"refer_to": f"700@{DOMAIN}"}).run()
+        assert await until(lambda: not pbx.node.service.parking.slots, timeout=10), "never recalled"
+        assert await pbx.wait_idle(timeout=15)
+    finally:
+        r2, r1 = await stop_all(p2, p1)
+    pres.assert_ok()
+    assert pres.received("NOTIFY")[-1].body.strip() == "SIP/2.0 200 OK" and pres.received("BYE")
+    (recall,) = r1.received("INVITE")
+    assert "sip:1002@alpha.example" in recall.header("From"), r1.describe()
+    assert len(r2.received("INVITE")) == 1 and r2.received("BYE"), r2.describe()
     cdrs = sorted(await pbx.wait_cdrs(t.id, 3), key=lambda c: c.start)
     assert [(c.caller, c.callee, c.hangup_cause) for c in cdrs] == [
-        ("1001", "800", "parked"), ("1001", "701", "retrieved-by-1003"), ("1001", "1003", "callee-bye")]
-    assert not pbx.node.service.parking.slots
-    assert await pbx.wait_idle()
+        ("1001", "801", "parked"), ("1002", "701", "park-timeout"), ("1002", "1001", "callee-bye")]
+    assert cdrs[2].start - cdrs[1].start >= 2.9
     assert pbx.node.media.pool.in_use == 0 and not pbx.node.media.endpoints
 
 
@@ -95,10 +177,10 @@ async def test_park_timeout_rings_the_receptionist_again(pbx, tmp_path, answers)
                      keys=dict(RTP, rtp_port=b.port, refer_to=f"700@{DOMAIN}"))
     again = None
     try:
-        run, _ = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 20000})
+        run, _ = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 20000})
         assert await until(lambda: _parked(pbx, (t.id, "701")), timeout=10), "the caller was not parked"
         parked_at = time.monotonic()
-        call = _app_call(pbx)
+        call = app_call(pbx)
         await asyncio.sleep(0.8)  # the parker is released (its BYE after a grace)
         await p2.stop(grace=0.2)  # gone for good before the recall
         again = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "phone-1002-again", user="1002",

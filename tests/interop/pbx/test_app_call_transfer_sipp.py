@@ -11,40 +11,16 @@ import asyncio
 import time
 from urllib.parse import quote
 
-import numpy as np
 import pytest
 
-from node.media.wav import read_wav
-from node.pbx import hold, ivr
-from node.pbx.app_call import AppCall
-from node.pbx.call import CallState
+from node.pbx import ivr
+from tests.interop.pbx._calls import (MENU, NO_INPUT_MENU, RTP, app_call, bridged, free_rtp_port, ivr_caller,
+                                      moh_correlation, plain_call_to, replaces_of, transferor_leaves_early)
 from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, stop_all, tenant_with
-from tests.peers.rtp_peer import RtpPeer, best_correlation, node_media_of, rms, tone_level
+from tests.peers.rtp_peer import RtpPeer, node_media_of, rms, tone_level
 from tests.waiting import until
 
 pytestmark = pytest.mark.interop
-
-MENU = {"prompt": ["menu"], "timeout": 8, "options": {"2": "1002"}}
-RTP = {"rtp_ip": "127.0.0.1"}
-
-
-def _app_call(pbx) -> AppCall | None:
-    return next((c for c in pbx.node.service.calls.values() if isinstance(c, AppCall)), None)
-
-
-def _bridged(pbx) -> bool:
-    c = _app_call(pbx)
-    return c is not None and c.answered_leg is not None and c.b_ep is not None and c.ep.peer is c.b_ep
-
-
-async def _ivr_caller(pbx, tmp_path, peer: RtpPeer, scenario: str = "uac_media_call.xml", **kw):
-    """1001 calls the IVR with ``peer`` as its media, presses 2 once the node answered."""
-    keys = dict(RTP, rtp_port=peer.port, formats="0 101", **kw.pop("keys", {}))
-    run = asyncio.create_task(dial(pbx, tmp_path, "800", scenario, keys=keys, **kw).run())
-    dest = await node_media_of(pbx, peer)
-    await peer.send_digits(dest, "2")
-    return run, dest
-
 
 async def test_receptionist_blind_transfers_ivr_caller(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003")
@@ -54,9 +30,9 @@ async def test_receptionist_blind_transfers_ivr_caller(pbx, tmp_path):
                      keys=dict(RTP, rtp_port=b.port, refer_to=f"1003@{DOMAIN}"))
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_hold_media.xml", keys=dict(RTP, rtp_port=c.port))
     try:
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 5500})
-        assert await until(lambda: (c_ := _app_call(pbx)) is not None and c_.transferred_to == "1003"
-                           and _bridged(pbx), timeout=10), "the transfer to 1003 did not complete"
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 5500})
+        assert await until(lambda: (c_ := app_call(pbx)) is not None and c_.transferred_to == "1003"
+                           and bridged(pbx), timeout=10), "the transfer to 1003 did not complete"
         dest_c = await node_media_of(pbx, c)  # the node's new endpoint facing 1003
         start = time.monotonic()
         await asyncio.gather(a.send_tone(dest_a, 700.0, 2.0), c.send_tone(dest_c, 1200.0, 2.0))
@@ -99,12 +75,12 @@ async def test_blind_transfer_to_busy_target_returns_caller_to_receptionist(pbx,
                      keys=dict(RTP, rtp_port=b.port, refer_to=f"1003@{DOMAIN}"))
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_busy.xml", variables={"busy_ms": 500})
     try:
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 4000})
-        assert await until(lambda: _app_call(pbx) is not None and _app_call(pbx)._refer is not None, timeout=10)
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 4000})
+        assert await until(lambda: app_call(pbx) is not None and app_call(pbx)._refer is not None, timeout=10)
         # the caller hears ringback while 1003 rings (unbridged once the REFER's routing is
         # looked up, which may be a moment after _refer is set; 1003 is busy only after 500 ms)
-        assert await until(lambda: not _bridged(pbx), timeout=5)
-        assert await until(lambda: _bridged(pbx) and _app_call(pbx)._refer is None, timeout=10)
+        assert await until(lambda: not bridged(pbx), timeout=5)
+        assert await until(lambda: bridged(pbx) and app_call(pbx)._refer is None, timeout=10)
         start = time.monotonic()
         await a.send_tone(dest_a, 700.0, 1.2)
         heard_by_b = b.audio(start + 0.3)
@@ -128,9 +104,9 @@ async def test_caller_holds_receptionist_who_hears_music_then_resume(pbx, tmp_pa
     a, b = await RtpPeer.open(), await RtpPeer.open()
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_hold_media.xml", keys=dict(RTP, rtp_port=b.port))
     try:
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, "uac_hold_media.xml", duration_ms=2200)
-        assert await until(lambda: _bridged(pbx), timeout=10)
-        call = _app_call(pbx)
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, "uac_hold_media.xml", duration_ms=2200)
+        assert await until(lambda: bridged(pbx), timeout=10)
+        call = app_call(pbx)
         dest_b = await node_media_of(pbx, b)
         talking = asyncio.gather(a.send_tone(dest_a, 700.0, 6.0), b.send_tone(dest_b, 1200.0, 6.0))
         assert await until(lambda: call.held_by == "a", timeout=10)
@@ -149,8 +125,7 @@ async def test_caller_holds_receptionist_who_hears_music_then_resume(pbx, tmp_pa
     during = b.audio(held_at + 0.2, resumed_at)
     after_b = b.audio(resumed_at + 0.2, resumed_at + 1.3)
     after_a = a.audio(resumed_at + 0.2, resumed_at + 1.3)
-    tune = read_wav(hold.default_file(pbx.node.cfg.data_dir)).astype(np.float64)
-    corr = best_correlation(during[:8000], np.concatenate([tune, tune]))
+    corr = moh_correlation(pbx, during)
     print(f"1002 hears 700 Hz: before {tone_level(before, 700):.3f} during {tone_level(during, 700):.3f} "
           f"after {tone_level(after_b, 700):.3f}; music rms {rms(during):.0f} correlation {corr:.3f}; "
           f"1001 hears 1200 Hz after {tone_level(after_a, 1200):.3f}")
@@ -159,11 +134,6 @@ async def test_caller_holds_receptionist_who_hears_music_then_resume(pbx, tmp_pa
     assert tone_level(during, 700.0) < 0.02  # the holder is not heard meanwhile
     assert tone_level(after_b, 700.0) > 0.5 and tone_level(after_a, 1200.0) > 0.5  # bridged again
     assert await pbx.wait_idle()
-
-
-def _replaces(dialog) -> str:
-    # the dialog as the phone on its far end sees it: its own tag is the to-tag here
-    return f"{dialog.call_id};to-tag={dialog.remote_tag};from-tag={dialog.local_tag}"
 
 
 async def test_attended_transfer_joins_ivr_caller_with_consulted_colleague(pbx, tmp_path):
@@ -176,19 +146,14 @@ async def test_attended_transfer_joins_ivr_caller_with_consulted_colleague(pbx, 
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_hold_media.xml", keys=dict(RTP, rtp_port=c.port))
     try:
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 6000})
-        assert await until(lambda: _bridged(pbx), timeout=10)
-        app = _app_call(pbx)
-        replaces = _replaces(app.answered_leg.dialog)
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 6000})
+        assert await until(lambda: bridged(pbx), timeout=10)
+        app = app_call(pbx)
+        replaces = replaces_of(app.answered_leg.dialog)
         xfer = asyncio.create_task(dial(pbx, tmp_path, "1003", "uac_call_refer.xml", "transferor", user="1002",
                                         duration_ms=500, keys={"refer_to": f"1001@{DOMAIN}?Replaces={quote(replaces, safe='')}"}).run())
-
-        def consult():
-            return next((x for x in pbx.node.service.calls.values()
-                         if not isinstance(x, AppCall) and x.plan.callee == "1003" and x.state is CallState.ANSWERED), None)
-
-        assert await until(lambda: consult() is not None, timeout=10)
-        dest_c = ("127.0.0.1", consult().media.session.leg("b").local_port)  # where 1003 sends
+        assert await until(lambda: plain_call_to(pbx.node, "1003") is not None, timeout=10)
+        dest_c = ("127.0.0.1", plain_call_to(pbx.node, "1003").media.session.leg("b").local_port)  # where 1003 sends
         xres = await asyncio.wait_for(xfer, 30)
         assert await until(lambda: app.transferred_to == "1003" and app.parties is not None
                            and app.parties["b"].number == "1003", timeout=5)
@@ -216,41 +181,29 @@ async def test_attended_transfer_joins_ivr_caller_with_consulted_colleague(pbx, 
     assert pbx.node.media.pool.in_use == 0 and not pbx.node.media.endpoints
 
 
-async def test_caller_side_blind_transfer_and_park_refusal(pbx, tmp_path):
+async def test_caller_side_blind_transfer(pbx, tmp_path):
     """The caller (an extension) reached 1002 through the IVR (no key: no_input goes there)
-    and transfers 1002 to 1003: 1003 is rung as from 1002, referred by 1001. A REFER to a
-    park lot is refused in the final NOTIFY (parking an application call is not supported)
-    and the call goes on."""
-    from node.pbx import park
-
+    and transfers 1002 to 1003: 1003 is rung as from 1002, referred by 1001. (The caller
+    parking 1002: tests/interop/pbx/test_app_call_park_sipp.py.)"""
     t = await tenant_with(pbx, "1002", "1003")
-    await ivr.put(pbx.config, t.id, "801", {"prompt": [], "timeout": 0.5, "options": {"2": "1002"},
-                                            "no_input": {"type": "extension", "value": "1002"}})
-    await park.save(pbx.config, t.id, "700", {"first": "701", "count": 3})
+    await ivr.put(pbx.config, t.id, "801", NO_INPUT_MENU)
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_answer_hangup.xml", variables={"hangup_ms": 800})
     try:
-        parked = await dial(pbx, tmp_path, "801", "uac_call_refer.xml", "park", duration_ms=2000,
-                            keys={"refer_to": f"700@{DOMAIN}"}).run()
-        parked.assert_ok()
-        assert await pbx.wait_idle()
         ok = await dial(pbx, tmp_path, "801", "uac_call_refer.xml", "ok", duration_ms=2000,
                         keys={"refer_to": f"1003@{DOMAIN}"}).run()
         ok.assert_ok()
         await asyncio.sleep(1.5)
     finally:
         r2, r3 = await stop_all(p2, p3)
-    final = parked.received("NOTIFY")[-1].body
-    assert final.startswith("SIP/2.0 488") and "parking" in final, final
-    assert parked.sent("BYE") and not parked.received("BYE")
     assert ok.received("NOTIFY")[-1].body.strip() == "SIP/2.0 200 OK" and ok.received("BYE")
     inv3 = r3.received("INVITE")
     assert len(inv3) == 1 and "sip:1002@alpha.example" in inv3[0].header("From"), r3.describe()
     assert "1001" in (inv3[0].header("Referred-By") or "")
-    assert len(r2.received("BYE")) == 2, "1002 did not get the target's hang-up"
-    cdrs = sorted(await pbx.wait_cdrs(t.id, 3), key=lambda c: c.start)
+    assert len(r2.received("BYE")) == 1, "1002 did not get the target's hang-up"
+    cdrs = sorted(await pbx.wait_cdrs(t.id, 2), key=lambda c: c.start)
     assert [(c.caller, c.callee, c.hangup_cause) for c in cdrs] == [
-        ("1001", "801", "caller-bye"), ("1001", "801", "blind-transfer"), ("1002", "1003", "callee-bye")]
+        ("1001", "801", "blind-transfer"), ("1002", "1003", "callee-bye")]
     assert await pbx.wait_idle()
 
 
@@ -264,19 +217,17 @@ async def test_attended_refer_in_the_ivr_dialog_joins_consultation_call(pbx, tmp
     consult = asyncio.create_task(dial(pbx, tmp_path, "1003", "uac_call_remote_bye.xml", "consult", user="1002").run())
 
     def call2():
-        return next((x for x in pbx.node.service.calls.values()
-                     if not isinstance(x, AppCall) and x.plan.callee == "1003" and x.state is CallState.ANSWERED), None)
+        return plain_call_to(pbx.node, "1003")
 
     p2 = None
     try:
         assert await until(lambda: call2() is not None, timeout=10)
-        d = call2().a_dialog  # as 1002 sees it: the node's tag is the to-tag
-        replaces = f"{d.call_id};to-tag={d.local_tag};from-tag={d.remote_tag}"
+        replaces = replaces_of(call2().a_dialog, node_placed=False)
         dest_c = ("127.0.0.1", call2().media.session.leg("b").local_port)
         p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer_reinvites.xml",
                          keys=dict(RTP, rtp_port=free_rtp_port(), refer_to=f"1003@{DOMAIN}?Replaces={quote(replaces, safe='')}"))
-        run, dest_a = await _ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 6000})
-        assert await until(lambda: (x := _app_call(pbx)) is not None and x.transferred_to == "1003"
+        run, dest_a = await ivr_caller(pbx, tmp_path, a, keys={"hold_ms": 6000})
+        assert await until(lambda: (x := app_call(pbx)) is not None and x.transferred_to == "1003"
                            and x.parties is not None, timeout=10), "the join did not happen"
         assert call2() is None
         start = time.monotonic()
@@ -302,37 +253,11 @@ async def test_attended_refer_in_the_ivr_dialog_joins_consultation_call(pbx, tmp
     assert pbx.node.media.pool.in_use == 0 and not pbx.node.media.endpoints
 
 
-def free_rtp_port() -> int:
-    from tests.peers.net import free_port
-
-    return free_port("127.0.0.1")
-
-
 async def test_transferor_leaving_early_then_target_answers_or_is_busy(pbx, tmp_path):
     """The transferor hangs up right after the 202 (RFC 5589 §6.1): the transferee still
     reaches an answering target; a busy one leaves nobody to go back to, so the transferee
     is released (CDR transfer-failed-486), as for plain calls."""
     t = await tenant_with(pbx, "1002", "1003", "1004")
-    await ivr.put(pbx.config, t.id, "801", {"prompt": [], "timeout": 0.5, "options": {"2": "1002"},
-                                            "no_input": {"type": "extension", "value": "1002"}})
-    p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
-    p3 = await phone(pbx, tmp_path, t, "1003", "uas_answer_hangup.xml", variables={"hangup_ms": 800})
-    p4 = await phone(pbx, tmp_path, t, "1004", "uas_busy.xml", variables={"busy_ms": 500})
-    try:
-        ok = await dial(pbx, tmp_path, "801", "uac_call_refer_bye.xml", "ok", duration_ms=2000,
-                        keys={"refer_to": f"1003@{DOMAIN}"}, extra_args=("-aa",)).run()
-        ok.assert_ok()
-        await asyncio.sleep(1.5)
-        assert await pbx.wait_idle()
-        gone = await dial(pbx, tmp_path, "801", "uac_call_refer_bye.xml", "busy", duration_ms=2000,
-                          keys={"refer_to": f"1004@{DOMAIN}"}, extra_args=("-aa",)).run()
-        gone.assert_ok()
-        assert await pbx.wait_idle()
-    finally:
-        r2, r3, r4 = await stop_all(p2, p3, p4)
-    assert len(r3.received("INVITE")) == 1 and len(r4.received("INVITE")) == 1
-    assert len(r2.received("BYE")) == 2, "1002 was not released after the target hung up / was busy"
-    cdrs = sorted(await pbx.wait_cdrs(t.id, 3), key=lambda c: c.start)
-    assert [(c.caller, c.callee, c.hangup_cause) for c in cdrs] == [
-        ("1001", "801", "blind-transfer"), ("1002", "1003", "callee-bye"), ("1001", "801", "transfer-failed-486")]
+    await ivr.put(pbx.config, t.id, "801", NO_INPUT_MENU)
+    await transferor_leaves_early(pbx, tmp_path, t, "801", 2000)
     assert pbx.node.media.pool.in_use == 0 and not pbx.node.media.endpoints

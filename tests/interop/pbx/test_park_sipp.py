@@ -11,10 +11,8 @@ import pytest
 
 from node.media import g711
 from node.pbx import feature_objects
-from tests.interop.pbx.test_feature_codes_sipp import _Rtp
-from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, pw, stop_all, tenant_with
-from tests.peers.net import free_port
-from tests.peers.sipp import Sipp
+from tests.interop.pbx._calls import RTP, RawRtp
+from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, stop_all, tenant_with
 
 pytestmark = pytest.mark.interop
 
@@ -23,13 +21,8 @@ async def test_park_and_retrieve_from_another_phone(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003")
     await feature_objects.save(pbx.config, t.id, "park", "700", {"first": "701", "count": 3, "timeout": 30})
     parker = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer.xml", keys={"refer_to": f"700@{DOMAIN}"})
-    loop = asyncio.get_running_loop()
-    rtp_port = free_port("127.0.0.1")
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
-    caller = Sipp("uac_call_remote_bye_rtp.xml", pbx.target, workdir=tmp_path / "caller", service="1002",
-                  user="1001", domain=DOMAIN, auth_user="1001", auth_password=pw("1001"), timeout=30,
-                  keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port})
+    listener = await RawRtp.open()
+    caller = dial(pbx, tmp_path, "1002", "uac_call_remote_bye_rtp.xml", keys=dict(RTP, rtp_port=listener.port))
     await caller.start()
     try:
         for _ in range(100):  # until the call is parked
@@ -46,7 +39,7 @@ async def test_park_and_retrieve_from_another_phone(pbx, tmp_path):
         retriever.assert_ok()
         cres = await caller.wait()
     finally:
-        transport.close()
+        listener.close()
         (pres,) = await stop_all(parker)
     cres.assert_ok()
     assert pres.received("NOTIFY")[-1].body.strip() == "SIP/2.0 200 OK" and pres.received("BYE")

@@ -8,50 +8,38 @@ caller's *1 works as in a plain call."""
 from __future__ import annotations
 
 import asyncio
-import wave
 
 import numpy as np
 import pytest
 
 from node.pbx import ivr, queue_calls, recording
+from tests.interop.pbx._calls import LOOP, rtp_keys
+from tests.interop.pbx.test_hunt_groups_sipp import dial, phone, tenant_with
+from tests.interop.pbx.test_recording_sipp import _read_stereo
 from tests.peers.rtp_peer import RtpPeer, node_media_of, tone_level
-from tests.peers.sipp import Sipp, sipp_phone
 from tests.waiting import until
 
 pytestmark = pytest.mark.interop
 
-DOMAIN = "alpha.example"
-PW1, PW2 = "pw-1001-secret", "pw-1002-secret"
 MENU = {"intro": [], "prompt": ["menu"], "timeout": 8, "options": {"2": "1002"}}  # the menu takes keys at once
-
-
-def _read_stereo(path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
 
 
 async def _ivr_call(pbx, tmp_path, t, a: RtpPeer, b: RtpPeer, seconds: float, *, service: str = "800",
                     digits: str = "2", talk=None):
     """1001 dials ``service`` (the IVR 800) and presses ``digits``; once 1002 answers, both
     send their tone for ``seconds`` (or ``talk(to_node, to_b_ep)`` runs)."""
-    callee = sipp_phone(pbx.target, user="1002", password=PW2, domain=DOMAIN, answer_with="uas_hold_media.xml",
-                        registered_ms=20000, workdir=tmp_path / "phone", keys={"rtp_ip": "127.0.0.1", "rtp_port": b.port})
-    await callee.start()
-    assert await pbx.wait_registered(t.id, "1002")
+    callee = await phone(pbx, tmp_path, t, "1002", "uas_hold_media.xml", keys=rtp_keys(b))
     calls = pbx.node.service.calls
     try:
-        caller = asyncio.create_task(Sipp(
-            "uac_media_call.xml", pbx.target, workdir=tmp_path / "caller", service=service, user="1001",
-            domain=DOMAIN, auth_user="1001", auth_password=PW1, timeout=30,
-            keys={"rtp_ip": "127.0.0.1", "rtp_port": a.port, "formats": "0 101", "hold_ms": int(seconds * 1000) + 3000}).run())
+        caller = asyncio.create_task(dial(pbx, tmp_path, service, "uac_media_call.xml", keys=rtp_keys(
+            a, formats="0 101", hold_ms=int(seconds * 1000) + 3000)).run())
         to_node = await node_media_of(pbx, a)
         if digits:
             await a.send_digits(to_node, digits)
         assert await until(lambda: any(getattr(c, "answered_leg", None) is not None for c in list(calls.values())))
         call = next(iter(calls.values()))
         assert call.b_ep is not None and call.ep.peer is call.b_ep  # bridged in the media engine
-        to_b_ep = ("127.0.0.1", call.b_ep.local_port)
+        to_b_ep = (LOOP, call.b_ep.local_port)
         if talk is None:
             await asyncio.gather(a.send_tone(to_node, 600.0, seconds), b.send_tone(to_b_ep, 1100.0, seconds))
         else:
@@ -68,9 +56,7 @@ async def _ivr_call(pbx, tmp_path, t, a: RtpPeer, b: RtpPeer, seconds: float, *,
 
 
 async def _tenant(pbx):
-    t = await pbx.tenant("alpha", DOMAIN)
-    await pbx.config.create_extension(t.id, "1001", PW1)
-    await pbx.config.create_extension(t.id, "1002", PW2)
+    t = await tenant_with(pbx, "1002")
     await ivr.put(pbx.config, t.id, "800", MENU)
     return t
 

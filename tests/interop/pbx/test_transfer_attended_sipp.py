@@ -11,45 +11,22 @@ from urllib.parse import quote
 import pytest
 
 from node.pbx.call import CallState
-from tests.interop.pbx.test_feature_codes_sipp import _Rtp
-from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, pw, stop_all, tenant_with
-from tests.peers.net import free_port
-from tests.peers.sipp import Sipp
+from tests.interop.pbx._calls import RTP, RawRtp, call_to, replaces_of
+from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, stop_all, tenant_with
 
 pytestmark = pytest.mark.interop
-
-
-async def _call_to(pbx, callee: str, state: CallState, timeout: float = 5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        for call in pbx.node.service.calls.values():
-            if call.plan.callee == callee and call.state is state:
-                return call
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {state.value} call to {callee}")
-
-
-def _replaces(dialog) -> str:
-    # the dialog as the phone on its far end sees it: its own tag is the to-tag here
-    return f"{dialog.call_id};to-tag={dialog.remote_tag};from-tag={dialog.local_tag}"
 
 
 async def test_attended_transfer_joins_the_other_two(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003")
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_answer_hangup.xml", variables={"hangup_ms": 3000}, rtp_echo=True)
-    loop = asyncio.get_running_loop()
-    rtp_port = free_port("127.0.0.1")
-    listener = _Rtp()
-    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=("127.0.0.1", rtp_port))
-    caller = Sipp("uac_call_remote_bye_rtp.xml", pbx.target, workdir=tmp_path / "caller", service="1002",
-                  user="1001", domain=DOMAIN, auth_user="1001", auth_password=pw("1001"), timeout=30,
-                  keys={"rtp_ip": "127.0.0.1", "rtp_port": rtp_port})
+    listener = await RawRtp.open()
+    caller = dial(pbx, tmp_path, "1002", "uac_call_remote_bye_rtp.xml", keys=dict(RTP, rtp_port=listener.port))
     await caller.start()
     try:
-        call1 = await _call_to(pbx, "1002", CallState.ANSWERED)
-        replaces = _replaces(call1.answered_leg.dialog)
+        call1 = await call_to(pbx, "1002", CallState.ANSWERED)
+        replaces = replaces_of(call1.answered_leg.dialog)
         relay_port = call1.media.session.leg("a").local_port  # where 1001 sends its audio, always
         xfer = await dial(pbx, tmp_path, "1003", "uac_call_refer.xml", "transferor", user="1002", duration_ms=300,
                           keys={"refer_to": f"1001@{DOMAIN}?Replaces={quote(replaces, safe='')}"}).run()
@@ -60,13 +37,13 @@ async def test_attended_transfer_joins_the_other_two(pbx, tmp_path):
         for seq in range(15):
             pkt = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") + b"\x00\x00\x12\x34" + bytes([seq]) * 160
             sent.append(pkt)
-            transport.sendto(pkt, ("127.0.0.1", relay_port))
+            listener.transport.sendto(pkt, ("127.0.0.1", relay_port))
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
         echoed = [p for p in listener.packets if p[12:] in {s[12:] for s in sent}]
         cres = await caller.wait()
     finally:
-        transport.close()
+        listener.close()
         r2, r3 = await stop_all(p2, p3)
     assert len(echoed) >= 10, f"only {len(echoed)} of 15 packets came back from 1003 through the joined call"
     cres.assert_ok()
@@ -89,8 +66,8 @@ async def test_invite_with_replaces_takes_over_answered_and_ringing_dialogs(pbx,
     caller = dial(pbx, tmp_path, "1002", "uac_call_remote_bye.xml", "caller")
     await caller.start()
     try:
-        call = await _call_to(pbx, "1002", CallState.ANSWERED)
-        replaces = _replaces(call.answered_leg.dialog)
+        call = await call_to(pbx, "1002", CallState.ANSWERED)
+        replaces = replaces_of(call.answered_leg.dialog)
         bogus = await dial(pbx, tmp_path, "1002", "uac_call_replaces.xml", "bogus", user="1003",
                            keys={"replaces": "nosuchcall;to-tag=1;from-tag=2"}, duration_ms=100).run()
         assert bogus.received(481) and not bogus.ok
@@ -112,7 +89,7 @@ async def test_invite_with_replaces_takes_over_answered_and_ringing_dialogs(pbx,
     caller = dial(pbx, tmp_path, "1002", "uac_call_remote_bye.xml", "caller2")
     await caller.start()
     try:
-        ringing = await _call_to(pbx, "1002", CallState.RINGING)
+        ringing = await call_to(pbx, "1002", CallState.RINGING)
         await asyncio.sleep(0.3)
         leg = ringing.legs[0]
         did = f"{leg.invite.call_id};to-tag=x;from-tag={leg.invite.from_.tag}"

@@ -14,35 +14,29 @@ from urllib.parse import quote
 import pytest
 
 from node.pbx.call import CallState
-from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, pw, stop_all, tenant_with
+from tests.interop.pbx._calls import (answered_call_with, assert_held_then_resumed, ringing_consultation, stop_all,
+                                      stop_running)
+from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, pw, tenant_with
 from tests.peers.rtp_peer import RtpPeer, rms, tone_level
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
 
 
-async def _ringing_consultation(pbx, callee: str, timeout: float = 8.0):
-    """The consultation call once its 180 reached the transferor: the early dialog id as the
-    transferor's phone sees it (its from-tag, the node's to-tag)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        for call in pbx.node.service.calls.values():
-            if call.plan.callee == callee and call.state is CallState.RINGING and call.ringing_sent:
-                return call, f"{call.invite.call_id};to-tag={call.a_tag};from-tag={call.invite.from_.tag}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no ringing call to {callee}")
+def _consultation(pbx, tmp_path, scenario: str = "uac_call_expect_error.xml", **kw) -> Sipp:
+    """1002's consultation call to 1003, which ends 487 when its early dialog is replaced."""
+    if scenario == "uac_call_expect_error.xml":
+        kw.setdefault("variables", {"expected": 487})
+    return dial(pbx, tmp_path, "1003", scenario, "consult", user="1002", **kw)
 
 
-async def _answered_call_with(pbx, number: str, timeout: float = 8.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        for call in pbx.node.service.calls.values():
-            if call.state is CallState.ANSWERED and call.caller.number == "1001" and call.plan.callee == number:
-                return call
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"1001 is not talking to {number}")
+async def _ends_with(pbx, t, cdrs: list[tuple[str, str, str]]) -> None:
+    """The tenant's CDRs are ``cdrs`` (caller, callee, hangup cause), then nothing of the
+    calls is left: no call, no relay session."""
+    got = await pbx.wait_cdrs(t.id, len(cdrs))
+    assert sorted((c.caller, c.callee, c.hangup_cause) for c in got) == sorted(cdrs)
+    assert await pbx.wait_idle()
+    await _no_relays_left(pbx)
 
 
 async def _no_relays_left(pbx, timeout: float = 5.0) -> None:
@@ -52,6 +46,14 @@ async def _no_relays_left(pbx, timeout: float = 5.0) -> None:
     while pbx.node.relay.session_count and loop.time() < deadline:
         await asyncio.sleep(0.05)
     assert pbx.node.relay.session_count == 0, "an RTP relay session outlived the calls"
+
+
+async def _referring_transferor(pbx, tmp_path, t, scenario: str, **kw) -> Sipp:
+    """1002's phone once its consultation call to 1003 rings: answering 1001's call with
+    ``scenario``, it REFERs 1001 to 1003 with Replaces naming that early dialog."""
+    _, did = await ringing_consultation(pbx, "1003")
+    return await phone(pbx, tmp_path, t, "1002", scenario,
+                       keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"}, **kw)
 
 
 def _transferee(pbx, tmp_path, peer: RtpPeer) -> Sipp:
@@ -72,19 +74,17 @@ async def test_early_replaces_hands_the_ringing_target_to_the_transferee(pbx, tm
     # 1003 rings 3.5 s, answers, echoes what it gets, hangs up 2 s later
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_ring_answer_hangup.xml", rtp_echo=True,
                      variables={"ring_ms": 3500, "hangup_ms": 2000})
-    consult = dial(pbx, tmp_path, "1003", "uac_call_expect_error.xml", "consult", user="1002",
-                   variables={"expected": 487})
+    consult = _consultation(pbx, tmp_path)
     await consult.start()
     peer = await RtpPeer.open()
     transferee = p2 = None
     try:
-        _, did = await _ringing_consultation(pbx, "1003")
         scenario = "uas_answer_refer.xml" if transferor == "stays" else "uas_answer_refer_leave.xml"
-        p2 = await phone(pbx, tmp_path, t, "1002", scenario, variables={"hangup_ms": 0} if transferor == "leaves" else None,
-                         keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"})
+        p2 = await _referring_transferor(pbx, tmp_path, t, scenario,
+                                         variables={"hangup_ms": 0} if transferor == "leaves" else None)
         transferee = _transferee(pbx, tmp_path, peer)
         await transferee.start()
-        call1 = await _answered_call_with(pbx, "1002")
+        call1 = await answered_call_with(pbx, "1002")
         relay_port = call1.media.session.leg("a").local_port  # where 1001 sends its audio, always
         # the REFER arrives 0.5 s after the answer: wait for the ringback, listen 1.5 s of it
         loop = asyncio.get_running_loop()
@@ -96,7 +96,7 @@ async def test_early_replaces_hands_the_ringing_target_to_the_transferee(pbx, tm
         await asyncio.sleep(1.5)
         ringback = peer.audio(since + 0.2, time.monotonic())
         # 1003 answers: 1001's audio reaches it and comes back (echo), through both relays
-        call1 = await _answered_call_with(pbx, "1003")
+        call1 = await answered_call_with(pbx, "1003")
         await asyncio.sleep(0.3)
         mark = time.monotonic()
         await peer.send_tone(("127.0.0.1", relay_port), 1000, 0.6)
@@ -105,13 +105,9 @@ async def test_early_replaces_hands_the_ringing_target_to_the_transferee(pbx, tm
         cres = await transferee.wait()
         consult_res = await consult.wait()
     finally:
-        if transferee is not None and transferee.running:
-            await transferee.stop()
         peer.close()
-        r3, = await stop_all(p3)
-        if consult.running:
-            await consult.stop()
-        r2 = await p2.stop() if p2 is not None else None
+        await stop_running(transferee, consult)
+        r3, r2 = await stop_all(p3, p2)
     level, l440, l480 = _ringback(ringback)
     print(f"ringback: rms {level:.0f}, 440 Hz {l440:.2f}, 480 Hz {l480:.2f}; echo rms {rms(echoed):.0f},"
           f" 1 kHz {tone_level(echoed, 1000):.2f}")
@@ -145,68 +141,48 @@ async def test_held_transferee_is_taken_off_hold_when_the_target_answers(pbx, tm
     port); not before, while the target still rings."""
     t = await tenant_with(pbx, "1002", "1003")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_ring_answer_hangup.xml", variables={"ring_ms": 3000, "hangup_ms": 1200})
-    consult = dial(pbx, tmp_path, "1003", "uac_call_expect_error.xml", "consult", user="1002",
-                   variables={"expected": 487})
+    consult = _consultation(pbx, tmp_path)
     await consult.start()
     p2 = None
     try:
-        _, did = await _ringing_consultation(pbx, "1003")
-        p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_hold_refer.xml",
-                         keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"})
+        p2 = await _referring_transferor(pbx, tmp_path, t, "uas_answer_hold_refer.xml")
         caller = await dial(pbx, tmp_path, "1002", "uac_call_remote_bye_reinvites.xml", "transferee").run()
         consult_res = await consult.wait()
     finally:
-        if consult.running:
-            await consult.stop()
-        r3, = await stop_all(p3)
-        r2 = await p2.stop() if p2 is not None else None
+        await stop_running(consult)
+        r3, r2 = await stop_all(p3, p2)
     caller.assert_ok()
     consult_res.assert_ok()
     assert [m.body.strip() for m in r2.received("NOTIFY")][-1] == "SIP/2.0 200 OK" and r2.received("BYE")
-    answer = [m for m in caller.received(200) if m.method == "INVITE"][0]
+    assert_held_then_resumed(caller)
     reinvites = caller.received("INVITE")
-    assert len(reinvites) == 2, caller.describe()
-    assert "a=sendonly" in reinvites[0].body  # the hold, forwarded
-    assert "a=sendrecv" in reinvites[1].body and "a=sendonly" not in reinvites[1].body  # the resume
-    port = lambda body: [ln for ln in body.splitlines() if ln.startswith("m=audio")][0].split()[1]  # noqa: E731
-    assert port(reinvites[1].body) == port(answer.body), "the resume moved the transferee off its relay port"
     target_ok = [m for m in r3.sent(200) if "INVITE" in (m.header("CSeq") or "")][0]
     assert reinvites[1].at >= target_ok.at, "the transferee was taken off hold while the target still rang"
     assert len(r3.received("INVITE")) == 1
-    cdrs = await pbx.wait_cdrs(t.id, 3)
-    assert sorted((c.caller, c.callee, c.hangup_cause) for c in cdrs) == [
+    await _ends_with(pbx, t, [
         ("1001", "1002", "semi-attended-transfer"), ("1001", "1003", "callee-bye"),
-        ("1002", "1003", "semi-attended-transfer")]
-    assert await pbx.wait_idle()
-    await _no_relays_left(pbx)
+        ("1002", "1003", "semi-attended-transfer")])
 
 
 async def test_target_never_answers_the_transferor_is_called_back(pbx, tmp_path):
     t = await tenant_with(pbx, "1002", "1003", ring_timeout=4)
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_noanswer.xml")
-    consult = dial(pbx, tmp_path, "1003", "uac_call_expect_error.xml", "consult", user="1002",
-                   variables={"expected": 487})
+    consult = _consultation(pbx, tmp_path)
     await consult.start()
     peer = await RtpPeer.open()
     transferee = p2 = None
     try:
-        _, did = await _ringing_consultation(pbx, "1003")
         # 1002 REFERs and hangs up at once; when called back it answers and hangs up 1.5 s later
-        p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer_leave.xml", variables={"hangup_ms": 1500},
-                         keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"})
+        p2 = await _referring_transferor(pbx, tmp_path, t, "uas_answer_refer_leave.xml", variables={"hangup_ms": 1500})
         transferee = _transferee(pbx, tmp_path, peer)
         await transferee.start()
-        await _answered_call_with(pbx, "1002")
+        await answered_call_with(pbx, "1002")
         cres = await transferee.wait()
         consult_res = await consult.wait()
     finally:
-        if transferee is not None and transferee.running:
-            await transferee.stop()
         peer.close()
-        r3, = await stop_all(p3)
-        if consult.running:
-            await consult.stop()
-        r2 = await p2.stop() if p2 is not None else None
+        await stop_running(transferee, consult)
+        r3, r2 = await stop_all(p3, p2)
     cres.assert_ok()
     consult_res.assert_ok()
     assert len(r3.received("INVITE")) == 1 and r3.received("CANCEL"), "the target's fork was not rung out and cancelled"
@@ -220,12 +196,9 @@ async def test_target_never_answers_the_transferor_is_called_back(pbx, tmp_path)
     heard = peer.audio()
     assert rms(heard) > 300 and tone_level(heard, 440) > 0.2, "the transferee sat in silence"
     assert cres.received("BYE")
-    cdrs = await pbx.wait_cdrs(t.id, 3)
-    assert sorted((c.caller, c.callee, c.hangup_cause) for c in cdrs) == [
+    await _ends_with(pbx, t, [
         ("1001", "1002", "callee-bye"), ("1001", "1002", "transfer-recall"),
-        ("1002", "1003", "semi-attended-transfer")]
-    assert await pbx.wait_idle()
-    await _no_relays_left(pbx)
+        ("1002", "1003", "semi-attended-transfer")])
 
 
 async def test_target_never_answers_a_transferor_still_there_keeps_the_call(pbx, tmp_path):
@@ -235,17 +208,15 @@ async def test_target_never_answers_a_transferor_still_there_keeps_the_call(pbx,
     t = await tenant_with(pbx, "1002", "1003", ring_timeout=5)
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_noanswer.xml")
     p1 = await phone(pbx, tmp_path, t, "1001", "uas_answer.xml")
-    consult = dial(pbx, tmp_path, "1003", "uac_call_expect_error.xml", "consult", user="1002",
-                   variables={"expected": 487})
+    consult = _consultation(pbx, tmp_path)
     await consult.start()
     try:
-        _, did = await _ringing_consultation(pbx, "1003")
+        _, did = await ringing_consultation(pbx, "1003")
         xfer = await dial(pbx, tmp_path, "1001", "uac_call_refer.xml", "transferor", user="1002", duration_ms=300,
                           keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"}).run()
         consult_res = await consult.wait()
     finally:
-        if consult.running:
-            await consult.stop()
+        await stop_running(consult)
         r3, r1 = await stop_all(p3, p1)
     xfer.assert_ok()
     consult_res.assert_ok()
@@ -254,11 +225,8 @@ async def test_target_never_answers_a_transferor_still_there_keeps_the_call(pbx,
     assert notifies[-1].startswith("SIP/2.0 480"), notifies
     assert xfer.sent("BYE") and r1.received("BYE"), "the transferor's hang-up did not end the call"
     assert len(r3.received("INVITE")) == 1 and r3.received("CANCEL")
-    cdrs = await pbx.wait_cdrs(t.id, 2)
-    assert sorted((c.caller, c.callee, c.hangup_cause) for c in cdrs) == [
-        ("1002", "1001", "caller-bye"), ("1002", "1003", "semi-attended-transfer")]
-    assert await pbx.wait_idle()
-    await _no_relays_left(pbx)
+    await _ends_with(pbx, t, [
+        ("1002", "1001", "caller-bye"), ("1002", "1003", "semi-attended-transfer")])
 
 
 async def test_transferee_hangs_up_while_the_target_rings(pbx, tmp_path):
@@ -266,30 +234,22 @@ async def test_transferee_hangs_up_while_the_target_rings(pbx, tmp_path):
     recalled, and nothing of either call stays behind."""
     t = await tenant_with(pbx, "1002", "1003")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_noanswer.xml")
-    consult = dial(pbx, tmp_path, "1003", "uac_call_expect_error.xml", "consult", user="1002",
-                   variables={"expected": 487})
+    consult = _consultation(pbx, tmp_path)
     await consult.start()
     p2 = None
     try:
-        _, did = await _ringing_consultation(pbx, "1003")
-        p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer_leave.xml", variables={"hangup_ms": 0},
-                         keys={"refer_to": f"1003@{DOMAIN}?Replaces={quote(did, safe='')}"})
+        p2 = await _referring_transferor(pbx, tmp_path, t, "uas_answer_refer_leave.xml", variables={"hangup_ms": 0})
         caller = await dial(pbx, tmp_path, "1002", "uac_call.xml", "transferee", duration_ms=2500).run()
         consult_res = await consult.wait()
     finally:
-        if consult.running:
-            await consult.stop()
-        r3, = await stop_all(p3)
-        r2 = await p2.stop() if p2 is not None else None
+        await stop_running(consult)
+        r3, r2 = await stop_all(p3, p2)
     caller.assert_ok()
     consult_res.assert_ok()
     assert len(r3.received("INVITE")) == 1 and r3.received("CANCEL"), "the target kept ringing for nobody"
     assert len(r2.received("INVITE")) == 1 and r2.sent("BYE"), "the transferor was called back for nobody"
-    cdrs = await pbx.wait_cdrs(t.id, 2)
-    assert sorted((c.caller, c.callee, c.hangup_cause) for c in cdrs) == [
-        ("1001", "1002", "caller-bye"), ("1002", "1003", "semi-attended-transfer")]
-    assert await pbx.wait_idle()
-    await _no_relays_left(pbx)
+    await _ends_with(pbx, t, [
+        ("1001", "1002", "caller-bye"), ("1002", "1003", "semi-attended-transfer")])
 
 
 async def test_cancel_then_blind_refer_rings_the_target_once_at_a_time(pbx, tmp_path):
@@ -299,10 +259,10 @@ async def test_cancel_then_blind_refer_rings_the_target_once_at_a_time(pbx, tmp_
     t = await tenant_with(pbx, "1002", "1003")
     p3 = await phone(pbx, tmp_path, t, "1003", "uas_cancel_or_answer.xml")
     p2 = await phone(pbx, tmp_path, t, "1002", "uas_answer_refer.xml", keys={"refer_to": f"1003@{DOMAIN}"})
-    consult = dial(pbx, tmp_path, "1003", "uac_cancel.xml", "consult", user="1002", duration_ms=800)
+    consult = _consultation(pbx, tmp_path, "uac_cancel.xml", duration_ms=800)
     await consult.start()
     try:
-        call2, _ = await _ringing_consultation(pbx, "1003")
+        call2, _ = await ringing_consultation(pbx, "1003")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 8
         while call2.state is not CallState.ENDED and loop.time() < deadline:

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from tests.interop.pbx._calls import assert_held_then_resumed, transferor_leaves_early
 from tests.interop.pbx.test_hunt_groups_sipp import DOMAIN, dial, phone, stop_all, tenant_with
 
 pytestmark = pytest.mark.interop
@@ -106,13 +107,7 @@ async def test_transfer_of_a_held_caller_takes_it_off_hold(pbx, tmp_path):
     finally:
         r2, r3 = await stop_all(transferor, target)
     assert r2.received("NOTIFY")[-1].body.strip() == "SIP/2.0 200 OK" and r2.received("BYE"), r2.describe()
-    answer = [m for m in caller.received(200) if m.method == "INVITE"][0]
-    reinvites = caller.received("INVITE")
-    assert len(reinvites) == 2, caller.describe()
-    assert "a=sendonly" in reinvites[0].body  # the hold, forwarded
-    assert "a=sendrecv" in reinvites[1].body and "a=sendonly" not in reinvites[1].body  # the resume
-    port = lambda body: [ln for ln in body.splitlines() if ln.startswith("m=audio")][0].split()[1]  # noqa: E731
-    assert port(reinvites[1].body) == port(answer.body), "the resume moved the caller off its relay port"
+    assert_held_then_resumed(caller)
     assert len(r3.received("INVITE")) == 1
     cdrs = sorted(await pbx.wait_cdrs(t.id, 2), key=lambda c: c.start)
     assert [(c.callee, c.hangup_cause) for c in cdrs] == [("1002", "blind-transfer"), ("1003", "callee-bye")]
@@ -124,28 +119,4 @@ async def test_transferor_leaving_early_and_busy_target(pbx, tmp_path):
     when the target is busy instead, nobody is left to take the call back and the transferee
     is released."""
     t = await tenant_with(pbx, "1002", "1003", "1004")
-    callee = await phone(pbx, tmp_path, t, "1002", "uas_answer.xml")
-    target = await phone(pbx, tmp_path, t, "1003", "uas_answer_hangup.xml", variables={"hangup_ms": 800})
-    # busy after 500 ms: the transferor's BYE (sent right after the first NOTIFY) must go out
-    # before the final NOTIFY arrives, or SIPp, busy sending, aborts on the NOTIFY
-    busy = await phone(pbx, tmp_path, t, "1004", "uas_busy.xml", variables={"busy_ms": 500})
-    try:
-        # -aa: a refer NOTIFY that arrives while SIPp is about to send its BYE is answered
-        # 200 instead of aborting the scenario (the node's NOTIFYs race the transferor's BYE)
-        ok = await dial(pbx, tmp_path, "1002", "uac_call_refer_bye.xml", "ok", duration_ms=300,
-                        keys={"refer_to": f"1003@{DOMAIN}"}, extra_args=("-aa",)).run()
-        ok.assert_ok()
-        await asyncio.sleep(1.5)
-        assert await pbx.wait_idle()
-        gone = await dial(pbx, tmp_path, "1002", "uac_call_refer_bye.xml", "busy", duration_ms=300,
-                          keys={"refer_to": f"1004@{DOMAIN}"}, extra_args=("-aa",)).run()
-        gone.assert_ok()
-        assert await pbx.wait_idle()
-    finally:
-        r2, r3, r4 = await stop_all(callee, target, busy)
-    assert len(r3.received("INVITE")) == 1 and len(r4.received("INVITE")) == 1
-    assert len(r2.received("BYE")) == 2, "1002 was not released after the target hung up / was busy"
-    cdrs = sorted(await pbx.wait_cdrs(t.id, 3), key=lambda c: c.start)
-    assert [(c.caller, c.callee, c.hangup_cause) for c in cdrs] == [
-        ("1001", "1002", "blind-transfer"), ("1002", "1003", "callee-bye"),
-        ("1001", "1002", "transfer-failed-486")]
+    await transferor_leaves_early(pbx, tmp_path, t, "1002", 300)
