@@ -37,6 +37,8 @@ TOML layout (every key optional except the node list, unless etcd is configured)
 
     [etcd]                          # node list from cluster membership instead of [[nodes]]
     endpoints = ["127.0.0.1:2379"]
+    host_id = "sbc-1"               # this host in the tenants' shared counts (default: hostname)
+    limits_ttl = 10                 # seconds a dead host's live calls still count
 
     [protection]                    # handed to sbc.protection.Guard
     [media]                         # handed to sbc.media.MediaAnchor
@@ -129,6 +131,11 @@ class SbcConfig:
     keepalive_interval: float = 25.0
     etcd_endpoints: tuple[str, ...] = ()
     etcd_prefix: str = "/hivepbx/"
+    #: this SBC host in the tenants' cross-host counts (sbc/protection/cluster_counts.py);
+    #: stable across restarts, unique per host; "" = hostname + state dir hash (or + pid)
+    host_id: str = ""
+    #: lease TTL of this host's published live calls (a dead host's calls count this long)
+    limits_ttl: int = 10
     max_message_size: int = 65535
     log_level: str = "INFO"
     #: OpenTelemetry span exporter: None (no spans recorded), 'console' or 'otlp'
@@ -396,6 +403,16 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
         kw["etcd_endpoints"] = tuple(_str_list(etcd, "endpoints", "etcd"))
         if "prefix" in etcd:
             kw["etcd_prefix"] = str(etcd["prefix"])
+        unknown = set(etcd) - {"endpoints", "prefix", "host_id", "limits_ttl"}
+        if unknown:
+            raise SbcConfigError(f"etcd: unknown key(s) {sorted(unknown)}")
+        if "host_id" in etcd:
+            hid = etcd["host_id"]
+            if not isinstance(hid, str) or not hid or "/" in hid:
+                raise SbcConfigError("etcd.host_id: a non-empty name without '/', unique per SBC host")
+            kw["host_id"] = hid
+        if "limits_ttl" in etcd:
+            kw["limits_ttl"] = _num(etcd, "limits_ttl", int, 10, 1, "etcd")
     nodes = kw.get("nodes", cfg.nodes)
     if "tenants" in data:
         kw["tenants"] = _parse_tenants(data["tenants"], {n.id for n in nodes}, bool(kw.get("etcd_endpoints")))

@@ -33,6 +33,7 @@ from sbc.overload import SO_MEMINFO, CostMeter, backlog_seconds
 from sbc.membership import MembershipFeed, open_etcd_membership
 from sbc.policies import ClusterPolicies, open_etcd_config
 from sbc.protection import counters
+from sbc.protection.cluster_counts import ClusterCounts, open_cluster_counts
 from sbc.proxy import Proxy, SideAddresses
 from sbc.topology import Sealer
 from sbc.transports import SbcTransports, server_tls_context
@@ -135,6 +136,9 @@ class Sbc:
         self._close_config = None
         self.counters: counters.CounterTable | None = None
         self._own_counters = False
+        #: the tenants' counts shared with the other SBC hosts through etcd (first worker only)
+        self.cluster_counts: ClusterCounts | None = None
+        self._close_counts = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -175,6 +179,9 @@ class Sbc:
             self.policies = ClusterPolicies(store, guard, cfg.protection.get("tenants"))
             await self.policies.load()
             self.policies.start()
+            if self.counters is not None and (self.worker is None or self.worker.index == 0):
+                # one publisher per host: the workers share the table and its cluster view
+                self.cluster_counts, self._close_counts = await open_cluster_counts(cfg, guard.tenants)
         media = self._media if self._media is not None else load_media(cfg.media)
         if media is not None and hasattr(media, "start"):
             await media.start()
@@ -331,6 +338,10 @@ class Sbc:
         return self.proxy.outside.bound[transport]
 
     async def stop(self) -> None:
+        if self._close_counts is not None:
+            with contextlib.suppress(Exception):
+                await self._close_counts()
+            self._close_counts = self.cluster_counts = None
         if self.policies is not None:
             await self.policies.stop()
             self.policies = None

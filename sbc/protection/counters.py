@@ -25,8 +25,18 @@ worker, and its day's usage was split N ways. Why this shape:
   fails open, the nodes' own limits still hold.
 
 Keys are 64-bit BLAKE2b hashes of the tenant and the Call-ID, stable across restarts
-(Python's ``hash()`` is salted per process). Only the SBC host's own workers share a
-table; several SBC hosts each enforce the limits on their own traffic (sbc/README.md).
+(Python's ``hash()`` is salted per process).
+
+**Several SBC hosts** (sbc/protection/cluster_counts.py): beside the table is the *cluster
+view*, an anonymous shared mapping (not kept: etcd has it) that every worker reads under the
+same lock. Per tenant row it holds this host's ``cap`` (its calls plus the free slots it
+reserved, as etcd last confirmed), the other hosts' live calls and their usage of the
+tenant's day, and a ``want`` flag (a call was refused for lack of reserved slots). In
+``RESERVED`` mode a call of a tenant with ``limit`` is admitted only while ``local < cap``:
+the caps of all hosts sum to at most the limit (etcd compare-and-swap), so the tenant's total
+never passes it. When etcd has not confirmed this host's counts for a lease TTL
+(``ETCD_LOST``), other hosts may have taken its slots: it admits on ``local + others' last
+known calls < limit`` instead. With one host and no etcd (``LOCAL``) the view is unused.
 """
 
 from __future__ import annotations
@@ -63,8 +73,17 @@ _Q = struct.Struct("<Q")
 _I = struct.Struct("<i")
 _D = struct.Struct("<d")
 _OUTBOUND = 1
-#: CounterTable.start's answers
-STARTED, OVER_LIMIT, NO_ROOM = 0, 1, 2
+#: CounterTable.start's answers (DEFERRED: under the limit, but this host's share of the free
+#: slots is used up until its count is published)
+STARTED, OVER_LIMIT, NO_ROOM, DEFERRED = 0, 1, 2, 3
+
+#: the cluster view: mode, a publish is wanted now, changes since the last publish
+_VHEAD = struct.Struct("<iiI")
+_VHEAD_SIZE = 16
+_VROW = struct.Struct("<iiiid")  # cap, others' calls, want, others' usage day, their usage
+_VROW_DTYPE = np.dtype([("cap", "<i4"), ("remote", "<i4"), ("want", "<i4"), ("rday", "<i4"), ("rusage", "<f8")])
+#: the cluster view's modes (module docstring)
+LOCAL, RESERVED, ETCD_LOST = 0, 1, 2
 
 
 class _NoLock:
@@ -96,6 +115,9 @@ class CounterTable:
         self.coff = _HEAD_SIZE + tenants * _TROW.size
         self.max_live = int(calls * MAX_LOAD)
         self.secret = b""
+        #: the cluster view (module docstring); shared with the workers forked after this
+        self.view = mmap.mmap(-1, _VHEAD_SIZE + tenants * _VROW.size)
+        _VHEAD.pack_into(self.view, 0, LOCAL, 0, 0)
 
     # ------------------------------------------------------------------ opening
     @staticmethod
@@ -206,6 +228,7 @@ class CounterTable:
         if reusable < 0:
             return -1
         _TROW.pack_into(buf, off + reusable * _TROW.size, tkey, 0, 0, 0.0, b"")
+        _VROW.pack_into(self.view, _VHEAD_SIZE + reusable * _VROW.size, 0, 0, 0, 0, 0.0)
         return reusable
 
     def active(self, tkey: int) -> int:
@@ -217,13 +240,15 @@ class CounterTable:
             self.lock.release()
 
     def usage(self, tkey: int, day: int) -> float:
+        """The tenant's usage on ``day``: this host's plus what the others last published."""
         self.lock.acquire()
         try:
             row = self._tenant_row(tkey, False)
             if row < 0:
                 return 0.0
             _k, _a, d, used, _z = _TROW.unpack_from(self.buf, self.toff + row * _TROW.size)
-            return used if d == day else 0.0
+            _c, _r, _w, rday, rused = _VROW.unpack_from(self.view, _VHEAD_SIZE + row * _VROW.size)
+            return (used if d == day else 0.0) + (rused if rday == day else 0.0)
         finally:
             self.lock.release()
 
@@ -259,8 +284,20 @@ class CounterTable:
                 return NO_ROOM
             toff = self.toff + row * _TROW.size
             k, active, day, used, _z = _TROW.unpack_from(buf, toff)
-            if limit and active >= limit:
-                return OVER_LIMIT
+            if limit:
+                view = self.view
+                voff = _VHEAD_SIZE + row * _VROW.size
+                cap, remote, _w, rday, rused = _VROW.unpack_from(view, voff)
+                if active + remote >= limit:
+                    return OVER_LIMIT
+                mode, _urgent, gen = _VHEAD.unpack_from(view, 0)
+                if mode == RESERVED:
+                    if active >= cap:  # slots are free, but not reserved here: ask for them now
+                        _VROW.pack_into(view, voff, cap, remote, 1, rday, rused)
+                        _VHEAD.pack_into(view, 0, mode, 1, gen)
+                        return DEFERRED
+                    if active + 1 >= cap:
+                        _VHEAD.pack_into(view, 0, mode, 1, gen)  # the last reserved slot: publish now
             if live >= self.max_live:
                 return NO_ROOM
             i = ckey & self.cmask
@@ -274,6 +311,7 @@ class CounterTable:
             _CALL.pack_into(buf, self.coff + i * _CALL.size, ckey, row, _OUTBOUND if outbound else 0, now, -1.0)
             _TROW.pack_into(buf, toff, tkey, active + 1, day, used, zone.encode()[:48])
             struct.pack_into("<I", buf, _LIVE, live + 1)
+            self._changed()
             return STARTED
         finally:
             self.lock.release()
@@ -310,6 +348,7 @@ class CounterTable:
                 used = (used if day == today else 0.0) + usage
                 day = today
             _TROW.pack_into(buf, toff, k, active, day, used, zone)
+            self._changed()
             return True
         finally:
             self.lock.release()
@@ -357,6 +396,104 @@ class CounterTable:
 
     def live(self) -> int:
         return struct.unpack_from("<I", self.buf, _LIVE)[0]
+
+    # ------------------------------------------------------------------ cluster view
+    def _changed(self) -> None:
+        off = 8  # the generation in the view header; lock held
+        struct.pack_into("<I", self.view, off, (struct.unpack_from("<I", self.view, off)[0] + 1) & 0xFFFFFFFF)
+
+    def changes(self) -> tuple[int, bool]:
+        """(generation, urgent) without the lock: a cheap look whether a publish is due."""
+        _h, urgent, gen = _VHEAD.unpack_from(self.view, 0)
+        return gen, bool(urgent)
+
+    def rows(self) -> list[tuple[int, int, int, float, str, bool]]:
+        """(tenant key, active calls, day, usage that day, zone, want) of every tenant row in
+        use, read under the lock; clears the urgent and want flags (the caller publishes)."""
+        self.lock.acquire()
+        try:
+            rows = np.frombuffer(self.buf, _TROW_DTYPE, self.tcap, self.toff)
+            view = np.frombuffer(self.view, _VROW_DTYPE, self.tcap, _VHEAD_SIZE)
+            inuse = rows["key"] != 0
+            used = rows[inuse].copy()
+            want = view["want"][inuse].copy()
+            view["want"] = 0
+            mode, _u, gen = _VHEAD.unpack_from(self.view, 0)
+            _VHEAD.pack_into(self.view, 0, mode, 0, gen)
+            del rows, view, inuse
+        finally:
+            self.lock.release()
+        return [(int(k), int(a), int(d), float(u), z.rstrip(b"\0").decode(errors="replace") or "UTC", bool(w))
+                for k, a, d, u, z, w in zip(used["key"], used["active"], used["day"], used["usage"], used["zone"], want)]
+
+    def set_view(self, mode: int, caps: dict[int, int] | None,
+                 remote: dict[int, tuple[int, int, float, str]]) -> None:
+        """Install the cluster's counts: ``caps`` tenant key -> this host's cap as etcd just
+        confirmed it (None: keep the caps), ``remote`` tenant key -> (others' calls, day,
+        others' usage that day, zone) for every tenant with a limit (absent: nothing elsewhere)."""
+        self.lock.acquire()
+        try:
+            keys = np.frombuffer(self.buf, _TROW_DTYPE, self.tcap, self.toff)["key"]
+            wanted = np.fromiter(set(remote) | set(caps or ()), np.uint64)
+            for tkey in wanted[~np.isin(wanted, keys)].tolist():  # tenants this host has no call of yet
+                got = remote.get(tkey)
+                row = self._tenant_row(tkey, True, got[1] if got else 0)
+                if row >= 0 and got:
+                    toff = self.toff + row * _TROW.size
+                    k, active, day, used, _z = _TROW.unpack_from(self.buf, toff)
+                    _TROW.pack_into(self.buf, toff, k, active, day, used, got[3].encode()[:48])
+            view = np.frombuffer(self.view, _VROW_DTYPE, self.tcap, _VHEAD_SIZE)
+            if caps is not None:
+                view["cap"] = _lookup(keys, caps, lambda v: v, np.int32)
+            view["remote"] = _lookup(keys, remote, lambda v: v[0], np.int32)
+            view["rday"] = _lookup(keys, remote, lambda v: v[1], np.int32)
+            view["rusage"] = _lookup(keys, remote, lambda v: v[2], np.float64)
+            del keys, view
+            _m, urgent, gen = _VHEAD.unpack_from(self.view, 0)
+            _VHEAD.pack_into(self.view, 0, mode, urgent, gen)
+        finally:
+            self.lock.release()
+
+    def view_of(self, tkey: int) -> tuple[int, int, int, int, float]:
+        """(cap, others' calls, want, others' usage day, their usage) of a tenant."""
+        self.lock.acquire()
+        try:
+            row = self._tenant_row(tkey, False)
+            return (0, 0, 0, 0, 0.0) if row < 0 else _VROW.unpack_from(self.view, _VHEAD_SIZE + row * _VROW.size)
+        finally:
+            self.lock.release()
+
+    def mode(self) -> int:
+        return _VHEAD.unpack_from(self.view, 0)[0]
+
+    def raise_usage(self, tkey: int, zone: str, day: int, usage: float) -> bool:
+        """Make this host's usage of ``day`` at least ``usage`` (what etcd says this host
+        counted, after a restart without the state dir). True when it grew."""
+        self.lock.acquire()
+        try:
+            row = self._tenant_row(tkey, True, day)
+            if row < 0:
+                return False
+            toff = self.toff + row * _TROW.size
+            k, active, d, used, z = _TROW.unpack_from(self.buf, toff)
+            if d > day or (d == day and used >= usage):
+                return False
+            _TROW.pack_into(self.buf, toff, k, active, day, usage, z if z.rstrip(b"\0") else zone.encode()[:48])
+            return True
+        finally:
+            self.lock.release()
+
+
+def _lookup(keys, values: dict, pick, dtype):
+    """``pick(values[key])`` for each of ``keys`` (0 where absent), vectorised: one sort."""
+    if not values:
+        return np.zeros(len(keys), dtype)
+    k = np.fromiter(values.keys(), np.uint64, len(values))
+    v = np.fromiter((pick(x) for x in values.values()), dtype, len(values))
+    order = np.argsort(k)
+    k, v = k[order], v[order]
+    idx = np.minimum(np.searchsorted(k, keys), len(k) - 1)
+    return np.where((k[idx] == keys) & (keys != 0), v[idx], 0).astype(dtype)
 
 
 # ---------------------------------------------------------------- one table per SBC host

@@ -47,3 +47,20 @@ POLICIES = Gauge("hivepbx_sbc_tenant_policies", "Tenants with an edge policy in 
 
 def untracked() -> None:
     UNTRACKED.inc()
+
+DEFERRED = Counter(
+    "hivepbx_sbc_tenant_calls_deferred",
+    "Calls refused under a tenant's max_calls because this SBC host's share of the free slots awaited a publish",
+)
+CLUSTER_PUBLISHES = Counter("hivepbx_sbc_tenant_counts_publishes",
+                            "Publishes of this SBC host's tenant counts to etcd, by what and result", ["what", "result"])
+CLUSTER_ERRORS = Counter("hivepbx_sbc_tenant_counts_etcd_errors",
+                         "Failed etcd operations of the cross-host tenant counts (enforcing on the last view meanwhile)",
+                         ["op"])
+CLUSTER_VIEW_AGE = Gauge("hivepbx_sbc_tenant_counts_view_age_seconds",
+                         "Seconds since this SBC host last read the other hosts' tenant counts from etcd")
+CLUSTER_HOSTS = Gauge("hivepbx_sbc_tenant_counts_hosts", "SBC hosts publishing tenant counts, as this host last saw")
+
+
+def deferred() -> None:
+    DEFERRED.inc()

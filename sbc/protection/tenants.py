@@ -15,7 +15,8 @@ Product rules (the Virtual PBX client settings):
 All of it is sans-I/O: the caller passes the wall-clock time (``now``, epoch seconds).
 Policies come from the SBC's config file or the cluster (sbc/policies.py; written by
 ``hivepbx edge-policy``, checked by ``TenantPolicy.from_dict``); the counters live in a
-table the SBC host's workers share and its state dir keeps (sbc/protection/counters.py).
+table the SBC host's workers share and its state dir keeps (sbc/protection/counters.py);
+with several SBC hosts on one etcd the limits hold across them (sbc/protection/cluster_counts.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sbc.protection import metrics
-from sbc.protection.counters import NO_ROOM, OVER_LIMIT, CounterTable
+from sbc.protection.counters import DEFERRED, NO_ROOM, OVER_LIMIT, CounterTable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -205,6 +206,7 @@ class TenantLimits:
         return self.table.active(self._key(tenant))
 
     def usage_today(self, tenant: str, now: float) -> float:
+        """The tenant's usage today, on every SBC host (this one's plus the others' last published)."""
         return self.table.usage(self._key(tenant), self._today(tenant, now))
 
     def _today(self, tenant: str, now: float) -> int:
@@ -232,10 +234,13 @@ class TenantLimits:
             return ""  # nothing to enforce, nothing to count (nor table rows for made-up domains)
         ckey, tkey, day = self._call_key(call_id), self._key(tenant), _day(p.timezone, now)
         got = self.table.start(ckey, tkey, outbound, now, p.timezone, day, p.max_calls)
-        if got == OVER_LIMIT and self.table.sweep(now - self.max_call_age, now):
+        if got in (OVER_LIMIT, DEFERRED) and self.table.sweep(now - self.max_call_age, now):
             # at the limit: calls whose end was never seen are forgotten first
             got = self.table.start(ckey, tkey, outbound, now, p.timezone, day, p.max_calls)
         if got == OVER_LIMIT:
+            return "max_calls"
+        if got == DEFERRED:
+            metrics.deferred()  # this host's share of the free slots is taken until it publishes
             return "max_calls"
         if got == NO_ROOM:
             metrics.untracked()
