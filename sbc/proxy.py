@@ -3,7 +3,9 @@
 It is the transaction user of one ``TransactionLayer`` (node/sip/transaction.py): each
 request from one side gets a server transaction (which absorbs retransmissions and sends
 the INVITE's 100 Trying) and a client transaction towards the other side; responses come
-back through the pair. No dialog state is kept: every in-dialog request finds its way by
+back through the pair. A BYE takes neither (``_stateless_request``): its sender's
+retransmissions cross end to end, and the SBC keeps only the way back for its answers.
+No dialog state is kept: every in-dialog request finds its way by
 the token in its Request-URI (see sbc/topology.py), so an SBC restart with the same
 secret loses only the transactions in flight.
 
@@ -23,14 +25,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections import OrderedDict
+import os
+import re
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
 from node.sip.flow import Flow
 from node.sip.headers import Via
-from node.sip.ids import new_branch, new_call_id, new_tag
+from node.sip.ids import MAGIC_COOKIE, new_branch, new_call_id, new_tag
 from node.sip.message import Message, Request, Response, make_response
 from node.sip.transaction import (
     ClientTransaction,
@@ -39,7 +43,7 @@ from node.sip.transaction import (
     ServerTransaction,
     TransactionState,
 )
-from node.sip.uri import NameAddr, Uri
+from node.sip.uri import NameAddr, Uri, split_header_list
 from observability import logging as olog
 from observability import tracing as otrace
 from sbc import metrics as M
@@ -48,6 +52,7 @@ from sbc.config import NodeTarget, SbcConfig
 from sbc.dispatch import Dispatcher
 from sbc.health import Health
 from sbc.overload import NEW_WORK, LoadMeter
+from sbc.stateless import Forwarded, StatelessTable
 from sbc.workers import branch_owner, conn_owner
 
 log = logging.getLogger("hivepbx.sbc")
@@ -65,7 +70,11 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 AFFINITY_TTL = 32.0
 AFFINITY_MAX = 200_000
 CONTACT_CACHE = 16_384
+TENANT_CACHE = 16_384
 _RETRYABLE = frozenset(("INVITE", "REGISTER", "OPTIONS", "SUBSCRIBE", "MESSAGE", "PUBLISH"))
+#: the branch prefix of requests forwarded without transactions (see _stateless_request)
+STATELESS_BRANCH = MAGIC_COOKIE + "sl"
+_BRANCH_OF = re.compile(r"[^,]*?;\s*branch=([^;,\s]+)", re.IGNORECASE)
 
 
 class Forward:
@@ -73,7 +82,7 @@ class Forward:
 
     __slots__ = (
         "request", "source", "inbound", "tenant", "candidates", "node", "client", "client_id", "out_uri",
-        "provisional", "any_response", "cancelled", "cancel_sent", "final", "target_flow", "span",
+        "provisional", "any_response", "cancelled", "cancel_sent", "final", "target_flow", "span", "vias",
     )
 
     def __init__(self, server: ServerTransaction, request: Request, source: Flow, inbound: bool, tenant: str) -> None:
@@ -99,6 +108,8 @@ class Forward:
         self.target_flow: Flow | None = None
         #: OpenTelemetry span of an initial request from outside (only when tracing is on)
         self.span = None
+        #: the request's Via headers, for its responses (collected at the first one)
+        self.vias: list[tuple[str, str]] | None = None
 
 
 class Abandoned:
@@ -174,6 +185,10 @@ class Proxy:
         #: Call-ID → (node id, until): see _sticky
         self._affinity: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._node_host: dict[str, NodeTarget | None] = {}
+        #: (From name-addr, Request-URI, To name-addr) texts → tenant: see tenant_of
+        self._tenants: dict[tuple[str, str, str], str] = {}
+        #: Request-URI text → whether it dials a long (external) number: see _admitted
+        self._long_numbers: dict[str, bool] = {}
         #: several workers on one port (sbc/workers.py): this one's index, their number, the
         #: relay to a sibling, and the tag our branches end with
         self.worker = 0
@@ -185,6 +200,11 @@ class Proxy:
         #: messages received (the load meter prices the socket backlog per message)
         self.received = 0
         self._in_event = False
+        #: BYEs forwarded without transactions: where their answers go (see _stateless_request)
+        self.stateless = StatelessTable()
+        #: (deadline, Forward, client transaction) of requests a node has not answered yet
+        self._silent: deque[tuple[float, Forward, ClientTransaction]] = deque()
+        self._sweep_timer = None
         self.refresh_nodes()
 
     def set_worker(self, index: int, count: int, relay: Callable) -> None:
@@ -193,6 +213,8 @@ class Proxy:
 
     def refresh_nodes(self) -> None:
         self._node_addr = {n.address: n for n in self.dispatcher.nodes}
+        #: node address → the UDP flow to it (a frozen value: made once, not per message)
+        self._udp_flows: dict[tuple[str, int], Flow] = {}
         hosts: dict[str, NodeTarget | None] = {}
         for n in self.dispatcher.nodes:
             hosts[n.host] = None if n.host in hosts else n  # ambiguous when shared
@@ -227,7 +249,55 @@ class Proxy:
                 self._relay(owner, item, flow)  # type: ignore[misc]
                 M.RELAYED.inc()
                 return
+        self._deliver(item, flow)
+
+    def _deliver(self, item, flow: Flow) -> None:
+        """A BYE and the answers to the ones we forwarded take the stateless way; the rest
+        goes to the transaction layer."""
+        t = type(item)
+        try:
+            if t is Response:
+                h = item.headers
+                via = h[0][1] if h and h[0][0] == "Via" else item.get("Via")  # ours is the only one
+                if via is not None and STATELESS_BRANCH in via and self._stateless_response(item, via):
+                    return
+            elif t is Request:
+                method = item.method
+                if method == "BYE":
+                    if self._stateless_request(item, flow):
+                        return
+                elif method == "ACK" and self._ack_direct(item, flow):
+                    return
+        except Exception:
+            # as the endpoint does for a failing transaction user: logged, the message dropped
+            log.exception("the SBC failed on a %s from %s:%s", getattr(item, "method", "response"), *flow.remote[:2])
+            return
         self.endpoint.message_received(item, flow)
+
+    def _ack_direct(self, req: Request, flow: Flow) -> bool:
+        """An ACK no INVITE server transaction of ours waits for (the ACK of a 2xx: the
+        dialog's, RFC 6026 §7.1) goes straight to ``_ack``, past the transaction layer's
+        event queue, which would hand it to us anyway; False: the layer's (the ACK of a
+        non-2xx final, or one it must judge malformed)."""
+        try:
+            if self.endpoint.layer.find_invite_server(req) is not None:
+                return False
+        except SipError:
+            return False
+        inside = self.is_inside(flow)
+        M.request("ACK", INSIDE if inside else OUTSIDE)
+        # the media anchor's task logs with the call's id (as on_event sets it)
+        t_call = _CALL_ID.set(_call_id(req)) if self.media is not None else None
+        try:
+            self._ack(req, flow, inside)
+        except LocalProtocolError as e:
+            log.warning("cannot forward ACK: %s", e)
+        except SipError:
+            pass  # an ACK is never answered (as in _on_request)
+        finally:
+            if t_call is not None:
+                _CALL_ID.reset(t_call)
+        return True
 
     def _shed_ok(self, req: Request) -> bool:
         """In-dialog requests (a To tag, or our node token) are never shed: calls must end."""
@@ -252,7 +322,7 @@ class Proxy:
 
     def relayed_in(self, item, flow: Flow) -> None:
         """A message a sibling worker received for us (already judged by its Guard)."""
-        self.endpoint.message_received(item, flow)
+        self._deliver(item, flow)
 
     def _owner(self, msg: Message, flow: Flow) -> int | None:
         """The worker a message belongs to when it is not whoever received it: a response
@@ -317,8 +387,18 @@ class Proxy:
     def _send_stateless(self, msg: Message, flow: Flow) -> None:
         if self._in_event:
             self.endpoint.layer.send_stateless(msg, flow)
-        else:
-            self.endpoint.send_stateless(msg, flow)
+            return
+        # straight to the socket: the endpoint's flush would also re-arm its timer, and a
+        # message sent outside any transaction arms none (the layer's queue is empty here:
+        # every event and timer handled flushed it)
+        data = msg.to_bytes()
+        transports = self.endpoint.transports
+        if transports is None:
+            return
+        try:
+            transports.send(data, flow)
+        except OSError as e:
+            log.info("send to %s failed: %s", flow.remote, e)
 
     # ------------------------------------------------------------------ sides
     def is_inside(self, flow: Flow) -> bool:
@@ -361,11 +441,12 @@ class Proxy:
         hp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return f"SIP/2.0/{flow.transport.upper()} {hp};branch={branch or new_branch() + self._branch_tag};rport"
 
-    def _via_pair(self, flow: Flow, inside: bool) -> tuple[str, Via | None]:
+    def _via_pair(self, flow: Flow, inside: bool, branch: str | None = None) -> tuple[str, Via | None]:
         """Our Via for a forwarded request, as text and as the object the transaction layer
         would otherwise parse back out of it (IPv4 hosts; None lets the layer parse)."""
         host, port = self._address(flow.transport, inside, flow)
-        branch = new_branch() + self._branch_tag
+        if branch is None:
+            branch = new_branch() + self._branch_tag
         transport = flow.transport.upper()
         if ":" in host:
             return f"SIP/2.0/{transport} [{host}]:{port};branch={branch};rport", None
@@ -374,9 +455,13 @@ class Proxy:
 
     def node_flow(self, node: NodeTarget) -> Flow:
         if node.transport == "udp":
+            hit = self._udp_flows.get(node.address)
+            if hit is not None:
+                return hit
             local = self._side(True).bound.get("udp")
             if local is not None:
-                return Flow("udp", node.address, local)
+                flow = self._udp_flows[node.address] = Flow("udp", node.address, local)
+                return flow
         return self.endpoint.transports.flow_to(node.transport, node.host, node.port)
 
     # ------------------------------------------------------------------ requests
@@ -416,6 +501,29 @@ class Proxy:
             return c.tenant
         if req.method == "REGISTER":
             return req.to.uri.host_bare
+        # memoised on the text of the three URIs: a phone repeats its From and the dialled
+        # Request-URI call after call, and only their hosts matter (parsing From costs more
+        # than the rest of the lookup); the name-addr up to its '>' holds the whole URI
+        f = req.get("From") or ""
+        t = req.get("To") or ""
+        fe = f.rfind(">")
+        te = t.rfind(">")
+        if fe < 0 or te < 0:
+            return self._tenant_by_uris(req)
+        key = (f[: fe + 1], req.uri_text, t[: te + 1])
+        cache = self._tenants
+        hit = cache.get(key)
+        if hit is None:
+            hit = self._tenant_by_uris(req)
+            if len(cache) >= TENANT_CACHE:
+                cache.clear()
+            cache[key] = hit
+        return hit
+
+    @staticmethod
+    def _tenant_by_uris(req: Request) -> str:
+        """The first SIP URI host that is a domain (From, Request-URI, To), else the
+        Request-URI's host: a tenant is its SIP domain."""
         for uri in (req.from_.uri, req.uri, req.to.uri):
             if uri.is_sip and not _is_ip(uri.host_bare):
                 return uri.host_bare
@@ -470,8 +578,7 @@ class Proxy:
         carrier = self._carrier_of(fwd.source) is not None
         # the SBC cannot know the node's routing: a long dialled number counts as leaving the
         # platform, an extension-length one as internal (carriers' calls always come from it)
-        user = fwd.request.uri.user_unescaped or ""
-        external = carrier or _digits(user) >= 7
+        external = carrier or self._long_number(fwd.request)
         verdict = admit(fwd.tenant, fwd.request.call_id, fwd.source, outbound=not carrier, external=external)
         if verdict is None or getattr(verdict, "action", "accept") == "accept":
             return True
@@ -479,6 +586,18 @@ class Proxy:
         self._reply(fwd.request, getattr(verdict, "status", 0) or 403, getattr(verdict, "reason", "") or None,
                     list(getattr(verdict, "headers", ()) or ()))
         return False
+
+    def _long_number(self, req: Request) -> bool:
+        """Seven digits or more in the Request-URI's user part; memoised on the URI text
+        (a dialled number repeats, and the answer needs the URI parsed)."""
+        text = req.uri_text
+        hit = self._long_numbers.get(text)
+        if hit is None:
+            hit = _digits(req.uri.user_unescaped or "") >= 7
+            if len(self._long_numbers) >= TENANT_CACHE:
+                self._long_numbers.clear()
+            self._long_numbers[text] = hit
+        return hit
 
     def _node_by_contact(self, uri_text: str) -> NodeTarget | None:
         """The configured node a sealed Contact points at (when the sender was not known by id)."""
@@ -551,7 +670,37 @@ class Proxy:
         fwd.client_id = client.id
         fwd.target_flow = flow
         if fwd.inbound and fwd.node is not None and not msg.to.tag:
-            self._call_later(self.cfg.node_timeout, self._no_answer, fwd, client)
+            # one loop timer for all of them (node_timeout is one value: the queue is in
+            # deadline order), not a TimerHandle armed and fired per request
+            self._silent.append((self._now() + self.cfg.node_timeout, fwd, client))
+            if self._sweep_timer is None:
+                self._sweep_timer = self._call_later(self.cfg.node_timeout, self._sweep_silent)
+
+    def _sweep_silent(self) -> None:
+        """Run ``_no_answer`` for every request sent ``node_timeout`` ago or more."""
+        q = self._silent
+        now = self._now() + 0.001  # a timer may fire a clock tick early
+        self._sweep_timer = True  # the failovers below queue their requests without arming
+        try:
+            while q and q[0][0] <= now:
+                _, fwd, client = q.popleft()
+                if fwd.client_id != client.id or fwd.any_response or fwd.final:
+                    continue  # answered or moved on: the common case, nothing to do
+                # the log lines of a failover name the call and the tenant, as the
+                # request's own do (a loop timer would have carried its context here)
+                t_call = _CALL_ID.set(_call_id(fwd.request))
+                t_tenant = _TENANT.set(fwd.tenant or None)
+                try:
+                    self._no_answer(fwd, client)
+                except Exception:
+                    log.exception("failover after a silent node failed")
+                finally:
+                    _TENANT.reset(t_tenant)
+                    _CALL_ID.reset(t_call)
+        finally:
+            self._sweep_timer = None
+            if q:
+                self._sweep_timer = self._call_later(max(0.0, q[0][0] - self._now()), self._sweep_silent)
 
     def _no_answer(self, fwd: Forward, client: ClientTransaction) -> None:
         """``node_timeout`` after sending: a node that said nothing at all is taken as down."""
@@ -631,6 +780,110 @@ class Proxy:
                         return Flow("udp", (host, port), local)
                 return self.endpoint.transports.flow_to(transport, host, port)
         return None
+
+    # --- BYE without transactions
+    def _stateless_request(self, req: Request, flow: Flow) -> bool:
+        """Forward an in-dialog BYE with no server or client transaction (RFC 3261 §16.11):
+        its sender retransmits it end to end and the receiver's transaction absorbs the
+        copies, so the SBC keeps only the way back (sbc/stateless.py). Topology hiding is the
+        stateful path's: our Via only, tokens resolved, internal headers stripped. False
+        (nothing done) leaves the request to the transaction layer: anything unusual (no
+        token, a bad one, a legacy branch, Max-Forwards spent) gets the stateful path's
+        answers, and so does a BYE that arrives over a reliable transport for a node or phone
+        reached over UDP, which nobody would retransmit."""
+        inside = self.is_inside(flow)
+        try:
+            # no To-tag check: the token routes it as the stateful path would (a node answers
+            # 481 to a BYE outside any dialog)
+            mf = req.max_forwards
+            if mf is not None and mf <= 0:
+                return False
+            via = req.top_via
+            in_branch = via.branch
+            if not in_branch or not in_branch.startswith(MAGIC_COOKIE):
+                return False
+            if inside:
+                target = T.read_phone_token(self.sealer, T.token_of(req.uri_text, T.FLOW_PARAM) or "")
+                if target is None:
+                    return False
+                uri, out_flow = target.uri, target.flow
+                node = self.node_of(flow)
+                node_id, tenant = (node.id if node else "?"), ""
+            else:
+                nc = T.read_node_token(self.sealer, T.token_of(req.uri_text, T.NODE_PARAM) or "")
+                node = (self.dispatcher.node(nc.node_id) or self._node_by_contact(nc.uri)) if nc else None
+                if nc is None or node is None:
+                    return False
+                uri, out_flow = nc.uri, self.node_flow(node)
+                # the tenant only matters to the media anchor (nothing is logged on this path)
+                node_id, tenant = node.id, (self.tenant_of(req, flow) if self.media is not None else "")
+            if flow.reliable and not out_flow.reliable:
+                return False
+            call_id = req.call_id
+            key = (in_branch, flow.transport, flow.remote)
+            table = self.stateless
+            branch = table.branch_for(key)
+            if branch is None:
+                branch = STATELESS_BRANCH + os.urandom(10).hex() + self._branch_tag
+                table.add(key, branch, Forwarded(_answer_vias(req, via, flow), flow, out_flow, call_id, not inside,
+                                                 node_id, tenant), self._now())
+        except SipError:
+            return False
+        M.request("BYE", INSIDE if inside else OUTSIDE)
+        via_text, via_view = self._via_pair(out_flow, not inside, branch)
+        if inside:
+            out = T.forward_request(req, uri, via_text, contact=self._node_contact_rewriter(node_id, out_flow),
+                                    via_view=via_view)
+        else:
+            out = T.forward_request(
+                req, uri, via_text, contact=self._phone_contact_rewriter(flow, out_flow),
+                extra=[(T.SOURCE_HEADER, f"{flow.transport}:{_hp(flow.remote)}")], via_view=via_view,
+            )
+            M.forwarded(node_id, "BYE")
+        if self.media is None or not _media_work(out):
+            self._send_stateless(out, out_flow)
+            return True
+        t_call = _CALL_ID.set(call_id)
+        try:
+            self._media(out, tenant or None, None, lambda msg: self._send_stateless(msg, out_flow), None)
+        finally:
+            _CALL_ID.reset(t_call)
+        return True
+
+    def _stateless_response(self, resp: Response, via_text: str) -> bool:
+        """An answer to a BYE we forwarded statelessly (``via_text``: its top Via header)
+        goes back with the Vias its request came with; False for anything else (the
+        transaction layer's)."""
+        m = _BRANCH_OF.match(via_text)
+        entry = self.stateless.get(m.group(1)) if m is not None else None
+        if entry is None:
+            return False
+        try:
+            if resp.cseq.method != "BYE":
+                return False
+        except SipError:
+            return False
+        status = resp.status
+        M.response(status, OUTSIDE if entry.inbound else INSIDE)
+        if status == 100:
+            return True  # hop by hop
+        if entry.inbound:
+            rewrite = self._node_contact_rewriter(entry.node_id, entry.source)
+        else:
+            rewrite = self._phone_contact_rewriter(entry.target, entry.source)
+        out = T.forward_response(resp, entry.vias, contact=rewrite)
+        source = entry.source
+        if self.media is None or not _media_work(out):
+            self._send_stateless(out, source)
+        else:
+            self._media(out, entry.tenant or None, False, lambda msg: self._send_stateless(msg, source), None)
+        if status >= 200 and not entry.answered:
+            entry.answered = status
+            if status < 300:
+                ended = getattr(self.guard, "dialog_ended", None)
+                if ended is not None:
+                    ended(entry.call_id)  # as _ended does for a BYE's 2xx
+        return True
 
     # --- ACK of a 2xx, CANCEL
     def _ack(self, req: Request, flow: Flow, inside: bool) -> None:
@@ -745,7 +998,10 @@ class Proxy:
                 self._node_contact_rewriter(fwd.node.id if fwd.node else "?", fwd.source)
         else:
             rewrite = self._phone_contact_rewriter(fwd.target_flow or txn.flow, fwd.source)
-        out = T.forward_response(resp, T.via_headers(req), contact=rewrite)
+        vias = fwd.vias
+        if vias is None:
+            vias = fwd.vias = T.via_headers(req)
+        out = T.forward_response(resp, vias, contact=rewrite)
         if self.media is None or not _media_work(out):
             self._send_txn_response(out)
         else:
@@ -1023,6 +1279,35 @@ def _media_work(msg: Message) -> bool:
     if isinstance(msg, Request):
         return msg.method == "BYE" or msg.method == "CANCEL"
     return msg.status >= 300 and msg.cseq.method == "INVITE"  # type: ignore[attr-defined]
+
+
+def _answer_vias(req: Request, via: Via, flow: Flow) -> list[tuple[str, str]]:
+    """The Via headers an answer to ``req`` carries back: as they came, the top one with
+    RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` set as a server transaction sets
+    them (the sender's transaction finds itself by that Via)."""
+    vias = [h for h in req.headers if h[0] == "Via"]
+    params = via.params
+    host, port = flow.remote
+    fill_rport = "rport" in params and params["rport"] is None
+    if (fill_rport or via.host_bare != host) and params.get("received") != host:
+        add_received = True
+    elif fill_rport:
+        add_received = False
+    else:
+        return vias
+    p = dict(params)
+    if fill_rport:
+        p["rport"] = str(port)
+    if add_received:
+        p["received"] = host
+    text = str(Via(via.transport, via.host, via.port, p, via.version))
+    first = vias[0][1]
+    if "," in first:
+        rest = split_header_list(first)[1:]
+        if rest:
+            text = ", ".join([text, *rest])
+    vias[0] = ("Via", text)
+    return vias
 
 
 def _is_ip(host: str) -> bool:
