@@ -8,8 +8,15 @@ Calls arrive in bursts (default 50), as from a loaded socket. It also prints the
 collector's share of that CPU and how many relay sessions took port pairs kept bound from
 earlier calls (none in the first second: the relay's quarantine).
 
-Run: .venv/bin/python bench/calls_inproc.py [N [BURST]] [--profile]
-(with --profile, BENCH_SORT=cumulative and BENCH_TOP=60 change the listing of cProfile's stats)
+Run: .venv/bin/python bench/calls_inproc.py [N [BURST]] [--profile] [--memory]
+(with --profile, BENCH_SORT=cumulative and BENCH_TOP=60 change the listing of cProfile's stats.)
+
+--memory adds two figures, with T1 = 10 ms for the node's transactions and calls so that what
+an ended call leaves behind is released during the run (80 T1 later) as on a long-running node:
+objects the cyclic collector had to free per call (0 when every ended call is freed by
+reference counting), and tracemalloc's bytes per call in progress (INVITE, 180, 200, ACK done,
+BYE not yet sent: the issue's target is at most 64 KiB). Its CPU figures are not comparable
+with a run without --memory (the short T1 adds retransmissions).
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class _Peers:
         self.to_node: list[tuple[bytes, Flow]] = []
         self.answered: dict[str, Response] = {}  # carrier call-id -> the node's 200
         self.phone_dialogs: dict[str, Request] = {}  # call-id at the phone -> the node's INVITE
+        self.held: dict[str, Response] = {}  # calls acked, not hung up yet
         self.done = 0
 
     def send(self, data: bytes, flow: Flow) -> None:
@@ -134,7 +142,8 @@ class _Peers:
         elif isinstance(msg, Response) and msg.cseq.method == "BYE":
             self.done += 1
 
-    def ack_and_bye(self, flow_of) -> None:
+    def ack_and_bye(self, flow_of, bye: bool = True) -> None:
+        """ACK each answered call; with ``bye`` False the calls stay up (``held``)."""
         for call_id, resp in self.answered.items():
             i = call_id.split("-")[1].split("@")[0]
             h, p = CARRIER
@@ -145,14 +154,23 @@ class _Peers:
                 f"ACK {resp.contacts[0].uri} SIP/2.0",
                 [f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-ack{i};rport", *common, "CSeq: 1 ACK"],
             ), flow_of()))
+            if not bye:
+                self.held[call_id] = resp
+                continue
             self.to_node.append((_msg(
                 f"BYE {resp.contacts[0].uri} SIP/2.0",
                 [f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-bye{i};rport", *common, "CSeq: 2 BYE"],
             ), flow_of()))
         self.answered.clear()
 
+    def bye_held(self, flow_of) -> None:
+        self.answered, self.held = self.held, {}
+        acks = len(self.to_node)
+        self.ack_and_bye(flow_of)
+        del self.to_node[acks::2]  # their ACKs were sent already: only the BYEs
 
-async def main(n: int, burst: int, profile: bool) -> None:
+
+async def main(n: int, burst: int, profile: bool, memory: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         backend = open_embedded(tmp)
         t = await backend.config.create_tenant("bench", DOMAIN)
@@ -165,7 +183,8 @@ async def main(n: int, burst: int, profile: bool) -> None:
             call_id="reg", cseq=1,
         ))
         cfg = NodeConfig(data_dir=tmp, nat_ping_interval=0)
-        layer = TransactionLayer()
+        t1 = 0.01 if memory else 0.5
+        layer = TransactionLayer(t1=t1)
         endpoint = SipEndpoint(layer, advertise_address=NODE[0])
         peers = _Peers()
         endpoint.transports = peers
@@ -173,20 +192,24 @@ async def main(n: int, burst: int, profile: bool) -> None:
         anchors = MediaAnchors(relay, NODE[0])
         service = PbxService(
             cfg, endpoint, backend.config, backend.locations, backend.cdrs,
-            Authenticator(os.urandom(32)), anchors.open,
+            Authenticator(os.urandom(32)), anchors.open, t1=t1,
         )
         endpoint.on_event = service.on_event
         gc.collect()
+        thresholds = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(10000, 10, 10)  # as node.runtime.app does
         prof = cProfile.Profile() if profile else None
         cpu = 0.0
         in_node = False
         gc_cpu, gc_runs, gc_started = 0.0, [0, 0, 0], 0.0
+        collected = [0]
 
         def gc_clock(phase: str, info: dict) -> None:
             # the collector's share of the node's CPU (it runs inside whatever allocates)
             nonlocal gc_cpu, gc_started
+            if phase == "stop":
+                collected[0] += info["collected"]
             if not in_node:
                 return
             if phase == "start":
@@ -219,21 +242,25 @@ async def main(n: int, burst: int, profile: bool) -> None:
             cpu += time.thread_time() - c0
             in_node = False
 
-        for start in range(0, n, burst):
-            await deliver([(_invite(i), carrier_flow()) for i in range(start, min(n, start + burst))])
-            peers.react()  # phone rings and answers
-            for _ in range(8):  # 180/200 → carrier; then ACK + BYE → phone; 200 for BYE
-                if not peers.to_node:
-                    peers.ack_and_bye(carrier_flow)
-                if not peers.to_node:
-                    break
-                batch, peers.to_node = peers.to_node, []
-                await deliver(batch)
-                peers.react()
-            await service.cdr_recorder.flush() if hasattr(service.cdr_recorder, "flush") else None
+        async def calls(first: int, last: int, bye: bool = True) -> None:
+            for start in range(first, last, burst):
+                await deliver([(_invite(i), carrier_flow()) for i in range(start, min(last, start + burst))])
+                peers.react()  # phone rings and answers
+                for _ in range(8):  # 180/200 → carrier; then ACK + BYE → phone; 200 for BYE
+                    if not peers.to_node:
+                        peers.ack_and_bye(carrier_flow, bye)
+                    if not peers.to_node:
+                        break
+                    batch, peers.to_node = peers.to_node, []
+                    await deliver(batch)
+                    peers.react()
+                await service.cdr_recorder.flush() if hasattr(service.cdr_recorder, "flush") else None
+
+        await calls(0, n)
         for _ in range(20):
             await asyncio.sleep(0.01)
         cdrs = await backend.cdrs.list(t.id, limit=n + 10)
+        result = {"us": cpu / n * 1e6, "gc_us": gc_cpu / n * 1e6}
         answered = sum(1 for c in cdrs if c.answer is not None)
         print(f"calls: {n}, completed (BYE answered): {peers.done}, CDRs: {len(cdrs)}, answered: {answered}, "
               f"still active: {len(service.calls)}")
@@ -241,14 +268,41 @@ async def main(n: int, burst: int, profile: bool) -> None:
               f"=> {n / cpu:,.0f} calls/s per core (without sockets)")
         print(f"of which the garbage collector: {gc_cpu / n * 1e6:.0f} µs per call "
               f"(collections of generation 0/1/2: {gc_runs[0]}/{gc_runs[1]}/{gc_runs[2]})")
+        if memory:
+            await asyncio.sleep(100 * t1)  # the ended calls' release (80 T1) and transactions' timers
+            collected[0] += gc.collect()
+            print(f"cyclic garbage freed by the collector: {collected[0] / n:.2f} objects per call "
+                  f"(T1 = {t1 * 1000:.0f} ms: ended calls are released during the run)")
+            import tracemalloc
+
+            held = min(n, 1000)
+            await calls(n, n + held)  # warm-up as many calls (the relay then has idle pairs)
+            await asyncio.sleep(100 * t1)
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            await calls(n + held, n + 2 * held, bye=False)
+            gc.collect()
+            per_call = (tracemalloc.get_traced_memory()[0] - base) / held
+            tracemalloc.stop()
+            print(f"memory per call in progress (tracemalloc, {held} calls up): {per_call / 1024:.1f} KiB")
+            peers.bye_held(carrier_flow)
+            while peers.to_node:
+                batch, peers.to_node = peers.to_node, []
+                await deliver(batch)
+                peers.react()
+            await asyncio.sleep(0.2)  # the CDR recorder's batches
         gc.callbacks.remove(gc_clock)
         if hasattr(relay, "pairs_reused"):
             print(f"relay sessions: {relay.sessions_opened}, with both port pairs reused (bound in an earlier "
                   f"call, idle >= {relay.reuse_after} s): {relay.pairs_reused}, idle pairs kept at most: {relay.max_idle}")
         backend.close()
         relay.close() if hasattr(relay, "close") else None
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
     if prof:
         pstats.Stats(prof).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "30")))
+    return result
 
 
 if __name__ == "__main__":
@@ -262,4 +316,5 @@ if __name__ == "__main__":
         pass
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    uvloop.run(main(int(args[0]) if args else 5000, int(args[1]) if len(args) > 1 else 50, "--profile" in sys.argv))
+    uvloop.run(main(int(args[0]) if args else 5000, int(args[1]) if len(args) > 1 else 50,
+                    "--profile" in sys.argv, "--memory" in sys.argv))

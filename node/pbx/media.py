@@ -16,7 +16,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from node.rtp_engine.relay import RelaySession, RtpRelay
-from node.sdp.anchoring import media_address, relayed_stream, rewrite_for_relay
+from node.sdp.anchoring import RelayReading, read_for_relay, relayed_stream
 from node.sdp.errors import SdpNotAcceptable
 from node.sdp.model import SessionDescription
 from node.sdp.origin import LocalOrigin
@@ -35,15 +35,35 @@ _LOCAL_PLAIN = ANCHORED.labels("local", "plain")
 def check_offer(body: bytes) -> SessionDescription:
     """The parsed offer if it has an active audio stream with G.711; SdpNotAcceptable (488)."""
     sd = parse(body)
+    why = _refusal(sd)
+    if why:
+        raise SdpNotAcceptable(why)
+    return sd
+
+
+def _refusal(sd: SessionDescription) -> str:
+    """Why an offer cannot be bridged ("" when it can)."""
     i = relayed_stream(sd)
     if i is None:
-        raise SdpNotAcceptable("no active audio stream in the offer")
+        return "no active audio stream in the offer"
     m = sd.media[i]
     for pt in m.payload_types:
         rm = m.rtpmap(pt)
         if rm is not None and rm.encoding.upper() in SUPPORTED_CODECS:
-            return sd
-    raise SdpNotAcceptable("no supported audio codec offered (PCMU, PCMA)")
+            return ""
+    return "no supported audio codec offered (PCMU, PCMA)"
+
+
+def _check_reading(reading: RelayReading) -> None:
+    shape = reading.shape
+    if shape is None:
+        why = _refusal(reading.description)
+    else:  # the verdict depends on the shape only (codecs, which streams are active)
+        why = shape.memo.get("bridgeable")
+        if why is None:
+            why = shape.memo["bridgeable"] = _refusal(shape.sample)
+    if why:
+        raise SdpNotAcceptable(why)
 
 
 class MediaAnchor:
@@ -54,11 +74,10 @@ class MediaAnchor:
         self.advertise = advertise
         #: our o= line towards each side (RFC 3264 §8)
         self._origins = {"a": LocalOrigin(), "b": LocalOrigin()}
-        #: the offer ``check_offer`` parsed, until ``rewrite`` uses it: the caller's offer is
-        #: checked, then rewritten for the callee, and need not be parsed twice. (Kept no
-        #: longer: a call outlives its SDP by its transactions' timers, and parsed SDP is
-        #: many small objects for the garbage collector to scan.)
-        self._checked: tuple[bytes, SessionDescription] | None = None
+        #: the offer ``check_offer`` read, until ``rewrite`` uses it: the caller's offer is
+        #: checked, then rewritten for the callee, and need not be read twice. (Kept no
+        #: longer: a call outlives its SDP by its transactions' timers.)
+        self._checked: tuple[bytes, RelayReading] | None = None
 
     #: where this call's media flows (metrics, tests): the node's own relay
     where = "local"
@@ -67,7 +86,9 @@ class MediaAnchor:
 
     def check_offer(self, body: bytes) -> None:
         """Refuse (488) an offer with no G.711 audio before ringing anybody."""
-        self._checked = (body, check_offer(body))
+        reading = read_for_relay(body)
+        _check_reading(reading)
+        self._checked = (body, reading)
 
     async def rewrite_async(self, from_side: str, body: bytes, local_ip: str, *, offer: bool | None = None) -> bytes:
         """``rewrite`` for call control, which awaits every anchor alike (``offer`` is what an
@@ -81,17 +102,20 @@ class MediaAnchor:
     def rewrite(self, from_side: str, body: bytes, local_ip: str) -> bytes:
         """SDP received from ``from_side`` → the SDP to send to the other side."""
         checked, self._checked = self._checked, None
-        sd = checked[1] if checked is not None and checked[0] == body else parse(body)
-        addr = media_address(sd)
-        leg = self.session.leg(from_side)
+        reading = checked[1] if checked is not None and checked[0] == body else read_for_relay(body)
+        addr = reading.address
+        session = self.session
+        if from_side == "a":
+            leg, to_side, other = session.a, "b", session.b
+        else:
+            leg, to_side, other = session.leg(from_side), "a", session.a
         if addr is not None:
             leg.set_remote(addr.host, addr.port, addr.rtcp_port, addr.rtcp_host)
         else:
             leg.set_remote("0.0.0.0", 0)
-        to_side = "b" if from_side == "a" else "a"
         ip = self.advertise or local_ip
-        out = rewrite_for_relay(sd, ip, self.session.leg(to_side).local_port)
-        return self._origins[to_side].stamp_bytes(out, ip)
+        lines, o = reading.render(ip, other.local_port)
+        return self._origins[to_side].stamp_lines(lines, o, ip)
 
     def close(self) -> None:
         self.session.close()

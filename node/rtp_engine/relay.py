@@ -97,6 +97,9 @@ class SessionStats:
         return self.a.dropped + self.b.dropped
 
 
+_NOWHERE: "_Socket" = None  # type: ignore[assignment]  # set below the class
+
+
 class _Socket(asyncio.DatagramProtocol):
     """One bound UDP socket of a leg (its RTP or its RTCP port)."""
 
@@ -112,8 +115,9 @@ class _Socket(asyncio.DatagramProtocol):
         self.relay = relay
         self.leg: RelayLeg | None = None
         self.transport: asyncio.DatagramTransport | None = None
-        #: the socket of the other leg, through which what we receive goes out
-        self.peer: _Socket = self
+        #: the socket of the other leg, through which what we receive goes out (``_NOWHERE``
+        #: until the session is wired and once it is over: no reference cycle to outlive it)
+        self.peer: _Socket = _NOWHERE
         self.paused = False
         self.lost = False
         #: the peer signalled "send me nothing" (c=0.0.0.0 / port 0)
@@ -223,6 +227,11 @@ class _Socket(asyncio.DatagramProtocol):
         if not self.lost:
             self.lost = True
             self.leg._socket_gone()  # type: ignore[union-attr]
+
+
+#: the peer of a socket without a session: it has no destination, so what arrives is dropped
+_NOWHERE = _Socket(None)  # type: ignore[arg-type]
+_NOWHERE.peer = _NOWHERE
 
 
 class _TappedSocket(_Socket):
@@ -375,8 +384,19 @@ class RelaySession:
         self._open_legs -= 1
         if self._open_legs == 0:
             self._relay._pending.pop(self.id, None)
+            self._unlink()
             if self._done is not None and not self._done.done():
                 self._done.set_result(None)
+
+    def _unlink(self) -> None:
+        """Every socket is closed or parked: drop the references that point back (socket →
+        leg, socket → other leg's socket, leg → session), so that reference counting frees
+        the session without the garbage collector. What points forward stays (stats)."""
+        for leg in (self.a, self.b):
+            leg.session = None
+            for sock in (leg.rtp, leg.rtcp):
+                sock.leg = None
+                sock.peer = _NOWHERE
 
     def leg(self, name: str) -> RelayLeg:
         """``'a'`` or ``'b'``."""
@@ -468,6 +488,9 @@ class RtpRelay:
         if self.closed:
             raise RelayError("RTP relay is closed", 503)
         loop = self.loop
+        idle = self._idle
+        if len(idle) >= 2 and idle[1].ready_at <= loop.time():
+            return self._open_on_idle_pairs(call_id, tenant)  # the usual case under load
         # per leg: (port, rtp, rtcp) with sockets to wire up, or an idle pair to take over
         got: list[tuple[int, socket.socket, socket.socket] | _IdlePair] = []
         try:
@@ -533,6 +556,22 @@ class RtpRelay:
         if self.closed:  # the relay was closed while we awaited
             session.close()
             raise RelayError("RTP relay is closed", 503)
+        return session
+
+    def _open_on_idle_pairs(self, call_id: str, tenant: str) -> RelaySession:
+        """``open_session`` when the two pairs idle longest are out of quarantine: nothing
+        to bind or await (the FIFO is in order of ``ready_at``)."""
+        pa, pb = self._take_idle(), self._take_idle()
+        a, b = RelayLeg(self, "a", pa.port), RelayLeg(self, "b", pb.port)
+        a.rtp.peer, b.rtp.peer = b.rtp, a.rtp
+        a.rtcp.peer, b.rtcp.peer = b.rtcp, a.rtcp
+        session = RelaySession(self, next(self._ids), call_id, tenant, a, b)
+        pa.hand_over(a)
+        pb.hand_over(b)
+        self.pairs_reused += 1
+        self._sessions[session.id] = session
+        self.sessions_opened += 1
+        metrics.session_opened()
         return session
 
     def sessions(self, tenant: str) -> list[RelaySession]:

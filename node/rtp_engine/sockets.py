@@ -43,7 +43,9 @@ def bind_pair(
 ) -> tuple[int, socket.socket, socket.socket]:
     """An even port from the pool with its RTP and RTCP sockets bound. A port some other
     process holds goes back to the end of the queue and the next one is tried."""
-    last: OSError | None = None
+    #: the last failure's text: the exception itself would keep this frame (and its sockets)
+    #: alive through its traceback, a cycle for the garbage collector
+    last = ""
     for _ in range(min(BIND_ATTEMPTS, pool.capacity)):
         port = pool.acquire()
         socks: list[socket.socket] = []
@@ -61,7 +63,7 @@ def bind_pair(
             pool.release(port)
             if e.errno not in (errno.EADDRINUSE, errno.EACCES):
                 raise RelayError(f"cannot bind RTP socket on {bind_host}:{port}: {e}") from e
-            last = e
+            last = str(e)
     raise RelayError(f"no bindable RTP port pair on {bind_host}: {last}", 503)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.sdp.model import Attribute, Connection, Media, Origin, SessionDescription
+from node.sdp.model import Attribute, Connection, Media, Origin, SessionDescription, is_unspecified
 from node.sdp.origin import LocalOrigin
 from node.sdp.parser import parse
 
@@ -142,3 +142,181 @@ def rewrite_for_relay(
         o = sd.origin  # replaced by origin.stamp below
     out = SessionDescription(o, sd.name, session_conn, sd.timing, attributes, tuple(media), sd.other, sd.version)
     return out if origin is None else origin.stamp(out, ip)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewriting without the model. A phone (or a carrier's SBC) sends the same SDP in every call
+# but for its o= line, its address and its port; the rewrite of such a body is that of the
+# first one seen, with the relay's port put in. ``read_for_relay`` keeps, per *shape* (the
+# body with those parts masked), what the full parse and ``rewrite_for_relay`` made of the
+# first body, and only checks the masked parts of later ones: a call's three SDP steps
+# (offer check, two rewrites) skip parsing, model objects and rendering.
+
+#: shapes kept (phones, trunks and their codec sets: a node sees a few dozen)
+SHAPES_MAX = 256
+#: relay addresses rendered per shape (the node's own addresses)
+_OUT_MAX = 8
+
+
+class RelayShape:
+    """What all SDP bodies of one shape have in common: the description parsed from the first
+    one (``sample``: its o=, c= addresses and non-zero ports are that body's), where the
+    relayed stream's address and port are read, and its rewrite per relay address.
+    ``memo``: facts callers derive from ``sample`` alone (a codec check), kept with it."""
+
+    __slots__ = ("sample", "relayed", "addr_line", "port_line", "memo", "_out")
+
+    def __init__(self, sample: SessionDescription, relayed: int | None, addr_line: int, port_line: int) -> None:
+        self.sample = sample
+        self.relayed = relayed
+        #: input line of the relayed stream's c= (its own, else the session's); -1: none
+        self.addr_line = addr_line
+        #: input line of the relayed stream's m=; -1: no relayed stream
+        self.port_line = port_line
+        self.memo: dict = {}
+        #: relay address -> (output lines, index of o=, index of the relayed m=, its prefix, suffix)
+        self._out: dict[str, tuple[tuple[str, ...], int, int, str, str]] = {}
+
+    def rendered(self, ip: str) -> tuple[tuple[str, ...], int, int, str, str]:
+        out = self._out.get(ip)
+        if out is None:
+            lines = rewrite_for_relay(self.sample, ip, 1).lines()
+            o = next(i for i, ln in enumerate(lines) if ln.startswith("o="))
+            m, prefix, suffix = -1, "", ""
+            if self.relayed is not None:
+                m = [i for i, ln in enumerate(lines) if ln.startswith("m=")][self.relayed]
+                mtype = self.sample.media[self.relayed].type
+                prefix = f"m={mtype} "
+                assert lines[m].startswith(prefix + "1 ")
+                suffix = lines[m][len(prefix) + 1:]
+            out = (tuple(lines), o, m, prefix, suffix)
+            if len(self._out) < _OUT_MAX:
+                self._out[ip] = out
+        return out
+
+
+class RelayReading:
+    """One SDP body as the relay needs it: where its sender receives (``address``) and the
+    body for the other side (``render``). Made by ``read_for_relay``."""
+
+    __slots__ = ("shape", "address", "_sd")
+
+    def __init__(self, shape: RelayShape | None, address: MediaAddress | None, sd: SessionDescription | None) -> None:
+        #: None when the body's shape is not kept (ICE or a=rtcp: their lines vary per call)
+        self.shape = shape
+        self.address = address
+        self._sd = sd
+
+    @property
+    def description(self) -> SessionDescription:
+        """The body's description; for a kept shape its ``sample`` stands in for it (the same
+        but for o=, c= addresses and ports), which is all that codec checks read."""
+        return self._sd if self._sd is not None else self.shape.sample  # type: ignore[union-attr]
+
+    def render(self, ip: str, port: int) -> tuple[list[str], int]:
+        """The lines of ``rewrite_for_relay(body, ip, port)`` and the index of its o= line
+        (for ``LocalOrigin.stamp_lines``)."""
+        if self._sd is not None:
+            lines = rewrite_for_relay(self._sd, ip, port).lines()
+            return lines, next(i for i, ln in enumerate(lines) if ln.startswith("o="))
+        out, o, m, prefix, suffix = self.shape.rendered(ip)  # type: ignore[union-attr]
+        lines = list(out)
+        if m >= 0:
+            lines[m] = f"{prefix}{port}{suffix}"
+        return lines, o
+
+
+_shapes: dict[tuple[str, ...], RelayShape] = {}
+
+
+def read_for_relay(body: bytes) -> RelayReading:
+    """``body`` read for the relay: as ``parse`` + ``media_address`` + ``rewrite_for_relay``
+    would, and raising the same ``SdpError`` for a malformed body, but from the memo of its
+    shape when one is kept."""
+    text = body.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    key = _shape_key(lines, text)
+    if key is not None:
+        shape = _shapes.get(key)
+        if shape is not None:
+            return RelayReading(shape, _address(shape, lines), None)
+    sd = parse(text)
+    if key is None or any(a.name in _REWRITTEN for m in sd.media for a in m.attributes) or any(
+        a.name in _ICE_ATTRIBUTES for a in sd.attributes
+    ):
+        return RelayReading(None, media_address(sd), sd)
+    shape = _make_shape(sd, key)
+    if len(_shapes) >= SHAPES_MAX:
+        _shapes.clear()  # a flood of one-off shapes: start over rather than grow
+    _shapes[key] = shape
+    return RelayReading(shape, _address(shape, lines), None)
+
+
+_MASKED = ("o=", "c=", "m=")
+
+
+def _shape_key(lines: list[str], text: str) -> tuple[str, ...] | None:
+    """``lines`` with the o= line, unicast c= addresses and non-zero m= ports masked, after
+    checking those parts as ``parse`` would; None when the body is not plain CRLF lines or a
+    masked part is malformed (the full parse then says what is wrong)."""
+    if text.count("\n") != len(lines) - (0 if text.endswith("\r\n") else 1) or text.count("\r") != text.count("\n"):
+        return None  # bare LF or CR line ends: left to the parser
+    key: list[str] = []
+    append = key.append
+    for ln in lines:
+        if not ln.startswith(_MASKED):  # a=, s=, t= ...: the bulk, part of the shape as they are
+            append(ln)
+            continue
+        letter = ln[:2]
+        if letter == "o=":
+            parts = ln[2:].split()
+            if len(parts) != 6 or not (parts[1] + parts[2]).isascii() or not parts[1].isdigit() or not parts[2].isdigit():
+                return None
+            append("o=")
+        elif letter == "c=":
+            parts = ln[2:].split()
+            if len(parts) != 3:
+                return None
+            if is_unspecified(parts[2].split("/", 1)[0]):
+                append(ln)  # hold is part of the shape
+            else:
+                append(f"c={parts[0]} {parts[1]} \0")
+        elif letter == "m=":
+            parts = ln[2:].split()
+            if len(parts) < 4 or not parts[1].isascii() or not parts[1].isdigit() or int(parts[1]) > 65535:
+                append(ln)  # port 0 / port count / no formats: whatever it is, the parser sees it
+            elif parts[1] == "0" or parts[1].strip("0") == "":
+                append(ln)
+            else:
+                append(f"m={parts[0]} \0 {' '.join(parts[2:])}")
+    return tuple(key)
+
+
+def _address(shape: RelayShape, lines: list[str]) -> MediaAddress | None:
+    if shape.port_line < 0 or shape.addr_line < 0:
+        return None
+    port = int(lines[shape.port_line][2:].split()[1].partition("/")[0])
+    host = lines[shape.addr_line][2:].split()[2].split("/", 1)[0]
+    return MediaAddress(host, port, host, port + 1)
+
+
+def _make_shape(sd: SessionDescription, key: tuple[str, ...]) -> RelayShape:
+    relayed = relayed_stream(sd)
+    session_c = -1
+    m_lines: list[int] = []
+    media_c: list[int] = []
+    for i, ln in enumerate(key):
+        if ln.startswith("m="):
+            m_lines.append(i)
+            media_c.append(-1)
+        elif ln.startswith("c="):
+            if m_lines:
+                media_c[-1] = i
+            else:
+                session_c = i
+    if relayed is None:
+        return RelayShape(sd, None, -1, -1)
+    addr = media_c[relayed] if media_c[relayed] >= 0 else session_c
+    return RelayShape(sd, relayed, addr, m_lines[relayed])

@@ -38,7 +38,21 @@ class LocalOrigin:
     def stamp_bytes(self, sd: SessionDescription, address: str) -> bytes:
         """``stamp(sd, address).to_bytes()``, rendering the description once instead of twice
         and building no description objects."""
-        lines, i = self._render(sd, address)
+        lines = sd.lines()
+        # v= comes first and o= second, unless a v= sneaked into ``other`` (never from parse)
+        i = 1 if lines[1].startswith("o=") else lines.index(f"o={sd.origin}")
+        return self.stamp_lines(lines, i, address)
+
+    def stamp_lines(self, lines: list[str], i: int, address: str) -> bytes:
+        """The body of ``lines`` (a description's lines, ``lines[i]`` its o= line, replaced
+        here) with our o= line: for callers that render descriptions without the model
+        (node/sdp/anchoring.py ``RelayReading``)."""
+        lines[i] = self._origin_line(address, 0)
+        content = tuple(lines)
+        if content != self._last:
+            if self._last is not None:
+                self.version += 1
+            self._last = content
         lines[i] = self._origin_line(address, self.version)
         return serialize(lines)
 

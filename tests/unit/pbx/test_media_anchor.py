@@ -66,3 +66,23 @@ def test_repeated_rewrite_keeps_the_o_line_version() -> None:
     moved = parse(m.rewrite("a", OTHER_OFFER.replace(b"a=sendrecv", b"a=sendonly"), "198.51.100.1"))
     assert first.origin == again.origin
     assert (moved.origin.sess_id, moved.origin.sess_version) == (first.origin.sess_id, first.origin.sess_version + 1)
+
+
+def test_the_codec_verdict_of_a_known_shape_holds_for_every_body_of_it() -> None:
+    """The offer check is memoised per SDP shape (node/sdp/anchoring.py): a refused shape
+    stays refused for other addresses and ports, and an accepted one accepted."""
+    g729 = OFFER.replace(b"RTP/AVP 0 8 101", b"RTP/AVP 18").replace(b"a=rtpmap:0 PCMU/8000\r\n", b"")
+    for host, port in ((b"192.0.2.20", b"6100"), (b"192.0.2.21", b"6102")):
+        with pytest.raises(SdpNotAcceptable):
+            MediaAnchor(FakeSession(), None).check_offer(  # type: ignore[arg-type]
+                g729.replace(b"192.0.2.10", host).replace(b"6000", port))
+        s = FakeSession()
+        m = MediaAnchor(s, None)  # type: ignore[arg-type]
+        body = OFFER.replace(b"192.0.2.10", host).replace(b"6000", port)
+        m.check_offer(body)
+        m.rewrite("a", body, "198.51.100.1")
+        assert s.a.remotes == [(host.decode(), int(port), int(port) + 1, host.decode())]
+    held = OFFER.replace(b"c=IN IP4 192.0.2.10", b"c=IN IP4 0.0.0.0")
+    s = FakeSession()
+    MediaAnchor(s, None).rewrite("a", held, "198.51.100.1")  # type: ignore[arg-type]
+    assert s.a.remotes == [("0.0.0.0", 6000, 6001, "0.0.0.0")]
