@@ -14,8 +14,11 @@ from node.sip.uri import (
     HOST,
     HOSTNAME,
     IPV6REF,
+    MEMO_KEY_MAX,
+    MEMO_SIZE,
     PORT,
     TOKEN_C,
+    _GEN_PARAMS_FAST,
     _ipv6_ok,
     _params_fast,
     format_params,
@@ -128,6 +131,16 @@ _VIA_SLOW = re.compile(
 )
 
 
+# "SIP/2.0/UDP host:port" (a Via before its first ';', as received) → (transport, host,
+# port, version): a phone or proxy sends the same one message after message
+_VIA_PREFIX: dict[str, tuple] = {}
+# the parameters phones and proxies usually send, in the usual order: matching this leaves
+# nothing for _check_via_params (values present, rport digits, no name twice)
+_VIA_USUAL_PARAMS = re.compile(
+    rf";branch=([{TOKEN_C}]++)(;rport(?:=([0-9]{{1,5}}))?+)?+(?:;received=([{GENVAL_C}]++))?+"
+)
+
+
 def _check_via_params(params: dict[str, str | None], text: str) -> None:
     # via-branch / via-received / via-maddr / via-ttl take a value; rport's is digits (RFC 3581)
     get = params.get
@@ -159,6 +172,59 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> "Via":
         """One via-parm (split a Via header's list first: ``split_list_strict``)."""
+        semi = text.find(";")
+        prefix = text if semi < 0 else text[:semi]
+        hit = _VIA_PREFIX.get(prefix)
+        if hit is not None:
+            # "SIP/2.0/UDP host:port" was checked before: only the parameters are new
+            ptext = "" if semi < 0 else text[semi:]
+            usual = _VIA_USUAL_PARAMS.fullmatch(ptext) if ptext else None
+            if usual is not None:  # nothing left to check
+                v = cls.__new__(cls)
+                v.transport, v.host, v.port, v.version = hit
+                branch, rport, rport_value, received = usual.groups()
+                if rport is None and received is None:
+                    v.params = {"branch": branch}
+                else:
+                    v.params = params = {"branch": branch}
+                    if rport is not None:
+                        params["rport"] = rport_value
+                    if received is not None:
+                        params["received"] = received
+                return v
+            if not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None:
+                v = cls.__new__(cls)
+                v.transport, v.host, v.port, v.version = hit
+                v.params = params = _params_fast(ptext) if ptext else {}
+                if params:
+                    _check_via_params(params, text)
+                return v
+        v = cls._parse(text)
+        if len(prefix) <= MEMO_KEY_MAX:
+            if len(_VIA_PREFIX) >= MEMO_SIZE:
+                _VIA_PREFIX.clear()
+            _VIA_PREFIX[prefix] = (v.transport, v.host, v.port, v.version)
+        return v
+
+    @classmethod
+    def check(cls, text: str) -> None:
+        """Raise as ``parse`` would, building nothing in the common case (a parsed message
+        builds its Vias when first read: the transaction layer matches responses on text)."""
+        semi = text.find(";")
+        hit = _VIA_PREFIX.get(text if semi < 0 else text[:semi])
+        if hit is not None:
+            if semi < 0:
+                return
+            ptext = text[semi:]
+            if _VIA_USUAL_PARAMS.fullmatch(ptext) is not None:
+                return
+            if _GEN_PARAMS_FAST.fullmatch(ptext) is not None:
+                _check_via_params(_params_fast(ptext), text)
+                return
+        cls.parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> "Via":
         m = _VIA_FAST.fullmatch(text)
         if m is not None:
             transport, host, port, ptext = m.groups()

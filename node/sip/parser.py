@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 
 from node.sip.errors import RemoteProtocolError
-from node.sip.headers import METHODS, NAMES, SINGLE_HEADERS, CSeq, Via, _check_via_params, canonical_name, is_token
+from node.sip.headers import METHODS, NAMES, SINGLE_HEADERS, CSeq, Via, canonical_name, is_token
 from node.sip.message import (
     _CALL_ID,
     Message,
@@ -49,14 +49,12 @@ from node.sip.message import (
     parse_vias,
 )
 from node.sip.uri import (
-    _GEN_PARAMS_FAST,
+    _CONTACT_CHECKED,
     _SIP_URI,
     MEMO_KEY_MAX,
     MEMO_SIZE,
-    TOKEN_C,
     NameAddr,
     Uri,
-    _params_fast,
     check_uri_match,
 )
 
@@ -158,7 +156,8 @@ def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
 def _status_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
     # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
     parts = line.split(" ", 2)
-    if len(parts) < 2 or not _VERSION.fullmatch(parts[0]):
+    standard = parts[0] == "SIP/2.0"
+    if len(parts) < 2 or not (standard or _VERSION.fullmatch(parts[0])):
         raise _E(f"malformed status line {line[:80]!r}")
     code = parts[1]
     if not (len(code) == 3 and code.isascii() and code.isdigit()) or not "100" <= code <= "699":
@@ -171,7 +170,7 @@ def _status_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
     resp.status = int(code)
     resp.reason = parts[2] if len(parts) == 3 else ""
     resp.version = "SIP/2.0"
-    if parts[0] != "SIP/2.0" and parts[0].upper() != "SIP/2.0":
+    if not standard and parts[0].upper() != "SIP/2.0":
         return resp, _E(f"unsupported SIP version {parts[0][:16]!r}", 505)
     return resp, None
 
@@ -302,62 +301,49 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         cseq.method = method
     else:
         cseq = CSeq.parse(cseq_v)
-    if _CALL_ID.fullmatch(call_id) is None:
-        parse_call_id(call_id)  # raises with the reason
-    # Via: the top one is read by every transaction match
+    if call_id not in _CALL_IDS:  # a call's every message repeats its Call-ID
+        if _CALL_ID.fullmatch(call_id) is None:
+            parse_call_id(call_id)  # raises with the reason
+        if len(call_id) <= MEMO_KEY_MAX:
+            if len(_CALL_IDS) >= MEMO_SIZE:
+                _CALL_IDS.clear()
+            _CALL_IDS[call_id] = True
+    cache = msg._cache  # holds the Request-URI's match at most
+    cache["call_id"] = call_id
+    cache["cseq"] = cseq
+    # Via, From and To of a response: checked now, built when first read (a response is
+    # matched on its Via's text and seldom reads From or To); a request's are read by the
+    # transaction layer and the dialog match, so they are built now
+    request = type(msg) is Request
     if multi is None and "," not in via:
-        semi = via.find(";")
-        prefix = via if semi < 0 else via[:semi]
-        hit = _VIA_PREFIX.get(prefix)
-        ptext = "" if semi < 0 else via[semi:]
-        common = None if hit is None else _VIA_COMMON_PARAMS.fullmatch(ptext)
-        if common is not None:
-            # the usual ";branch=...;rport" (or ";branch=..."): nothing left to check
-            v = _new_via(_Via)
-            v.transport, v.host, v.port, v.version = hit
-            branch, rport = common.groups()
-            v.params = {"branch": branch} if rport is None else {"branch": branch, "rport": None}
-        elif hit is not None and (not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None):
-            # "SIP/2.0/UDP host:port" was checked before: only the parameters are new
-            v = _new_via(_Via)
-            v.transport, v.host, v.port, v.version = hit
-            v.params = params = _params_fast(ptext) if ptext else {}
-            if params:
-                _check_via_params(params, via)
+        if request:
+            cache["vias"] = [_parse_via(via)]
         else:
-            v = Via.parse(via)
-            if len(prefix) <= MEMO_KEY_MAX:
-                if len(_VIA_PREFIX) >= MEMO_SIZE:
-                    _VIA_PREFIX.clear()
-                _VIA_PREFIX[prefix] = (v.transport, v.host, v.port, v.version)
-        vias = [v]
+            _check_via(via)
     else:
-        vias = parse_vias(multi["Via"] if multi is not None else [via])
+        cache["vias"] = parse_vias(multi["Via"] if multi is not None else [via])
     try:
-        from_ = NameAddr.parse(frm)
+        na = _parse_name_addr(frm) if request else _check_name_addr(frm)
     except RemoteProtocolError as e:
         raise _E(f"bad From header: {e.reason}") from None
+    if na is not None:
+        cache["from"] = na
     try:
-        to_ = NameAddr.parse(to)
+        na = _parse_name_addr(to) if request else _check_name_addr(to)
     except RemoteProtocolError as e:
         raise _E(f"bad To header: {e.reason}") from None
+    if na is not None:
+        cache["to"] = na
     v = get("Max-Forwards")
-    max_forwards = None if v is None else parse_max_forwards(v)
+    cache["max_forwards"] = None if v is None else 70 if v == "70" else parse_max_forwards(v)
     v = get("Content-Type")
-    content_type = None if v is None else parse_content_type(v)
-    old = msg._cache
-    cache = msg._cache = {
-        "call_id": call_id, "cseq": cseq, "vias": vias, "from": from_, "to": to_,
-        "max_forwards": max_forwards, "content_type": content_type,
-    }
-    if old:
-        cache.update(old)
+    cache["content_type"] = None if v is None else parse_content_type(v)
     # Contact, Route, Record-Route: checked now, built on first use (often never read)
     v = get("Contact")
     if v is None:
         cache["contacts"] = []
     elif multi is None:
-        if v != "*":
+        if v != "*" and v not in _CONTACT_CHECKED:
             check_name_addrs((v,), "Contact")
     else:
         vals = multi["Contact"]
@@ -373,7 +359,7 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         cache["record_routes"] = []
     else:
         check_name_addrs((v,) if multi is None else multi["Record-Route"], "Record-Route")
-    if type(msg) is Request and cseq.method != msg.method:  # type: ignore[attr-defined]
+    if request and cseq.method != msg.method:  # type: ignore[attr-defined]
         # RFC 4475 §3.1.2.17 mismatch01 (400); §3.1.2.18 mismatch02: 501 for an unknown method
         raise _E(
             f"CSeq method {cseq.method} does not match the request method {msg.method}",  # type: ignore[attr-defined]
@@ -383,12 +369,12 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
 
 _CSeq = CSeq
 _new_cseq = CSeq.__new__
-# "SIP/2.0/UDP host:port" (a Via before its parameters) → (transport, host, port, version)
-_VIA_PREFIX: dict[str, tuple] = {}
 _RURI_MEMO: dict[str, re.Match[str]] = {}
-_VIA_COMMON_PARAMS = re.compile(rf";branch=([{TOKEN_C}]++)(;rport)?+")
-_Via = Via
-_new_via = Via.__new__
+_CALL_IDS: dict[str, bool] = {}  # Call-IDs checked (bounded like the memos of node.sip.uri)
+_check_via = Via.check
+_parse_via = Via.parse
+_check_name_addr = NameAddr.check_lazy
+_parse_name_addr = NameAddr.parse
 
 
 def _content_length(last: dict[str, str], multi: dict[str, list[str]] | None) -> int | None:

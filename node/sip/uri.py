@@ -466,6 +466,24 @@ class NameAddr:
         return na
 
     @classmethod
+    def check_lazy(cls, text: str) -> "NameAddr | None":
+        """Raise as ``parse`` would; None when the value is valid and nothing was built (a
+        From/To seen before, or a checked prefix and plain parameters: a parsed message
+        builds its From and To when first read, and most responses never read them), else
+        the NameAddr the general path built."""
+        if text in _NA_WHOLE:
+            return None
+        gt = text.rfind(">")
+        if gt > 0 and text[: gt + 1] in _NA_PREFIX:
+            rest = text[gt + 1 :]
+            if not rest or _TAG_ONLY.fullmatch(rest) is not None:
+                return None
+            if _GEN_PARAMS_FAST.fullmatch(rest) is not None:
+                _params_fast(rest)  # raises on a repeated name
+                return None
+        return cls.parse(text)
+
+    @classmethod
     def check(cls, text: str, contact: bool = False) -> None:
         """Raise if ``text`` is not a valid name-addr / addr-spec with parameters; with
         ``contact``, also check the ``expires`` and ``q`` a registrar turns into numbers."""

@@ -248,13 +248,16 @@ def test_a_remembered_prefix_gives_the_same_answers():
 
 
 def test_memos_stay_bounded():
-    from node.sip import parser, uri
+    from node.sip import headers, parser, uri
 
     for i in range(uri.MEMO_SIZE + 100):
         NameAddr.parse(f"<sip:u{i}@bounded.example.com>;tag={i}")
         NameAddr.check(f"<sip:c{i}@h>;expires={i}", contact=True)
+        headers.Via.check(f"SIP/2.0/UDP h{i}.example.com;branch=z9hG4bK{i}")
     NameAddr.parse("<sip:" + "x" * 5000 + "@h>")
-    memos = (uri._NA_PREFIX, uri._NA_WHOLE, uri._NA_CHECKED, uri._CONTACT_CHECKED, parser._VIA_PREFIX, parser._RURI_MEMO)
+    headers.Via.parse("SIP/2.0/UDP " + "x" * 5000 + ";branch=z9hG4bK1")
+    assert len(headers._VIA_PREFIX) > 0
+    memos = (uri._NA_PREFIX, uri._NA_WHOLE, uri._NA_CHECKED, uri._CONTACT_CHECKED, headers._VIA_PREFIX, parser._RURI_MEMO)
     for memo in memos:
         assert len(memo) <= uri.MEMO_SIZE
         assert all(len(k) <= uri.MEMO_KEY_MAX for k in memo)
