@@ -100,14 +100,15 @@ _PARAM_RE = re.compile(
     re.S,
 )
 _UNESCAPE_RE = re.compile(r"\\(.)", re.S)
-# the whole auth-param list in one pass (the common case): ``split`` on this gives the text
-# between the parameters (only separators in a well-formed list: each item must end at a comma
-# or the end) and every (name, quoted value, token value); anything else takes the loop below,
-# which says precisely what is wrong
-_PARAM_ITEM_RE = re.compile(
-    rf'({_TOKEN})[ \t\r\n]*+=[ \t\r\n]*+(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([^",\s]++))[ \t\r\n]*+(?=,|\Z)',
-    re.S,
-)
+# The common case (no backslash) in two C passes: ``fullmatch`` of the whole list checks that
+# only separators lie between the parameters and that each ends at a comma or the end, then
+# ``findall`` collects every (name, quoted value, token value); anything else takes the loop
+# below, which says precisely what is wrong. Both passes are anchored or resume where the last
+# item ended, so a hostile value costs linear time (an unanchored search over a long token run,
+# as ``split`` does, is quadratic: half a second for one 8 KiB header).
+_ITEM = rf'{_TOKEN}[ \t\r\n]*+=[ \t\r\n]*+(?:"[^"\\]*+"|[^",\s]++)'
+_PARAM_LIST_RE = re.compile(rf"(?:[ \t\r\n,]*+{_ITEM}[ \t\r\n]*+(?=,|\Z))++[ \t\r\n,]*+")
+_PARAM_FIND_RE = re.compile(rf'({_TOKEN})[ \t\r\n]*+=[ \t\r\n]*+(?:"([^"\\]*+)"|([^",\s]++))')
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
 #: a digest header is a few hundred bytes; anything this large is an attack or a bug
 MAX_HEADER_LENGTH = 8192
@@ -122,16 +123,22 @@ def _split(value: str) -> tuple[str, dict[str, str]]:
     if m is None:
         raise AuthHeaderError("authentication header has no scheme")
     scheme = m.group(1)
-    pos, end = m.end(), len(text)
-    if "\\" not in text:
-        parts = _PARAM_ITEM_RE.split(text[pos:])
-        if len(parts) > 1 and not "".join(parts[0::4]).strip(", \t\r\n"):
-            names = parts[1::4]
-            params = {n.lower(): q if t is None else t for n, q, t in zip(names, parts[2::4], parts[3::4])}
-            if len(params) == len(names):
-                return scheme, params
-        # a repeated name or a malformed list: the loop below reports it
-    params = {}
+    pos = m.end()
+    if "\\" not in text and _PARAM_LIST_RE.fullmatch(text, pos) is not None:
+        found = _PARAM_FIND_RE.findall(text, pos)
+        # a quoted value leaves the token group empty ("" from findall), and a token is never empty
+        params = {n.lower(): t or q for n, q, t in found}
+        if len(params) == len(found):
+            return scheme, params
+        # a repeated name: the loop reports it
+    return scheme, _params_one_by_one(scheme, text, pos)
+
+
+def _params_one_by_one(scheme: str, text: str, pos: int) -> dict[str, str]:
+    """The auth-params of ``text`` from ``pos`` on, one match at a time: escapes, and an
+    error that says where a malformed list goes wrong."""
+    params: dict[str, str] = {}
+    end = len(text)
     while pos < end:
         p = _PARAM_RE.match(text, pos)
         if p is None:
@@ -149,7 +156,7 @@ def _split(value: str) -> tuple[str, dict[str, str]]:
         pos = p.end()
     if not params:
         raise AuthHeaderError(f"{scheme} header without parameters")
-    return scheme, params
+    return params
 
 
 def _digest_params(value: str) -> dict[str, str]:

@@ -16,10 +16,11 @@ touches a socket, so every timer is testable to the exact deadline.
   built with ``make_response`` carries its request's Via and CSeq text verbatim, so it is
   found by that text; a received response is found by the ``branch=`` substring of its
   top Via. Either falls back to parsed matching on a miss, so neither changes an outcome.
-* All timers live in one heap (``node.sip.timers``); a transaction owns at most two
-  entries: a retransmission timer (A, E, G) and an end timer (B, D, F, H, I, J, K, L, M).
-  The zero-length end timers of reliable transports are not scheduled at all: the
-  transaction ends on the spot.
+* Timers live in ``node.sip.timers``: a transaction owns at most two heap entries, a
+  retransmission timer (A, E, G) and an end timer (B, F, H, the §9.1 guard); the end timers
+  of finished transactions (D, I, J, K, L, M), never cancelled, are FIFO entries instead (no
+  object per timer). The zero-length end timers of reliable transports are not scheduled at
+  all: the transaction ends on the spot.
 * A transaction leaves the tables the moment it terminates; ``.tu`` is the transaction
   user's own slot so it never needs a side table keyed by transaction. (That is also why
   there is no TransactionTerminated event: nothing outside needs to forget a transaction.)
@@ -180,27 +181,48 @@ def _stamp_via(req: Request, via: Via, flow: Flow) -> str | None:
     Returns the text of the first Via header line as it now is."""
     params = via.params
     host, port = flow.remote
-    changed = False
+    rport = None
     if "rport" in params and params["rport"] is None:
-        params["rport"] = str(port)
-        changed = True
-    if changed or via.host_bare != host:
+        params["rport"] = rport = str(port)
+    had_received = "received" in params
+    received = None
+    if rport is not None or via.host_bare != host:
         if params.get("received") != host:
-            params["received"] = host
-            changed = True
+            params["received"] = received = host
     headers = req.headers
     for i, (name, value) in enumerate(headers):
         if name == "Via":
-            if not changed:
+            if rport is None and received is None:
                 return value
-            text = str(via)
-            if "," in value:
-                rest = split_header_list(value)[1:]
-                if rest:
-                    text = ", ".join([text, *rest])
+            text = _edited_via(value, rport, received, had_received)
+            if text is None:
+                text = str(via)
+                if "," in value:
+                    rest = split_header_list(value)[1:]
+                    if rest:
+                        text = ", ".join([text, *rest])
             headers[i] = ("Via", text)
             return text
     return None  # pragma: no cover - a parsed top Via implies a Via header
+
+
+def _edited_via(value: str, rport: str | None, received: str | None, had_received: bool) -> str | None:
+    """``value`` (one Via) with the value of its bare ``;rport`` filled in and ``;received``
+    appended, by editing the text: the same parameters, in the same order, as ``str(via)``
+    of the updated view, without formatting it afresh. None when the text is not that simple
+    (several Vias on the line, quotes, a received to replace, rport spelt otherwise)."""
+    if (received is not None and had_received) or "," in value or '"' in value:
+        return None
+    if rport is not None:
+        j = value.find(";rport") + 6
+        if j < 6 or (j < len(value) and value[j] != ";") or value.lower().count(";rport") != 1:
+            return None
+        value = f"{value[:j]}={rport}{value[j:]}"
+    if received is not None:
+        if ";received" in value.lower():
+            return None
+        value = f"{value};received={received}"
+    return value
 
 
 def _text_key(msg: Message) -> tuple[str | None, str | None]:
@@ -388,7 +410,7 @@ class TransactionLayer:
                 elif status >= 200:
                     # RFC 6026 §7.1: Accepted; the TU retransmits its 2xx; Timer L
                     txn.state = _ACCEPTED
-                    txn._end = self._timers.schedule(now + self._t64, txn, _END)
+                    self._end_after(txn, self._t64, now)
             elif state is _ACCEPTED and 200 <= status < 300:
                 data = txn._data if resp is txn.last_response else resp.to_bytes()
                 self._out.append((data, txn.flow))  # type: ignore[arg-type]
@@ -402,12 +424,18 @@ class TransactionLayer:
                 if txn.flow.reliable:
                     self._terminate(txn)
                 else:
-                    txn._end = self._timers.schedule(now + self._t64, txn, _END)
+                    self._end_after(txn, self._t64, now)
                     # for its 32 s in Completed a retransmission needs only the key and the
                     # bytes of the answer: let the parsed request and response go (a
-                    # registration storm keeps ~250,000 of these alive)
+                    # registration storm keeps ~250,000 of these alive), and the text-key
+                    # entry (a second final from the TU is rare: it takes the parsed match)
                     txn.request = None  # type: ignore[assignment]
                     txn.last_response = None
+                    text_key = txn._text_key
+                    if text_key is not None:
+                        if self._servers_by_text.get(text_key) is txn:
+                            del self._servers_by_text[text_key]
+                        txn._text_key = None
             else:
                 txn.state = _PROCEEDING
 
@@ -417,6 +445,13 @@ class TransactionLayer:
 
     def handle_timer(self, now: float) -> None:
         timers = self._timers
+        # the end timers of finished transactions (D, I, J, K, L, M): no events but Timer L's
+        # remembered flow, so their order against the heap's does not matter
+        ended = timers.pop_lingering(now)
+        while ended is not None:
+            if ended.state is not _TERMINATED:  # type: ignore[attr-defined]
+                self._on_end_timer(ended, now)  # type: ignore[arg-type]
+            ended = timers.pop_lingering(now)
         entry = timers.pop_due(now)
         while entry is not None:
             txn: Transaction = entry[2]
@@ -455,7 +490,7 @@ class TransactionLayer:
                     if txn.flow.reliable:
                         self._terminate(txn)
                     else:
-                        txn._end = self._timers.schedule(now + self.t4, txn, _END)
+                        self._end_after(txn, self.t4, now)  # Timer I
                     return
                 if state is _CONFIRMED:
                     return
@@ -535,7 +570,7 @@ class TransactionLayer:
                     # RFC 6026 §8.4: Accepted passes further 2xx (forks) to the TU; Timer M
                     txn.state = _ACCEPTED
                     self._cancel_timers(txn)
-                    txn._end = self._timers.schedule(now + self._t64, txn, _END)
+                    self._end_after(txn, self._t64, now)
                 else:
                     # §17.1.1.2/§17.1.1.3: ACK it ourselves; Timer D absorbs retransmissions
                     txn.state = _COMPLETED
@@ -545,7 +580,7 @@ class TransactionLayer:
                     if txn.flow.reliable:
                         self._terminate(txn)
                     else:
-                        txn._end = self._timers.schedule(now + TIMER_D, txn, _END)
+                        self._end_after(txn, TIMER_D, now)
                 self._events.append(ResponseReceived(resp, txn))
             elif state is _ACCEPTED:
                 if 200 <= status < 300:
@@ -564,7 +599,7 @@ class TransactionLayer:
                 if txn.flow.reliable:
                     self._terminate(txn)
                 else:
-                    txn._end = self._timers.schedule(now + self.t4, txn, _END)
+                    self._end_after(txn, self.t4, now)
             self._events.append(ResponseReceived(resp, txn))
 
     # ------------------------------------------------------------------ timers
@@ -604,6 +639,13 @@ class TransactionLayer:
         inv._guard = at = now + self._t64
         if inv.state is _PROCEEDING and inv._end is None:
             inv._end = self._timers.schedule(at, inv, _END)
+
+    def _end_after(self, txn: Transaction, delay: float, now: float) -> None:
+        """An end timer that is never cancelled (D, I, J, K, L, M): a FIFO entry, or a heap
+        entry if the clock went back."""
+        timers = self._timers
+        if not timers.linger(delay, now, txn):
+            txn._end = timers.schedule(now + delay, txn, _END)
 
     def _cancel_timers(self, txn: Transaction) -> None:
         timers = self._timers

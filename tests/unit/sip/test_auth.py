@@ -365,6 +365,60 @@ def test_arbitrary_header_text_only_ever_raises_auth_header_error(text: str) -> 
     assert DigestServer(SECRET).verify(text, "REGISTER", REALM, "pw", T0) in set(Verdict) - {Verdict.OK}
 
 
+def _one_by_one(value: str) -> dict[str, str] | str:
+    """What the reference loop makes of ``value`` (the error text if it refuses it)."""
+    from node.sip.auth import _SCHEME_RE, _params_one_by_one
+
+    text = value.strip(" \t\r\n")
+    m = _SCHEME_RE.match(text)
+    assert m is not None
+    try:
+        return _params_one_by_one(m.group(1), text, m.end())
+    except AuthHeaderError:
+        return "refused"
+
+
+_sep = st.sampled_from([",", ", ", " ,", " , ", ",,", ", ,\t", ",\r\n "])
+_name = st.sampled_from(["username", "Realm", "nonce", "uri", "qop", "nc", "x-y.z", "REALM"])
+_value = st.one_of(
+    st.text("abc09-_.:@;", min_size=1, max_size=12),  # a token
+    st.text('abc ,=;:@\t', max_size=12).map(lambda v: f'"{v}"'),  # a quoted string, commas and all
+)
+_junk = st.sampled_from(["", "", "", " x", "=", '"', "a b", ",=", ' "u"', " k=v", 'k="v"', '"x"'])
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=st.lists(st.tuples(_name, st.sampled_from(["=", " = ", "= "]), _value, _junk), min_size=1, max_size=8),
+       seps=st.lists(_sep, min_size=9, max_size=9), lead=st.sampled_from(["", ", ", " ,"]))
+def test_the_two_pass_parameter_split_agrees_with_the_one_by_one_loop(items, seps, lead) -> None:
+    """The fast path (one fullmatch, one findall) must accept exactly what the loop accepts,
+    with the same names and values; duplicates and junk between items are refused by both."""
+    from node.sip.auth import _split
+
+    value = "Digest " + lead + "".join(
+        f"{n}{eq}{v}{junk}{seps[i]}" if i < len(items) - 1 else f"{n}{eq}{v}{junk}"
+        for i, (n, eq, v, junk) in enumerate(items)
+    )
+    expected = _one_by_one(value)
+    try:
+        got: dict[str, str] | str = _split(value)[1]
+    except AuthHeaderError:
+        got = "refused"
+    assert got == expected
+    names = [n.lower() for n, _, _, _ in items]
+    if len(set(names)) < len(names):
+        assert expected == "refused"
+    elif all(junk == "" for _, _, _, junk in items):
+        assert expected == {n.lower(): v.strip('"') for n, _, v, _ in items}
+
+
+def test_hostile_long_tokens_are_refused() -> None:
+    # an unanchored search over these is quadratic (the old split took ~0.5 s for each)
+    for value in ("Digest " + "a" * 8000, "Digest x=" + "a" * 8000 + " b", 'Digest x="' + "a" * 8000):
+        with pytest.raises(AuthHeaderError):
+            parse_credentials(value)
+
+
 _printable = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
 
 

@@ -783,6 +783,113 @@ def test_many_answered_client_transactions_do_not_bloat_the_heap(layer):
     assert layer.get_timer() is None and layer.transaction_count == 5000
 
 
+def test_fixed_delay_fifos_come_due_in_order_with_the_heap():
+    from node.sip.timers import Timers
+
+    timers = Timers()
+    assert timers.linger(32.0, 0.0, "j1") and timers.linger(32.0, 1.0, "j2")
+    assert timers.linger(5.0, 0.5, "k1")
+    assert not timers.linger(32.0, 0.5, "late")  # before j2's deadline: refused, not scheduled
+    heap = timers.schedule(3.0, "h", 1)
+    assert len(timers) == 4
+    assert timers.next_deadline() == 3.0
+    timers.cancel(heap)
+    assert timers.next_deadline() == 5.5  # the FIFOs' earliest head once the heap is empty
+    assert timers.pop_lingering(5.4) is None
+    assert timers.pop_lingering(5.5) == "k1" and timers.pop_lingering(5.5) is None
+    assert timers.next_deadline() == 32.0
+    assert [timers.pop_lingering(40.0), timers.pop_lingering(40.0), timers.pop_lingering(40.0)] == ["j1", "j2", None]
+    assert timers.next_deadline() is None and timers.pop_due(100.0) is None
+
+
+def test_completed_non_invite_server_transactions_cost_no_heap_entry(layer):
+    """Timer J of thousands of answered REGISTERs: FIFO entries, and the text-match entry of
+    each is gone with its answer; retransmissions and Timer J behave as before."""
+    reqs = []
+    for i in range(2000):
+        req = wire(request("REGISTER", uri="sip:example.com", call_id=f"r{i}"))
+        layer.receive(req, UDP, i * 0.001)
+        layer.send_response(make_response(req, 200, to_tag="r"), i * 0.001)
+        reqs.append(req)
+    drain_all(layer)
+    assert len(layer._timers._heap) == 0 and layer._servers_by_text == {}
+    assert layer.transaction_count == 2000 and layer.get_timer() == T64
+    layer.receive(wire(reqs[1500]), UDP, 10.0)  # a retransmission still gets the 200
+    assert [m.status for m, _ in sent(layer)] == [200]
+    layer.send_response(make_response(reqs[1500], 500), 10.0)  # a second final: still discarded
+    assert sent(layer) == []
+    run_timers(layer, T64 + 0.9995)
+    assert layer.transaction_count == 1000  # each ended exactly at its own Timer J
+    run_timers(layer, T64 + 2.0)
+    assert_gone(layer)
+
+
+def test_timer_j_still_exact_when_the_clock_goes_back(layer):
+    """A FIFO holds deadlines in order; a transaction completed at an earlier ``now`` than the
+    last one takes the heap, so its Timer J is neither early nor late."""
+    a, b = wire(request("OPTIONS", call_id="a")), wire(request("OPTIONS", call_id="b"))
+    layer.receive(a, UDP, 10.0)
+    layer.receive(b, UDP, 10.0)
+    layer.send_response(make_response(a, 200, to_tag="x"), 10.0)
+    layer.send_response(make_response(b, 200, to_tag="x"), 4.0)  # the caller's clock went back
+    drain_all(layer)
+    assert layer.get_timer() == 4.0 + T64
+    run_timers(layer, 4.0 + T64)
+    assert layer.transaction_count == 1
+    layer.receive(wire(a), UDP, 4.0 + T64)  # a is still in Completed
+    assert [m.status for m, _ in sent(layer)] == [200]
+    assert layer.get_timer() == 10.0 + T64
+    run_timers(layer, 10.0 + T64)
+    assert_gone(layer)
+
+
+_via_rport = st.sampled_from(["", ";rport", ";RPORT", "; rport", ";rport=5999"])
+_via_received = st.sampled_from(["", ";received=10.9.9.9", ";Received=1.2.3.4", ";received=127.0.0.9"])
+_via_others = st.lists(st.sampled_from([";branch=z9hG4bKabc", ";maddr=10.1.1.1", ";ttl=5", ';x="a;rport"', ";rportx", ";alias"]),
+                       max_size=4, unique=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.tuples(_via_rport, _via_received, _via_others).flatmap(
+           lambda p: st.permutations([x for x in (p[0], p[1], *p[2]) if x])),
+       sent_by=st.sampled_from(["127.0.0.2:5062", "10.0.0.5", "[::1]:5070"]),
+       second=st.sampled_from(["", ", SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKnext"]),
+       remote=st.sampled_from([("127.0.0.2", 5062), ("127.0.0.9", 41000), ("::1", 5070)]))
+def test_received_and_rport_by_text_edit_match_the_formatted_via(parts, sent_by, second, remote):
+    """The Via text the layer stamps (edited in place when simple) parses to exactly what
+    formatting the updated Via afresh gives: same sent-by, same parameters in the same order."""
+    from unittest import mock
+
+    from node.sip import transaction as tx
+    from node.sip.headers import Via
+
+    flow = Flow("udp", remote, ("127.0.0.1", 5060))
+    line = f"SIP/2.0/UDP {sent_by}{''.join(parts)}{second}"
+
+    def stamped(edit: bool):
+        req = wire(Request("OPTIONS", "sip:x@example.com", [
+            ("Via", line), ("From", "<sip:a@example.com>;tag=1"), ("To", "<sip:x@example.com>"),
+            ("Call-ID", "c"), ("CSeq", "1 OPTIONS"),
+        ]))
+        via = req.top_via
+        if edit:
+            text = tx._stamp_via(req, via, flow)
+        else:
+            with mock.patch.object(tx, "_edited_via", lambda *a: None):
+                text = tx._stamp_via(req, via, flow)
+        assert text == req.get("Via")
+        first = Via.parse(split_first(text))
+        return (first.transport, first.host, first.port, list(first.params.items()), text.count(","))
+
+    assert stamped(True) == stamped(False)
+
+
+def split_first(text: str) -> str:
+    from node.sip.uri import split_header_list
+
+    return split_header_list(text)[0]
+
+
 # ============================================================ stateless answers (the TU's sl)
 def test_stateless_responder_answers_without_a_transaction(layer):
     seen = []
