@@ -72,6 +72,7 @@ _TROW_DTYPE = np.dtype([("key", "<u8"), ("active", "<i4"), ("day", "<i4"), ("usa
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<i")
 _D = struct.Struct("<d")
+_U = struct.Struct("<I")
 _OUTBOUND = 1
 #: CounterTable.start's answers (DEFERRED: under the limit, but this host's share of the free
 #: slots is used up until its count is published)
@@ -115,6 +116,8 @@ class CounterTable:
         self.coff = _HEAD_SIZE + tenants * _TROW.size
         self.max_live = int(calls * MAX_LOAD)
         self.secret = b""
+        self._hasher = None
+        self._hashed_with = b""
         #: the cluster view (module docstring); shared with the workers forked after this
         self.view = mmap.mmap(-1, _VHEAD_SIZE + tenants * _VROW.size)
         _VHEAD.pack_into(self.view, 0, LOCAL, 0, 0)
@@ -178,7 +181,14 @@ class CounterTable:
 
     def key(self, text: str) -> int:
         """The key of a tenant or Call-ID in this table."""
-        return _Q.unpack(hashlib.blake2b(text.encode(), digest_size=8, key=self.secret).digest())[0] or 1
+        h = self._hasher
+        if h is None or self._hashed_with is not self.secret:
+            # a keyed BLAKE2b state made once: copying it skips hashing the key block per call
+            h = self._hasher = hashlib.blake2b(digest_size=8, key=self.secret)
+            self._hashed_with = self.secret
+        h = h.copy()
+        h.update(text.encode())
+        return _Q.unpack(h.digest())[0] or 1
 
     def _recount(self) -> None:
         """Active calls per tenant and the live count, from the call records (the truth)."""
@@ -188,7 +198,7 @@ class CounterTable:
         live = calls["key"] != 0
         counts = np.bincount(calls["trow"][live], minlength=self.tcap)[: self.tcap]
         rows["active"] = counts.astype("<i4")
-        struct.pack_into("<I", self.buf, _LIVE, int(live.sum()))
+        _U.pack_into(self.buf, _LIVE, int(live.sum()))
         del calls, rows, live
 
     def flush(self) -> None:
@@ -278,7 +288,7 @@ class CounterTable:
         self.lock.acquire()
         try:
             buf = self.buf
-            live = struct.unpack_from("<I", buf, _LIVE)[0]
+            live = _U.unpack_from(buf, _LIVE)[0]
             row = self._tenant_row(tkey, True, today)
             if row < 0:
                 return NO_ROOM
@@ -310,7 +320,7 @@ class CounterTable:
                 i = (i + 1) & self.cmask
             _CALL.pack_into(buf, self.coff + i * _CALL.size, ckey, row, _OUTBOUND if outbound else 0, now, -1.0)
             _TROW.pack_into(buf, toff, tkey, active + 1, day, used, zone.encode()[:48])
-            struct.pack_into("<I", buf, _LIVE, live + 1)
+            _U.pack_into(buf, _LIVE, live + 1)
             self._changed()
             return STARTED
         finally:
@@ -368,7 +378,7 @@ class CounterTable:
                 buf[off + i * size: off + (i + 1) * size] = buf[off + j * size: off + (j + 1) * size]
                 i = j
         buf[off + i * size: off + (i + 1) * size] = bytes(size)
-        struct.pack_into("<I", buf, _LIVE, max(0, struct.unpack_from("<I", buf, _LIVE)[0] - 1))
+        _U.pack_into(buf, _LIVE, max(0, _U.unpack_from(buf, _LIVE)[0] - 1))
 
     def sweep(self, older_than: float, now: float, every: float = 1.0) -> int:
         """Forget calls started before ``older_than`` (their end was never seen), at most once
@@ -395,12 +405,13 @@ class CounterTable:
             self.lock.release()
 
     def live(self) -> int:
-        return struct.unpack_from("<I", self.buf, _LIVE)[0]
+        """Calls recorded on this host (all workers), read without the lock."""
+        return _U.unpack_from(self.buf, _LIVE)[0]
 
     # ------------------------------------------------------------------ cluster view
     def _changed(self) -> None:
         off = 8  # the generation in the view header; lock held
-        struct.pack_into("<I", self.view, off, (struct.unpack_from("<I", self.view, off)[0] + 1) & 0xFFFFFFFF)
+        _U.pack_into(self.view, off, (_U.unpack_from(self.view, off)[0] + 1) & 0xFFFFFFFF)
 
     def changes(self) -> tuple[int, bool]:
         """(generation, urgent) without the lock: a cheap look whether a publish is due."""

@@ -251,13 +251,18 @@ class Guard:
         bans: they answer our own requests.
         """
         ip = _ip(source)
-        now = self.clock()
         until = self._bans.peek(ip)
         if until is not None:
-            if now < until:
+            if self.clock() < until:
                 metrics.blocked("banned")
                 return drop("banned")
             self._bans.pop(ip)
+        if ip in self._trusted_ips:
+            # a trusted address (a node, a carrier) needs no rate state: only the overload cap
+            if self.transactions is not None and self.config.max_transactions and isinstance(msg, Request):
+                return self._overload(msg, ip)
+            return ACCEPT
+        now = self.clock()
         e = self._sources.get(ip)
         if e is None:
             e = [now, 0, now, 0, now, 0, 0, self._is_trusted(ip)]
@@ -284,11 +289,7 @@ class Guard:
                         if lt > 0 and self._scanner(frm, 0, lt) is not None:
                             return self._ban(ip, "scanner", self.config.scanner_ban_time, now, f"From {frm[:80]!r}")
             if self.transactions is not None and self.config.max_transactions:
-                if msg.method not in _DIALOG_WORK and self.transactions() >= self.config.max_transactions:
-                    if not self._in_dialog(msg):
-                        metrics.blocked("overload")
-                        self._note(now, "overload", ip, "transaction cap reached: 503")
-                        return self._503
+                return self._overload(msg, ip)
             return ACCEPT
         if isinstance(msg, Response):
             return ACCEPT
@@ -304,6 +305,15 @@ class Guard:
             return self._ban(ip, "malformed", self.config.ban_time, now, f"{e[_BAD]} malformed messages")
         return ACCEPT
 
+    def _overload(self, msg: Request, ip: str) -> Verdict:
+        """503 for new work above the transaction cap; in-dialog requests go on."""
+        if msg.method not in _DIALOG_WORK and self.transactions() >= self.config.max_transactions:  # type: ignore[misc]
+            if not self._in_dialog(msg):
+                metrics.blocked("overload")
+                self._note(self.clock(), "overload", ip, "transaction cap reached: 503")
+                return self._503
+        return ACCEPT
+
     def unparseable(self, source: Address) -> Verdict:
         """Bytes from ``source`` that did not parse: same as ``check_request(None, source)``."""
         return self.check_request(None, source)
@@ -314,7 +324,7 @@ class Guard:
         source that crossed a limit is dropped (the ban takes effect at once)."""
         status = response.status
         if status not in (401, 403, 407) or request.method not in ("INVITE", "REGISTER"):
-            if 200 <= status < 300 and request.method == "INVITE":
+            if 200 <= status < 300 and request.method == "INVITE" and self.tenants.table.live():
                 self.tenants.answered(request.call_id, self.wall_clock())  # usage counts from here
             return
         ip = _ip(source)
@@ -384,11 +394,15 @@ class Guard:
         An accepted call must end with ``call_ended(call_id)`` (BYE, CANCEL, failure).
         A refusal is ``reject`` with 403 (IP filter, daily usage) or 503 (max calls).
         """
+        p = self.tenants.policy(tenant)
+        if not (outbound and p.filter_by_ip) and not (external and (p.max_calls or p.max_daily_usage)):
+            # nothing can refuse this call and nothing counts it (TenantLimits.start): no
+            # Call-ID hash, no look into the shared table; most tenants have no edge policy
+            return ACCEPT
         if self.tenants.admitted(call_id):
             return ACCEPT
         remote = getattr(source, "remote", None)
         ip = (remote if remote is not None else source)[0]  # type: ignore[index]  # the address itself
-        p = self.tenants.policy(tenant)
         country = None
         if outbound and p.filter_by_ip and p.allowed_countries and self.geoip is not None:
             country = self.geoip.country(ip)
@@ -408,7 +422,8 @@ class Guard:
     def call_ended(self, call_id: str, usage: float | None = None) -> None:
         """The call admitted under ``call_id`` is over. ``usage`` adds to the tenant's day;
         None counts the seconds since the 2xx that ``observe_response`` saw (0 if none)."""
-        self.tenants.end(call_id, usage, self.wall_clock())
+        if self.tenants.table.live():  # (no call counted on this host: nothing to end, no hash)
+            self.tenants.end(call_id, usage, self.wall_clock())
 
     dialog_ended = call_ended
 

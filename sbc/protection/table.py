@@ -15,7 +15,7 @@ V = TypeVar("V")
 
 
 class LruTable(Generic[K, V]):
-    __slots__ = ("_d", "capacity", "evicted")
+    __slots__ = ("_d", "capacity", "evicted", "peek")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -23,6 +23,9 @@ class LruTable(Generic[K, V]):
         self._d: OrderedDict[K, V] = OrderedDict()
         self.capacity = capacity
         self.evicted = 0
+        #: the value without marking ``key`` as seen, None when absent (the dict's own get:
+        #: a ban check per packet costs no Python call)
+        self.peek = self._d.get
 
     def get(self, key: K) -> V | None:
         """The value, marking ``key`` as just seen; None when absent."""
@@ -30,9 +33,6 @@ class LruTable(Generic[K, V]):
         if v is not None:
             self._d.move_to_end(key)
         return v
-
-    def peek(self, key: K) -> V | None:
-        return self._d.get(key)
 
     def put(self, key: K, value: V) -> None:
         d = self._d

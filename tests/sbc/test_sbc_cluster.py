@@ -60,7 +60,7 @@ async def test_shared_registrations_round_robin_and_membership(tmp_path, etcd_se
                 # round robin spread the calls over both nodes, each reached the phone via the SBC
                 from sbc.metrics import FORWARDED
 
-                per_node = {n: FORWARDED.labels(n, "INVITE")._value.get() for n in ("a", "b")}
+                per_node = {n: FORWARDED.value(n, "INVITE") for n in ("a", "b")}
                 assert all(v >= 2 for v in per_node.values()), per_node
                 # node b dies: its lease runs out, the SBC drops it, calls go on through node a
                 await nodes["b"].node.stop(0)
