@@ -2,7 +2,9 @@
 
 No kernel module (``--table=-1``), foreground, logging to a file in the test's directory, ng
 control on a loopback ``free_port()``. RTP ports come from 40000-40999, a range no other
-test uses; tests starting several instances give each a slice of it.
+test uses; tests starting several instances give each a slice of it. Under pytest-xdist each
+worker has its own copy of that range (worker n: +1000*n), so tests name their slice in
+40000-40999 terms and check ports with ``Rtpengine.ports`` / ``rtp_ports()``, never literals.
 """
 
 from __future__ import annotations
@@ -14,21 +16,28 @@ from pathlib import Path
 
 from node.rtp_engine.ng_client import NgClient
 from tests.peers import procs
-from tests.peers.net import LOOPBACK, free_port
+from tests.peers.net import LOOPBACK, free_port, xdist_worker
 
 RTP_RANGE = (40000, 40999)
+
+
+def rtp_ports(port_min: int = RTP_RANGE[0], port_max: int = RTP_RANGE[1]) -> range:
+    """The ports this process's rtpengine really uses for the slice [port_min, port_max]."""
+    if not (RTP_RANGE[0] <= port_min < port_max <= RTP_RANGE[1]):
+        raise ValueError(f"rtpengine test ports must stay within {RTP_RANGE}")
+    shift = 1000 * xdist_worker()[0]
+    return range(port_min + shift, port_max + shift + 1)
 
 
 class Rtpengine:
     def __init__(self, workdir: Path, *, port_min: int = RTP_RANGE[0], port_max: int = RTP_RANGE[1],
                  host: str = LOOPBACK) -> None:
-        if not (RTP_RANGE[0] <= port_min < port_max <= RTP_RANGE[1]):
-            raise ValueError(f"rtpengine test ports must stay within {RTP_RANGE}")
+        self.ports = rtp_ports(port_min, port_max)
         self.workdir = workdir
         self.host = host
         self.ng_port = free_port(host)
-        self.port_min = port_min
-        self.port_max = port_max
+        self.port_min = self.ports[0]
+        self.port_max = self.ports[-1]
         self._proc: asyncio.subprocess.Process | None = None
         self.log_path = workdir / f"rtpengine-{self.ng_port}.log"
 

@@ -35,8 +35,11 @@ async def test_two_workers_share_the_port_and_both_carry_calls(tmp_path):
     uas = Sipp("uas_answer.xml", workdir=tmp_path / "uas", local_port=uas_port, calls=40, timeout=60)
     await uas.start()
     await uas.wait_listening()
+    cfg = tmp_path / "sbc.toml"  # no load shedding: a busy test machine is not what this checks
+    cfg.write_text("[sbc]\nmax_loop_lag = 0\n")
     proc = await asyncio.create_subprocess_exec(
-        str(HIVEPBX), "sbc", "--listen", f"udp:127.0.0.1:{port}", "--node", f"uas=127.0.0.1:{uas_port}",
+        str(HIVEPBX), "sbc", "--config", str(cfg),
+        "--listen", f"udp:127.0.0.1:{port}", "--node", f"uas=127.0.0.1:{uas_port}",
         "--secret", "workers-test-secret", "--http", f"127.0.0.1:{http}", "--workers", "2",
         "--probe-interval", "0", "--log-level", "WARNING",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,

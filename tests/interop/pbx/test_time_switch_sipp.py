@@ -64,6 +64,12 @@ async def test_cli_configures_a_running_node_and_daynight_takes_effect_on_next_c
     try:
         (await dial(pbx, tmp_path, "500", duration_ms=200, name="day").run()).assert_ok()
         await cli("daynight", "alpha", "night")
+        # the node notices another process's commit within POLL_INTERVAL (node/embedded/db.py):
+        # the call waits for that, not for a guessed sleep
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while await time_switch.get_mode(pbx.config, t.id, "main") != "night":
+            assert asyncio.get_running_loop().time() < deadline, "the node never saw the CLI's night"
+            await asyncio.sleep(0.05)
         (await dial(pbx, tmp_path, "500", duration_ms=200, name="night").run()).assert_ok()
         await asyncio.sleep(0.3)
     finally:
