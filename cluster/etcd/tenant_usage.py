@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 
 import aetcd
 
@@ -53,6 +54,11 @@ def _decode(value: bytes) -> dict[str, float]:
     return {str(k): float(v) for k, v in got.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _roots(keys: Keys) -> tuple[bytes, bytes]:
+    root = keys.root + b"sbc/"
+    return root + b"calls/", root + b"usage/"
+
+
 class EtcdTenantUsage:
     """One SBC host's side of the shared counts: its calls key on its own lease, its usage
     keys, and reads of everybody's."""
@@ -63,9 +69,7 @@ class EtcdTenantUsage:
         self._c = client
         self.host_id = host_id
         self.ttl = max(1, int(ttl))
-        root = keys.root + b"sbc/"
-        self.calls_root = root + b"calls/"
-        self.usage_root = root + b"usage/"
+        self.calls_root, self.usage_root = _roots(keys)
         self._lease_id: int | None = None
         self._keepalive: asyncio.Task | None = None
 
@@ -164,3 +168,40 @@ class EtcdTenantUsage:
             with contextlib.suppress(Exception):
                 await self._c.revoke_lease(self._lease_id)
             self._lease_id = None
+
+
+# ---------------------------------------------------------------------- operator's view
+
+
+@dataclass(slots=True)
+class HostKeys:
+    """One SBC host's keys as an operator reads them (``hivepbx edge-policy show --etcd``)."""
+
+    #: its calls key ({tenant: [calls, reserved, want]}); None: no key (stopped, or its lease ran out)
+    calls: dict | None = None
+    #: seconds left on the calls key's lease and the lease's TTL: a live host keeps the first
+    #: near the second (it refreshes every TTL/3), a dead or cut-off one lets it run down
+    lease_left: int | None = None
+    lease_ttl: int | None = None
+    #: its usage key of the asked date ({tenant: seconds}); None: none that day
+    usage: dict[str, float] | None = None
+
+
+async def read_hosts(client: aetcd.Client, keys: Keys, date: str) -> dict[str, HostKeys]:
+    """Every SBC host's calls key (with its lease's time left) and usage key of ``date``,
+    read-only: no lease, no host id, so a CLI can look without joining."""
+    calls_root, usage_root = _roots(keys)
+    hosts: dict[str, HostKeys] = {}
+    for kv in await client.get_prefix(calls_root):
+        h = hosts.setdefault(kv.key[len(calls_root):].decode(errors="replace"), HostKeys())
+        h.calls = _json(kv.value)
+        if kv.lease:
+            info = await client.get_lease_info(kv.lease, keys=False)
+            if info.TTL < 0:  # expired between the two reads: the key is going
+                h.calls = None
+                continue
+            h.lease_left, h.lease_ttl = int(info.TTL), int(info.grantedTTL)
+    day_root = usage_root + date.encode() + b"/"
+    for kv in await client.get_prefix(day_root):
+        hosts.setdefault(kv.key[len(day_root):].decode(errors="replace"), HostKeys()).usage = _decode(kv.value)
+    return {h: v for h, v in hosts.items() if v.calls is not None or v.usage is not None}
