@@ -489,6 +489,9 @@ class EtcdConfigStore:
     async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None:
         return self._v.get_object(tenant_id, kind, name)
 
+    def get_object_nowait(self, tenant_id: int, kind: str, name: str) -> dict | None:
+        return self._v.get_object(tenant_id, kind, name)
+
     async def list_objects(self, tenant_id: int, kind: str) -> dict[str, dict]:
         return self._v.list_objects(tenant_id, kind)
 

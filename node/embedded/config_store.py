@@ -319,6 +319,9 @@ class EmbeddedConfigStore:
         self._v.put_object(tenant_id, kind, name, text)
 
     async def get_object(self, tenant_id: int, kind: str, name: str) -> dict | None:
+        return self.get_object_nowait(tenant_id, kind, name)
+
+    def get_object_nowait(self, tenant_id: int, kind: str, name: str) -> dict | None:
         self._db.poll()
         return self._v.get_object(tenant_id, kind, name)
 

@@ -370,6 +370,30 @@ async def test_feature_objects_round_trip_and_scope(backend):
     assert list(await c.list_objects(b.id, "ivr")) == ["main"]
 
 
+async def test_get_object_nowait_answers_like_get_object(backend):
+    """The synchronous read (recording's policy on every answered call) sees every write the
+    awaited one sees, scoped the same, and hands out a copy."""
+    c = backend.config
+    a = await c.create_tenant("now-a", "a.nowait.example")
+    b = await c.create_tenant("now-b", "b.nowait.example")
+    assert c.get_object_nowait(a.id, "recording", "1001") is None
+    await c.put_object(a.id, "recording", "1001", {"mode": "always"})
+    await c.put_object(b.id, "recording", "1001", {"mode": "never"})
+    for tid, want in ((a.id, {"mode": "always"}), (b.id, {"mode": "never"})):
+        assert c.get_object_nowait(tid, "recording", "1001") == want == await c.get_object(tid, "recording", "1001")
+    assert c.get_object_nowait(a.id, "recording", "1002") is None
+    assert c.get_object_nowait(a.id, "ivr", "1001") is None
+    c.get_object_nowait(a.id, "recording", "1001")["mode"] = "mutated"
+    assert c.get_object_nowait(a.id, "recording", "1001") == {"mode": "always"}
+    await c.put_object(a.id, "recording", "1001", {"mode": "on_demand", "toggle": "*1"})
+    assert c.get_object_nowait(a.id, "recording", "1001") == {"mode": "on_demand", "toggle": "*1"}
+    assert await c.delete_object(a.id, "recording", "1001") is True
+    assert c.get_object_nowait(a.id, "recording", "1001") is None
+    assert c.get_object_nowait(b.id, "recording", "1001") == {"mode": "never"}
+    await c.delete_tenant(b.id)
+    assert c.get_object_nowait(b.id, "recording", "1001") is None
+
+
 @pytest.mark.parametrize(
     "kind, name, data",
     [

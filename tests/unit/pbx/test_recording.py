@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from node.cli import main
 from node.config_rules import ConfigError
@@ -179,3 +180,172 @@ def test_cli_rec_set_list_del(tmp_path):
     assert _run("rec", "del", "acme", meta["file"], *d)[0] == 0
     assert _run("rec", "unset", "acme", "1002", *d)[0] == 0
     assert _run("rec", "unset", "acme", "1002", *d)[0] == 2
+
+
+# ------------------------------------------------------------------ the policy lookup per answered call
+class _Leg:
+    def __init__(self) -> None:
+        self.taps: list = []
+        self.closed = False
+
+    def add_tap(self, tap) -> None:
+        self.taps.append(tap)
+
+    def remove_tap(self, tap) -> None:
+        self.taps.remove(tap)
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.a, self.b = _Leg(), _Leg()
+        self.closed = False
+
+    def leg(self, side: str) -> _Leg:
+        return self.a if side == "a" else self.b
+
+
+class _AsyncOnly:
+    """A store without ``get_object_nowait``: the lookup must be awaited in a task."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    async def get_object(self, tenant_id, kind, name):
+        await asyncio.sleep(0)  # really suspends
+        return await self.store.get_object(tenant_id, kind, name)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    from node.embedded import open_embedded
+
+    b = open_embedded(tmp_path / "db")
+    t = await b.config.create_tenant("acme", "acme.example")
+    for n in ("1001", "1002", "1003"):
+        await b.config.create_extension(t.id, n, "pw" + n)
+    yield SimpleNamespace(config=b.config, tid=t.id)
+    b.close()
+
+
+def _call(store, tmp_path, *, caller="1001", callee="1002", callee_ext=True, answered=None, app=False):
+    spawned: list = []
+    host = SimpleNamespace(config=store.config, cfg=SimpleNamespace(data_dir=tmp_path), _spawn=spawned.append)
+    leg = SimpleNamespace(target=SimpleNamespace(kind="extension", to_value=f"<sip:{answered}@acme.example>")) \
+        if answered else None
+    call = SimpleNamespace(
+        id="cdr-1", host=host, tenant=SimpleNamespace(id=store.tid), invite=SimpleNamespace(call_id="x@y"),
+        caller=SimpleNamespace(number=caller, extension=SimpleNamespace(number=caller) if caller else None),
+        plan=SimpleNamespace(callee=callee, callee_ext=SimpleNamespace(number=callee) if callee_ext else None),
+        answered_leg=leg, state=SimpleNamespace(value="answered"), span=None, recorder=None,
+        media=None if app else SimpleNamespace(session=_Session()),
+    )
+    if app:
+        call.ep, call.b_ep = _Leg(), _Leg()
+    return call, spawned
+
+
+async def test_no_setting_costs_no_task_and_no_tap(store, tmp_path):
+    call, spawned = _call(store, tmp_path)
+    recording.on_answered(call)
+    assert spawned == [] and call.recorder is None
+    assert call.media.session.a.taps == [] and call.media.session.b.taps == []
+
+
+@pytest.mark.parametrize("a_doc, b_doc, trigger, toggles, active", [
+    (None, {"mode": "always"}, "always", {}, True),
+    ({"mode": "on_demand", "toggle": "*9"}, None, "on_demand", {"a": "*9"}, False),
+    ({"mode": "on_demand"}, {"mode": "on_demand"}, "on_demand", {"a": "*1", "b": "*1"}, False),
+    ({"mode": "always"}, {"mode": "never"}, None, None, None),
+])
+async def test_policy_applied_at_once_from_the_view(store, tmp_path, a_doc, b_doc, trigger, toggles, active):
+    for ext, doc in (("1001", a_doc), ("1002", b_doc)):
+        if doc is not None:
+            await recording.put(store.config, store.tid, ext, doc)
+    call, spawned = _call(store, tmp_path)
+    before = REGISTRY.get_sample_value("hivepbx_recorded_calls")
+    recording.on_answered(call)  # no await between: the tap is there before the next packet
+    assert spawned == []
+    rec = call.recorder
+    if trigger is None:
+        assert rec is None and call.media.session.a.taps == []
+        return
+    assert (rec.trigger, rec.toggles, rec.active, rec.answered_by) == (trigger, toggles, active, None)
+    assert len(call.media.session.a.taps) == 1 and len(call.media.session.b.taps) == 1
+    assert REGISTRY.get_sample_value("hivepbx_recorded_calls") == before + 1
+    recording.on_call_ended(call)
+    assert call.recorder is None and call.media.session.a.taps == []
+    assert REGISTRY.get_sample_value("hivepbx_recorded_calls") == before
+    await recording.drain()
+    assert len(recording.list_recordings(tmp_path, store.tid)) == (1 if active else 0)
+
+
+async def test_b_side_found_from_the_answered_leg(store, tmp_path):
+    """A call to a number that is no extension (a hunt group) answered by 1003: 1003's policy,
+    and the file says who answered."""
+    await recording.put(store.config, store.tid, "1003", {"mode": "always"})
+    call, spawned = _call(store, tmp_path, callee="600", callee_ext=False, answered="1003")
+    recording.on_answered(call)
+    assert spawned == [] and call.recorder.trigger == "always" and call.recorder.answered_by == "1003"
+    recording.on_call_ended(call)
+    await recording.drain()
+
+
+async def test_node_answered_call_taps_its_endpoints_once(store, tmp_path):
+    await recording.put(store.config, store.tid, "1003", {"mode": "on_demand"})
+    call, spawned = _call(store, tmp_path, callee="500", callee_ext=True, answered="1003", app=True)
+    recording.on_app_bridged(call)
+    rec = call.recorder
+    assert spawned == [] and (rec.trigger, rec.toggles, rec.answered_by) == ("on_demand", {"b": "*1"}, "1003")
+    assert len(call.ep.taps) == 1 and len(call.b_ep.taps) == 1
+    recording.on_app_bridged(call)  # already recorded: not tapped twice
+    assert call.recorder is rec and len(call.ep.taps) == 1
+    recording.on_call_ended(call)
+    assert call.ep.taps == [] and call.b_ep.taps == []
+
+
+async def test_ended_call_or_closed_session_is_not_tapped(store, tmp_path):
+    await recording.put(store.config, store.tid, "1002", {"mode": "always"})
+    call, _ = _call(store, tmp_path)
+    call.state.value = "ended"
+    recording.on_answered(call)
+    assert call.recorder is None
+    call, _ = _call(store, tmp_path)
+    call.media.session.closed = True
+    recording.on_answered(call)
+    assert call.recorder is None and call.media.session.a.taps == []
+
+
+async def test_errors_are_logged_not_raised(store, tmp_path, caplog):
+    call, spawned = _call(store, tmp_path)
+
+    def broken(*_):
+        raise RuntimeError("view gone")
+
+    call.host.config = SimpleNamespace(get_object_nowait=broken)
+    recording.on_answered(call)  # does not raise into the call's answer path
+    assert "call recording setup failed (call cdr-1)" in caplog.text and "view gone" in caplog.text
+    caplog.clear()
+    call, _ = _call(store, tmp_path)
+    call.tenant.id = -1  # no such tenant directory: the Recorder refuses
+    call.host.config = SimpleNamespace(get_object_nowait=lambda *_: {"mode": "always"})
+    recording.on_answered(call)
+    assert call.recorder is None and "call recording setup failed" in caplog.text
+
+
+async def test_store_without_nowait_read_is_awaited_in_a_task(store, tmp_path, caplog):
+    await recording.put(store.config, store.tid, "1002", {"mode": "always"})
+    call, spawned = _call(store, tmp_path)
+    call.host.config = _AsyncOnly(store.config)
+    recording.on_answered(call)
+    assert call.recorder is None and len(spawned) == 1
+    await asyncio.create_task(spawned[0])
+    assert call.recorder.trigger == "always" and call.recorder.active
+    recording.on_call_ended(call)
+    await recording.drain()
+    # and an error there is logged by the task itself, not left to the task's done callback
+    call, spawned = _call(store, tmp_path)
+    call.host.config = _AsyncOnly(None)
+    recording.on_answered(call)
+    caplog.clear()
+    await asyncio.create_task(spawned[0])  # does not raise
+    assert "call recording setup failed (call cdr-1)" in caplog.text and call.recorder is None

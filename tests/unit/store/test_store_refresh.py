@@ -60,6 +60,21 @@ async def test_cli_change_seen_after_poll_interval(node, cli, clock):
     assert (await node.config.get_extension(t.id, "1001")).password == "secret1"
 
 
+async def test_cli_object_change_seen_by_the_synchronous_read(node, cli, clock):
+    """``get_object_nowait`` (recording's policy per answered call) polls like the awaited reads."""
+    t = await cli.config.create_tenant("acme", "acme.example.com")
+    await cli.config.create_extension(t.id, "1001", "secret1")
+    clock.now += POLL_INTERVAL
+    assert node.config.get_object_nowait(t.id, "recording", "1001") is None
+    await cli.config.put_object(t.id, "recording", "1001", {"mode": "always"})
+    assert node.config.get_object_nowait(t.id, "recording", "1001") is None  # not polled yet
+    clock.now += POLL_INTERVAL
+    assert node.config.get_object_nowait(t.id, "recording", "1001") == {"mode": "always"}
+    await cli.config.delete_object(t.id, "recording", "1001")
+    clock.now += POLL_INTERVAL
+    assert node.config.get_object_nowait(t.id, "recording", "1001") is None
+
+
 async def test_refresh_if_changed_reports_changes_once(node, cli):
     assert node.config.refresh_if_changed() is False
     await cli.config.create_tenant("acme", "acme.example.com")
