@@ -130,3 +130,47 @@ async def test_stale_nonce_gets_a_fresh_challenge_with_stale_true(env, monkeypat
     monkeypatch.setattr(time, "time", lambda: real() + 3600)
     resp = await reg.handle(_register(auth=cred, cseq=2), FLOW, "t1")
     assert resp.status == 401 and "stale=true" in resp.get("WWW-Authenticate").lower()
+
+
+def _listed(resp) -> list[str]:
+    """The contacts a 200 lists, in order."""
+    return [v.split(">")[0].lstrip("<") for n, v in resp.headers if n == "Contact"]
+
+
+async def _stored(b, t) -> list[str]:
+    return [x.contact for x in await b.locations.lookup(t.id, "1001", time.time())]
+
+
+async def test_the_200_lists_what_the_store_holds_after_each_kind_of_change(env):
+    """The registrar answers a first registration and a refresh of the one binding without
+    reading the bindings back: the 200 must still list exactly what the store holds."""
+    reg, b, t = env
+    a, c = "<sip:1001@10.0.0.5:5060>", "<sip:1001@10.0.0.6:5060>"
+    first = await _authed(reg, contact=a, expires=300, cseq=1)  # first registration
+    assert _listed(first) == await _stored(b, t) == ["sip:1001@10.0.0.5:5060"]
+    assert first.get("Contact").endswith(("expires=300", "expires=299"))
+    refresh = await _authed(reg, contact=a, expires=600, cseq=3)  # a refresh of it
+    assert _listed(refresh) == await _stored(b, t) == ["sip:1001@10.0.0.5:5060"]
+    assert refresh.get("Contact").endswith(("expires=600", "expires=599"))
+    other = await _authed(reg, contact=c, expires=300, cseq=5, call_id="reg-2")  # a second phone
+    assert sorted(_listed(other)) == sorted(await _stored(b, t)) == ["sip:1001@10.0.0.5:5060", "sip:1001@10.0.0.6:5060"]
+    again = await _authed(reg, contact=a, expires=300, cseq=7)  # refresh while another is bound
+    assert sorted(_listed(again)) == sorted(await _stored(b, t)) and len(_listed(again)) == 2
+    gone = await _authed(reg, contact=c, expires=0, cseq=7, call_id="reg-2")  # removal
+    assert _listed(gone) == await _stored(b, t) == ["sip:1001@10.0.0.5:5060"]
+    # a replay (same Call-ID, CSeq not higher) changes nothing and lists what is there
+    replay = await _authed(reg, contact=a, expires=900, cseq=5)
+    assert replay.status == 200
+    assert _listed(replay) == await _stored(b, t) == ["sip:1001@10.0.0.5:5060"]
+    assert not replay.get("Contact").endswith("expires=900")
+
+
+async def test_an_expired_binding_is_not_listed_with_a_new_one(env):
+    reg, b, t = env
+    from node.model import Binding
+
+    now = time.time()
+    await b.locations.save(Binding(t.id, "1001", "sip:1001@10.0.0.9:5060", "192.0.2.9", 5060, "udp",
+                                   now - 5, "old", 1, "", 1.0, "local"))
+    resp = await _authed(reg, contact="<sip:1001@10.0.0.5:5060>", expires=300)
+    assert _listed(resp) == await _stored(b, t) == ["sip:1001@10.0.0.5:5060"]
