@@ -47,14 +47,19 @@ class LocalOrigin:
         """The body of ``lines`` (a description's lines, ``lines[i]`` its o= line, replaced
         here) with our o= line: for callers that render descriptions without the model
         (node/sdp/anchoring.py ``RelayReading``)."""
+        self._bump(lines, i, address)
+        lines[i] = self._origin_line(address, self.version)
+        return serialize(lines)
+
+    def _bump(self, lines: list[str], i: int, address: str) -> None:
+        """Bump the version if the content changed (compared with our o= line at sess-version
+        0 in ``lines[i]``, left there)."""
         lines[i] = self._origin_line(address, 0)
         content = tuple(lines)
         if content != self._last:
             if self._last is not None:
                 self.version += 1
             self._last = content
-        lines[i] = self._origin_line(address, self.version)
-        return serialize(lines)
 
     def _origin(self, address: str, version: int) -> Origin:
         return Origin(self.username, str(self.sess_id), version, address, addrtype_of(address))
@@ -69,12 +74,7 @@ class LocalOrigin:
         lines = sd.lines()
         # v= comes first and o= second, unless a v= sneaked into ``other`` (never from parse)
         i = 1 if lines[1].startswith("o=") else lines.index(f"o={sd.origin}")
-        lines[i] = self._origin_line(address, 0)
-        content = tuple(lines)
-        if content != self._last:
-            if self._last is not None:
-                self.version += 1
-            self._last = content
+        self._bump(lines, i, address)
         return lines, i
 
 
