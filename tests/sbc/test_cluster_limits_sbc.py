@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,33 +16,19 @@ import aetcd
 import pytest
 
 from tests.peers.net import free_port
+from tests.peers.sbc_process import SbcProcess
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
 
-HIVEPBX = Path(sys.executable).parent / "hivepbx"
 DOMAIN = "alpha.example"
 EXTERNAL = "0034911234567"  # leaves the platform: counted against the tenant
 TTL = 2
 
 
-class SbcHost:
-    def __init__(self, tmp_path: Path, name: str, etcd: str, prefix: str, policy: str, workers: int = 1) -> None:
-        self.name = name
-        self.port, self.http = free_port(), free_port(span=2)
-        self.workers = workers
-        self.config = tmp_path / f"{name}.toml"
-        self.config.write_text(f"""
-[sbc]
-listen = ["udp:127.0.0.1:{self.port}"]
-http = "127.0.0.1:{self.http}"
-secret = "cluster-limits-test-secret"
-workers = {workers}
-probe_interval = 0
-max_loop_lag = 0
-log_level = "WARNING"
-state_dir = "{tmp_path / (name + '-state')}"
-
+def SbcHost(tmp_path: Path, name: str, etcd: str, prefix: str, policy: str, workers: int = 1) -> SbcProcess:
+    """One SBC host on the shared etcd, its own state dir and ``host_id``."""
+    return SbcProcess(tmp_path, name, tmp_path / (name + "-state"), f"""
 [etcd]
 endpoints = ["{etcd}"]
 prefix = "{prefix}"
@@ -53,37 +37,7 @@ limits_ttl = {TTL}
 
 [protection.tenants."{DOMAIN}"]
 {policy}
-""")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> "SbcHost":
-        self.proc = await asyncio.create_subprocess_exec(
-            str(HIVEPBX), "sbc", "--config", str(self.config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        seen = b""
-        while seen.count(b"hivepbx SBC running") < self.workers:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), 45)
-            assert line, (await self.proc.stderr.read()).decode()[-2000:]
-            seen += line
-        return self
-
-    def kill(self) -> None:
-        """kill -9, the whole host (every worker): no lease revoke, no last publish."""
-        import os
-        os.killpg(self.proc.pid, signal.SIGKILL)
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 30)
-        except asyncio.TimeoutError:
-            self.kill()
-            await self.proc.wait()
+""", workers=workers)
 
 
 class Cluster:

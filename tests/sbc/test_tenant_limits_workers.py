@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.peers.net import free_port
+from tests.peers.sbc_process import SbcProcess
 from tests.peers.sipp import Sipp
 
 pytestmark = pytest.mark.interop
 
-HIVEPBX = Path(sys.executable).parent / "hivepbx"
 DOMAIN = "alpha.example"
 EXTERNAL = "0034911234567"  # a number leaving the platform: counted against the tenant
 
@@ -30,52 +29,15 @@ def _metric(port: int, line_start: str) -> float:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line_start))
 
 
-class SbcProcess:
-    def __init__(self, tmp_path: Path, name: str, node_port: int, state_dir: Path, policy: str) -> None:
-        self.port, self.http = free_port(), free_port(span=2)
-        self.config = tmp_path / f"{name}.toml"
-        self.config.write_text(f"""
-[sbc]
-listen = ["udp:127.0.0.1:{self.port}"]
-http = "127.0.0.1:{self.http}"
-secret = "workers-limits-test-secret"
-workers = 2
-probe_interval = 0
-max_loop_lag = 0
-log_level = "WARNING"
-state_dir = "{state_dir}"
-
+def _sbc(tmp_path: Path, name: str, node_port: int, state_dir: Path, policy: str) -> SbcProcess:
+    return SbcProcess(tmp_path, name, state_dir, f"""
 [[nodes]]
 id = "uas"
 address = "127.0.0.1:{node_port}"
 
 [protection.tenants."{DOMAIN}"]
 {policy}
-""")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> "SbcProcess":
-        self.proc = await asyncio.create_subprocess_exec(
-            str(HIVEPBX), "sbc", "--config", str(self.config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        seen = b""
-        while seen.count(b"hivepbx SBC running") < 2:  # each worker's banner, once its sockets are bound
-            line = await asyncio.wait_for(self.proc.stdout.readline(), 45)
-            assert line, (await self.proc.stderr.read()).decode()[-2000:]
-            seen += line
-        return self
-
-    def workers(self) -> list[int]:
-        return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(self.proc.wait(), 30)
+""", workers=2)
 
 
 async def _uas(tmp_path: Path, calls: int, scenario: str = "uas_answer.xml", **kw) -> tuple[Sipp, int]:
@@ -94,7 +56,7 @@ def _caller(target: str, workdir: Path, hold_ms: int) -> Sipp:
 async def test_max_calls_holds_across_two_workers(tmp_path: Path) -> None:
     uas, node_port = await _uas(tmp_path, 40)
     try:
-        async with SbcProcess(tmp_path, "sbc", node_port, tmp_path / "state", "max_calls = 2") as sbc:
+        async with _sbc(tmp_path, "sbc", node_port, tmp_path / "state", "max_calls = 2") as sbc:
             loop = asyncio.get_running_loop()
 
             async def metric(name: str) -> list[float]:
@@ -137,21 +99,21 @@ async def test_daily_usage_survives_a_killed_worker(tmp_path: Path) -> None:
     state = tmp_path / "state"
     policy = "max_daily_usage = 2  # seconds of answered external outgoing calls"
     try:
-        async with SbcProcess(tmp_path, "first", node_port, state, policy) as sbc:
+        async with _sbc(tmp_path, "first", node_port, state, policy) as sbc:
             (await _hung_up_by_the_node(sbc.target, tmp_path / "long").run()).assert_ok()  # 2.5 s of usage
             over = await Sipp("uac_call_expect_error.xml", sbc.target, workdir=tmp_path / "over1", service=EXTERNAL,
                               user="1001", domain=DOMAIN, variables={"expected": 403}, timeout=20).run()
             over.assert_ok()
-            victim = sbc.workers()[0]
+            victim = sbc.worker_pids()[0]
             os.kill(victim, signal.SIGKILL)  # the parent then stops the other worker and exits 1
             assert await asyncio.wait_for(sbc.proc.wait(), 30) == 1
-        async with SbcProcess(tmp_path, "second", node_port, state, policy) as sbc:
+        async with _sbc(tmp_path, "second", node_port, state, policy) as sbc:
             again = await Sipp("uac_call_expect_error.xml", sbc.target, workdir=tmp_path / "over2",
                                service=EXTERNAL, user="1001", domain=DOMAIN, variables={"expected": 403},
                                timeout=20).run()
             again.assert_ok()
         # positive control: the same SBC with a fresh state dir lets the call through
-        async with SbcProcess(tmp_path, "fresh", node_port, tmp_path / "fresh-state", policy) as sbc:
+        async with _sbc(tmp_path, "fresh", node_port, tmp_path / "fresh-state", policy) as sbc:
             (await _hung_up_by_the_node(sbc.target, tmp_path / "fresh").run()).assert_ok()
     finally:
         await uas.stop()
