@@ -129,7 +129,9 @@ async def test_max_calls_across_two_hosts_and_a_dead_hosts_calls_expire(tmp_path
             killed = time.monotonic()
             (await _refused(b.target, tmp_path / "dead-a-counted", 503).run()).assert_ok()
             await _until(lambda: _gone(cluster, "sbc-a"), TTL + 8, "host a's lease to expire")
-            assert time.monotonic() - killed >= TTL - 0.5
+            # the lease outlived the kill (not revoked): its last keep-alive came up to TTL/3
+            # before the kill, and etcd checks expiries about every 0.5 s
+            assert time.monotonic() - killed >= TTL * 2 / 3 - 0.25
             # its slot is free again: host b reserves it (the first try may be refused meanwhile)
             ok = False
             for i in range(10):
