@@ -15,14 +15,12 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from tests.peers.net import free_port
 from tests.peers.sbc_process import SbcProcess
 from tests.peers.sipp import Sipp
+from tests.sbc._tenant_calls import DOMAIN, EXTERNAL, external_caller, node_uas
 
 pytestmark = pytest.mark.interop
 
-DOMAIN = "alpha.example"
-EXTERNAL = "0034911234567"  # leaves the platform: counted against the tenant
 TTL = 2
 
 
@@ -70,19 +68,6 @@ async def _until(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def _uas(tmp_path: Path, calls: int, scenario: str = "uas_answer.xml", **kw) -> tuple[Sipp, int]:
-    port = free_port()
-    uas = Sipp(scenario, workdir=tmp_path / "uas", local_port=port, calls=calls, timeout=90, **kw)
-    await uas.start()
-    await uas.wait_listening()
-    return uas, port
-
-
-def _caller(target: str, workdir: Path, hold_ms: int) -> Sipp:
-    return Sipp("uac_call.xml", target, workdir=workdir, service=EXTERNAL, user="1001", domain=DOMAIN,
-                calls=1, duration_ms=hold_ms, timeout=40)
-
-
 def _refused(target: str, workdir: Path, code: int) -> Sipp:
     return Sipp("uac_call_expect_error.xml", target, workdir=workdir, service=EXTERNAL, user="1001",
                 domain=DOMAIN, variables={"expected": code}, timeout=20)
@@ -100,7 +85,7 @@ async def cluster(etcd_server):
 
 
 async def test_max_calls_across_two_hosts_and_a_dead_hosts_calls_expire(tmp_path, etcd_server, cluster) -> None:
-    uas, node_port = await _uas(tmp_path, 40)
+    uas, node_port = await node_uas(tmp_path, 40)
     await cluster.add_node(node_port)
     ep = etcd_server.endpoint
     try:
@@ -109,7 +94,7 @@ async def test_max_calls_across_two_hosts_and_a_dead_hosts_calls_expire(tmp_path
             # each host reserves its fair share (1 of 2) once it sees the other
             await _until(lambda: _settled(cluster), 15, "both hosts' reservations in etcd")
             # three callers at once on each host, every admitted call held 6 s: 2 in total
-            callers = [_caller(h.target, tmp_path / f"c-{h.name}-{i}", 6000) for h in (a, b) for i in range(3)]
+            callers = [external_caller(h.target, tmp_path / f"c-{h.name}-{i}", 6000) for h in (a, b) for i in range(3)]
             results = await asyncio.gather(*(c.run() for c in callers))
             answered = [r for r in results if r.successful]
             assert len(answered) == 2, [r.describe() for r in results][:2]
@@ -117,10 +102,10 @@ async def test_max_calls_across_two_hosts_and_a_dead_hosts_calls_expire(tmp_path
             assert sum(r.successful for r in results[:3]) == 1 == sum(r.successful for r in results[3:])  # 1 each
 
             # host a holds a long call; b takes one too: the tenant is at its limit
-            long_a = _caller(a.target, tmp_path / "long-a", 60000)
+            long_a = external_caller(a.target, tmp_path / "long-a", 60000)
             await long_a.start()
             await _until(lambda: _calls_of(cluster, "sbc-a", 1), 10, "host a's call in etcd")
-            long_b = _caller(b.target, tmp_path / "long-b", 60000)
+            long_b = external_caller(b.target, tmp_path / "long-b", 60000)
             await long_b.start()
             await _until(lambda: _calls_of(cluster, "sbc-b", 1), 10, "host b's call in etcd")
             (await _refused(b.target, tmp_path / "full-b", 503).run()).assert_ok()
@@ -135,7 +120,7 @@ async def test_max_calls_across_two_hosts_and_a_dead_hosts_calls_expire(tmp_path
             # its slot is free again: host b reserves it (the first try may be refused meanwhile)
             ok = False
             for i in range(10):
-                r = await _caller(b.target, tmp_path / f"after-{i}", 200).run()
+                r = await external_caller(b.target, tmp_path / f"after-{i}", 200).run()
                 if r.successful:
                     ok = True
                     break
@@ -163,7 +148,7 @@ async def _gone(cluster: Cluster, host: str) -> bool:
 
 async def test_daily_usage_through_one_host_blocks_the_other_and_survives_its_death(
         tmp_path, etcd_server, cluster) -> None:
-    uas, node_port = await _uas(tmp_path, 10, "uas_answer_hangup.xml", variables={"hangup_ms": 2500})
+    uas, node_port = await node_uas(tmp_path, 10, "uas_answer_hangup.xml", variables={"hangup_ms": 2500})
     await cluster.add_node(node_port)
     ep = etcd_server.endpoint
     policy = "max_daily_usage = 2  # seconds of answered external outgoing calls"

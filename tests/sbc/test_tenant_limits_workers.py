@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.net import free_port
 from tests.peers.sbc_process import SbcProcess
 from tests.peers.sipp import Sipp
+from tests.sbc._tenant_calls import DOMAIN, EXTERNAL, external_caller, node_uas
 
 pytestmark = pytest.mark.interop
 
-DOMAIN = "alpha.example"
-EXTERNAL = "0034911234567"  # a number leaving the platform: counted against the tenant
 
 
 def _metric(port: int, line_start: str) -> float:
@@ -40,21 +38,8 @@ address = "127.0.0.1:{node_port}"
 """, workers=2)
 
 
-async def _uas(tmp_path: Path, calls: int, scenario: str = "uas_answer.xml", **kw) -> tuple[Sipp, int]:
-    port = free_port()
-    uas = Sipp(scenario, workdir=tmp_path / "uas", local_port=port, calls=calls, timeout=90, **kw)
-    await uas.start()
-    await uas.wait_listening()
-    return uas, port
-
-
-def _caller(target: str, workdir: Path, hold_ms: int) -> Sipp:
-    return Sipp("uac_call.xml", target, workdir=workdir, service=EXTERNAL, user="1001", domain=DOMAIN,
-                calls=1, duration_ms=hold_ms, timeout=30)
-
-
 async def test_max_calls_holds_across_two_workers(tmp_path: Path) -> None:
-    uas, node_port = await _uas(tmp_path, 40)
+    uas, node_port = await node_uas(tmp_path, 40)
     try:
         async with _sbc(tmp_path, "sbc", node_port, tmp_path / "state", "max_calls = 2") as sbc:
             loop = asyncio.get_running_loop()
@@ -67,7 +52,7 @@ async def test_max_calls_holds_across_two_workers(tmp_path: Path) -> None:
                 before = await metric(invites)
                 # ten callers at once, each from its own port: the kernel spreads them over
                 # both workers; every admitted call is held 8 s, so all ten overlap
-                callers = [_caller(sbc.target, tmp_path / f"r{rnd}c{i}", 8000) for i in range(10)]
+                callers = [external_caller(sbc.target, tmp_path / f"r{rnd}c{i}", 8000) for i in range(10)]
                 results = await asyncio.gather(*(c.run() for c in callers))
                 answered = sum(r.successful for r in results)
                 assert answered == 2, [r.describe() for r in results if r.successful][:3]
@@ -80,7 +65,7 @@ async def test_max_calls_holds_across_two_workers(tmp_path: Path) -> None:
             assert min(per_worker) > 0, per_worker
             assert sum(await metric('hivepbx_sbc_blocked_total{cause="max_calls"}')) == 8 * (rnd + 1)
             # those calls are over: their BYEs, whichever worker saw them, freed the slots
-            again = await asyncio.gather(*(_caller(sbc.target, tmp_path / f"again{i}", 200).run() for i in range(2)))
+            again = await asyncio.gather(*(external_caller(sbc.target, tmp_path / f"again{i}", 200).run() for i in range(2)))
             assert sum(r.successful for r in again) == 2, [r.describe() for r in again]
     finally:
         await uas.stop()
@@ -95,7 +80,7 @@ async def test_daily_usage_survives_a_killed_worker(tmp_path: Path) -> None:
     """The far end hangs up (the node's BYE ends the call at the edge: its answered time is
     the usage), the usage is over the day's limit, a worker is killed -9, and the restarted
     SBC still refuses the tenant's next call."""
-    uas, node_port = await _uas(tmp_path, 10, "uas_answer_hangup.xml", variables={"hangup_ms": 2500})
+    uas, node_port = await node_uas(tmp_path, 10, "uas_answer_hangup.xml", variables={"hangup_ms": 2500})
     state = tmp_path / "state"
     policy = "max_daily_usage = 2  # seconds of answered external outgoing calls"
     try:
