@@ -12,7 +12,7 @@ import pytest
 
 from node.rtp_engine import PortPool, RtpRelay
 from node.rtp_engine.relay import RelayLeg, RelaySession, _Socket
-from tests.integration.test_rtp_relay import free_port_pair_range, phone, rtp
+from tests.integration.test_rtp_relay import call, free_port_pair_range, phone, rtp
 
 
 @pytest.fixture(params=[0, 16], ids=["closed", "parked"])
@@ -25,10 +25,7 @@ async def relay(request):
 
 
 async def test_an_ended_session_is_freed_without_the_garbage_collector(relay: RtpRelay) -> None:
-    s = await relay.open_session("c1", "acme")
-    a, b = await phone(), await phone()
-    s.a.set_remote(a.host, a.port)
-    s.b.set_remote(b.host, b.port)
+    s, a, b = await call(relay)
     a.send(rtp(1), s.a.local_port)
     assert (await b.recv())[0] == rtp(1)  # wired: a's packets leave through b
     gc.collect()

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from node.rtp_engine import PortPool, PortsExhausted, RtpRelay
-from tests.integration.test_rtp_relay import free_port_pair_range, phone, rtp, until
+from tests.integration.test_rtp_relay import call, free_port_pair_range, phone, rtp, until
 
 #: a pool big enough that parking is allowed (PortPool.low_water is 8 pairs at least)
 PAIRS = 24
@@ -45,10 +45,7 @@ async def relay():
 
 
 async def test_a_closed_sessions_pairs_stay_bound_and_serve_a_later_session(relay: RtpRelay) -> None:
-    s1 = await relay.open_session("c1", "acme")
-    a, b = await phone(), await phone()
-    s1.a.set_remote(a.host, a.port)
-    s1.b.set_remote(b.host, b.port)
+    s1, a, b = await call(relay)
     a.send(rtp(1), s1.a.local_port)
     assert (await b.recv())[0] == rtp(1)
     s1.a.add_tap(lambda data: None)  # recording on the old call: must not follow the port
