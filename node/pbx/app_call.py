@@ -71,6 +71,7 @@ from node.pbx import dialplan, hold, outgoing, recording
 from node.pbx.transfer import (BlindTransfer, ReferError, check_refer, refuse, require_same_party,
                                 require_transferor)
 from node.pbx.routing import RoutePlan, app_plan
+from node.sip.cancel import build_cancel
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
 from node.sip.flow import Flow
@@ -784,9 +785,7 @@ class AppCall:
         inv = leg.invite
         assert inv is not None
         leg.cancel_pending = False
-        headers = [("Via", inv.get("Via") or ""), ("Max-Forwards", "70"), ("From", inv.get("From") or ""),
-                   ("To", inv.get("To") or ""), ("Call-ID", inv.call_id), ("CSeq", f"{inv.cseq.seq} CANCEL")]
-        self.host.endpoint.send_request(Request("CANCEL", inv.uri_text, headers), leg.flow)
+        self.host.endpoint.send_request(build_cancel(inv), leg.flow)
 
     # ------------------------------------------------------------------ REFER of a bridged party
     def _on_refer(self, side: str, req: Request) -> None:

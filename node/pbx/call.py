@@ -27,6 +27,7 @@ from node.model import Cdr
 from node.pbx import answer_confirm, hold, recording
 from node.pbx.attempts import AttemptWalker, best_failure, outcome, trunk_failover
 from node.pbx.routing import RoutePlan, Target
+from node.sip.cancel import build_cancel
 from node.sip.dialog import Dialog
 from node.sip.errors import SipError
 from node.sip.flow import Flow
@@ -783,18 +784,7 @@ class Call:
         inv = leg.invite
         assert inv is not None
         leg.cancel_pending = False
-        headers = [
-            ("Via", inv.get("Via") or ""),
-            ("Max-Forwards", "70"),
-            ("From", inv.get("From") or ""),
-            ("To", inv.get("To") or ""),
-            ("Call-ID", inv.call_id),
-            ("CSeq", f"{inv.cseq.seq} CANCEL"),
-        ]
-        for r in inv.get_all("Route"):
-            headers.append(("Route", r))
-        cancel = Request("CANCEL", inv.uri_text, headers)
-        self.host.endpoint.send_request(cancel, leg.flow)
+        self.host.endpoint.send_request(build_cancel(inv), leg.flow)
 
     def _bye_side(self, side: str) -> None:
         if side == "b":

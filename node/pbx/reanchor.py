@@ -16,9 +16,9 @@ Two phases, so a refusal changes nothing and several calls move together or not 
 * ``rollback`` (a party refused: 491, 488, timeout, or the call ended meanwhile): every
   party already moved is re-INVITEd back to the SDP rtpengine gave it; the local session
   is closed. The call goes on through rtpengine as before. A re-INVITE with no final
-  response within ``ANSWER_WAIT`` counts as refused (408) and is CANCELled (RFC 3261 §9),
-  so a silent phone costs seconds, not the 32 s transaction timeout; should its 2xx still
-  come, the party is re-INVITEd back to rtpengine.
+  response within ``reanchor_answer_wait`` (NodeConfig) counts as refused (408) and is
+  CANCELled (RFC 3261 §9), so a silent phone costs seconds, not the 32 s transaction
+  timeout; should its 2xx still come, the party is re-INVITEd back to rtpengine.
 
 A ringing call (pickup, Replaces of an early dialog) needs no re-INVITE: nobody has an
 answer yet; the caller's 2xx will carry the local relay's SDP. The target of a
@@ -42,7 +42,8 @@ from node.pbx.call import _ALLOW, CallState
 from node.sdp.anchoring import media_address, rewrite_for_relay
 from node.sdp.errors import SdpError
 from node.sdp.parser import parse
-from node.sip.message import Request, Response
+from node.sip.cancel import build_cancel
+from node.sip.message import Response
 
 log = logging.getLogger("hivepbx.reanchor")
 
@@ -50,13 +51,6 @@ REANCHORS = Counter("hivepbx_media_reanchors", "Calls moved from rtpengine to th
                     ["outcome"])
 #: longest a pending in-dialog exchange (a hold being answered) delays a re-anchoring
 PENDING_WAIT = 2.0
-#: longest a re-INVITE of the move (or of its rollback) waits for its final response.
-#: Why: a phone that never answers would otherwise hold the feature for the whole INVITE
-#: transaction timeout (64*T1 = 32 s) while the transferor waits for its NOTIFY and the call
-#: may not offer anything (491s). A phone answers a re-INVITE in milliseconds (no human in
-#: the loop), so a few seconds is ample; past it the re-INVITE is CANCELled (RFC 3261 §9.1,
-#: once a provisional came) and counts as refused: the move is rolled back.
-ANSWER_WAIT = 4.0
 
 
 class ReanchorError(Exception):
@@ -83,8 +77,9 @@ def in_rtpengine(media) -> bool:
 
 class _ReInvite:
     """TU of one re-INVITE: ACKs every 2xx (retransmissions too), resolves ``done``.
-    ``abandon`` (no answer within ANSWER_WAIT) CANCELs it; a 2xx that still comes then
-    ``late_2xx(self)``: the party took an offer the move no longer stands by."""
+    ``abandon`` (no answer within the node's ``reanchor_answer_wait``) CANCELs it; a 2xx
+    that still comes then ``late_2xx(self)``: the party took an offer the move no longer
+    stands by."""
 
     def __init__(self, call, side: str, dialog, req, late_2xx: Callable[["_ReInvite"], None] | None = None) -> None:
         self.call, self.side, self.dialog, self.req = call, side, dialog, req
@@ -132,28 +127,29 @@ class _ReInvite:
 
     def _send_cancel(self) -> None:
         self.cancel_pending = False
-        req = self.req
-        headers = [("Via", req.get("Via") or ""), ("Max-Forwards", "70"), ("From", req.get("From") or ""),
-                   ("To", req.get("To") or ""), ("Call-ID", req.call_id), ("CSeq", f"{req.cseq.seq} CANCEL")]
-        headers.extend(("Route", r) for r in req.get_all("Route"))
         from node.pbx import outgoing
 
-        ep = self.call.host.endpoint
-        t = ep.send_request(Request("CANCEL", req.uri_text, headers), self.dialog.flow)
+        t = self.call.host.endpoint.send_request(build_cancel(self.req), self.dialog.flow)
         t.tu = outgoing.IGNORE  # its 200 changes nothing: the re-INVITE's 487 (or 2xx) does
 
 
-async def _answers(tus: list[_ReInvite]) -> list[Response | None]:
-    """Each re-INVITE's final response, None for a timeout or no answer within ANSWER_WAIT
-    (then it is CANCELled: ``_ReInvite.abandon``)."""
+def answer_wait(call) -> float:
+    """Longest a re-INVITE of a move (or of its rollback) waits for its final response: the
+    node's ``reanchor_answer_wait`` (NodeConfig, where the why is)."""
+    return call.host.cfg.reanchor_answer_wait
+
+
+async def _answers(tus: list[_ReInvite], wait: float) -> list[Response | None]:
+    """Each re-INVITE's final response, None for a timeout or no answer within ``wait``
+    seconds (then it is CANCELled: ``_ReInvite.abandon``)."""
     done = [tu.done for tu in tus]
     if not done:
         return []
-    await asyncio.wait(done, timeout=ANSWER_WAIT)
+    await asyncio.wait(done, timeout=wait)
     for tu in tus:
         if not tu.done.done():
             log.info("call %s: side %s did not answer the re-INVITE within %.1f s: cancelled",
-                     tu.call.invite.call_id, tu.side, ANSWER_WAIT)
+                     tu.call.invite.call_id, tu.side, wait)
             tu.abandon()
     return [tu.done.result() for tu in tus]
 
@@ -256,7 +252,7 @@ class Reanchor:
             if tu is None:
                 raise ReanchorError(481, "Call/Transaction Does Not Exist (a party left)")
             tus.append(tu)
-        results = await _answers(tus)
+        results = await _answers(tus, answer_wait(self.call))
         failure = None
         for tu, resp in zip(tus, results):
             if resp is not None and 200 <= resp.status < 300:
@@ -416,7 +412,7 @@ class Reanchor:
                 tu = self._reinvite(side, body, late_2xx=_ignore_late) if body else None
                 if tu is not None:
                     tus.append(tu)
-            for resp in await _answers(tus):
+            for resp in await _answers(tus, answer_wait(self.call)):
                 if resp is None or resp.status >= 300:
                     log.warning("call %s: a party refused to move back to rtpengine (%s)", call.invite.call_id,
                                 None if resp is None else resp.status)
@@ -492,7 +488,7 @@ async def pull(call, side: str, old) -> None:
                                content_type="application/sdp", extra=[("Allow", _ALLOW)])
         tu = _ReInvite(call, side, d, req)
         ep.send_request(req, d.flow).tu = tu
-        (resp,) = await _answers([tu])
+        (resp,) = await _answers([tu], answer_wait(call))
         if resp is not None and 200 <= resp.status < 300:
             ok = True
             addr = media_address(parse(resp.body)) if resp.body else None

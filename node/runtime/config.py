@@ -95,3 +95,8 @@ class NodeConfig:
     rtpengine_ng: tuple[str, ...] = ()
     #: seconds an ng command waits for each try (it is tried twice) before the next instance
     rtpengine_timeout: float = 0.5
+    #: seconds a re-INVITE moving a call off rtpengine (node/pbx/reanchor.py), or moving it
+    #: back, waits for its final response before it is CANCELled and the move rolled back.
+    #: Why bounded: a silent phone would hold the feature (and the transferor's NOTIFY) for
+    #: the 32 s INVITE transaction timeout; a phone answers a re-INVITE in milliseconds.
+    reanchor_answer_wait: float = 4.0

@@ -16,6 +16,7 @@ import pytest
 from node.pbx import reanchor
 from node.pbx.call import CallState
 from node.pbx.media import MediaAnchor
+from node.runtime.config import NodeConfig
 from node.sdp.origin import LocalOrigin
 from node.sip.errors import SipError
 from node.sip.message import Request, make_response
@@ -83,8 +84,9 @@ class RtpAnchor:
         self.closed = True
 
 
-async def _answered_call():
+async def _answered_call(answer_wait: float = NodeConfig().reanchor_answer_wait):
     host, anchor = Host(), RtpAnchor()
+    host.cfg.reanchor_answer_wait = answer_wait  # the node's setting (NodeConfig)
     call = _call(host, anchor)
     leg, ok = _b_response(call, 200)
     call.on_leg_response(leg, ok)

@@ -1,7 +1,8 @@
-"""node/pbx/reanchor.py's bounded wait for a re-INVITE's answer (``ANSWER_WAIT``): a party
-that never answers the move counts as refused within seconds (not the 32 s transaction
-timeout), its re-INVITE is CANCELled as RFC 3261 §9.1 allows (only after a provisional),
-the other party goes back to rtpengine, and a 2xx that still comes is moved back too.
+"""node/pbx/reanchor.py's bounded wait for a re-INVITE's answer (NodeConfig
+``reanchor_answer_wait``, 0.2 s here): a party that never answers the move counts as
+refused within seconds (not the 32 s transaction timeout), its re-INVITE is CANCELled as
+RFC 3261 §9.1 allows (only after a provisional), the other party goes back to rtpengine,
+and a 2xx that still comes is moved back too.
 The real thing with SIPp: tests/interop/pbx/test_rtpengine_features_sipp.py."""
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ def _cancels(host):
     return [m for k, m in host.endpoint.out if k == "request" and m.method == "CANCEL"]
 
 
-@pytest.fixture
-def short_wait(monkeypatch):
-    monkeypatch.setattr(reanchor, "ANSWER_WAIT", 0.2)
-
-
-async def test_a_silent_party_is_cancelled_and_the_move_rolled_back(short_wait):
-    host, anchor, call = await _answered_call()
+async def test_a_silent_party_is_cancelled_and_the_move_rolled_back():
+    host, anchor, call = await _answered_call(answer_wait=0.2)
     refused = reanchor.REANCHORS.labels("refused")._value.get()
     t0 = time.monotonic()
     task = asyncio.create_task(reanchor.make_local(call))
@@ -58,8 +54,8 @@ async def test_a_silent_party_is_cancelled_and_the_move_rolled_back(short_wait):
     call.hangup_both("test")
 
 
-async def test_no_cancel_before_a_provisional_and_a_late_2xx_is_moved_back(short_wait):
-    host, anchor, call = await _answered_call()
+async def test_no_cancel_before_a_provisional_and_a_late_2xx_is_moved_back():
+    host, anchor, call = await _answered_call(answer_wait=0.2)
     task = asyncio.create_task(reanchor.make_local(call, ("a",)))
     await asyncio.sleep(0.01)
     ((_, req, txn),) = _reinvites(host)
