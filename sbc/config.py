@@ -39,6 +39,7 @@ TOML layout (every key optional except the node list, unless etcd is configured)
     endpoints = ["127.0.0.1:2379"]
     host_id = "sbc-1"               # this host in the tenants' shared counts (default: hostname)
     limits_ttl = 10                 # seconds a dead host's live calls still count
+    limits_timeout = 1.0            # seconds an etcd call of those counts may take (slower = down)
 
     [protection]                    # handed to sbc.protection.Guard
     [media]                         # handed to sbc.media.MediaAnchor
@@ -136,6 +137,8 @@ class SbcConfig:
     host_id: str = ""
     #: lease TTL of this host's published live calls (a dead host's calls count this long)
     limits_ttl: int = 10
+    #: deadline of each etcd call of those counts: a slower (stalled) etcd counts as down
+    limits_timeout: float = 1.0
     max_message_size: int = 65535
     log_level: str = "INFO"
     #: OpenTelemetry span exporter: None (no spans recorded), 'console' or 'otlp'
@@ -403,7 +406,7 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
         kw["etcd_endpoints"] = tuple(_str_list(etcd, "endpoints", "etcd"))
         if "prefix" in etcd:
             kw["etcd_prefix"] = str(etcd["prefix"])
-        unknown = set(etcd) - {"endpoints", "prefix", "host_id", "limits_ttl"}
+        unknown = set(etcd) - {"endpoints", "prefix", "host_id", "limits_ttl", "limits_timeout"}
         if unknown:
             raise SbcConfigError(f"etcd: unknown key(s) {sorted(unknown)}")
         if "host_id" in etcd:
@@ -413,6 +416,8 @@ def from_dict(data: dict, base: SbcConfig | None = None, *, check: bool = True) 
             kw["host_id"] = hid
         if "limits_ttl" in etcd:
             kw["limits_ttl"] = _num(etcd, "limits_ttl", int, 10, 1, "etcd")
+        if "limits_timeout" in etcd:
+            kw["limits_timeout"] = _num(etcd, "limits_timeout", float, 1.0, 0.05, "etcd")
     nodes = kw.get("nodes", cfg.nodes)
     if "tenants" in data:
         kw["tenants"] = _parse_tenants(data["tenants"], {n.id for n in nodes}, bool(kw.get("etcd_endpoints")))

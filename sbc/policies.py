@@ -117,16 +117,10 @@ async def open_etcd_config(cfg):
     """The cluster's ConfigStore on etcd, read-only for the SBC (a watched in-memory view of
     the configuration prefix); the caller closes it with ``await close()``."""
     etcd = importlib.import_module("cluster.etcd")
-    client = await etcd.connect(list(cfg.etcd_endpoints))
-    try:
+
+    async def build(client):
         store = etcd.EtcdConfigStore(client, etcd.Keys(cfg.etcd_prefix))
         await store.start()
-    except BaseException:
-        await client.close()
-        raise
+        return store, store.close
 
-    async def close() -> None:
-        await store.close()
-        await client.close()
-
-    return store, close
+    return await etcd.client.open_with_client(list(cfg.etcd_endpoints), build)

@@ -26,7 +26,10 @@ deleting a tenant is one range delete in the same transaction as the rest.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import quote, unquote
 
 import aetcd
@@ -34,8 +37,24 @@ import aetcd
 DEFAULT_PREFIX = "/hivepbx/"
 
 
+T = TypeVar("T")
+
+
 class EtcdUnavailable(ConnectionError):
     """No endpoint of the list answered."""
+
+
+class EtcdTimeout(EtcdUnavailable):
+    """etcd did not answer within the caller's deadline: a stalled etcd is treated as a down
+    one (a caller with a fallback takes it now, not after the client's whole timeout)."""
+
+
+async def within(aw: Awaitable[T], seconds: float) -> T:
+    """``await aw``, or EtcdTimeout once ``seconds`` passed (``aw`` is cancelled)."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        raise EtcdTimeout(f"etcd did not answer within {seconds:g} s") from None
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -88,6 +107,33 @@ async def connect(endpoints, *, timeout: float = 5.0) -> aetcd.Client:
             errors.append(f"{host}:{port}: {e}")
             await client.close()
     raise EtcdUnavailable("cannot reach etcd (" + "; ".join(errors) + ")")
+
+
+async def open_with_client(
+    endpoints,
+    build: Callable[[aetcd.Client], Awaitable[tuple[T, Callable[[], Awaitable[None]]]]],
+    *,
+    timeout: float = 5.0,
+) -> tuple[T, Callable[[], Awaitable[None]]]:
+    """Something that lives on its own etcd connection: ``build(client)`` returns (it, its
+    close). Returns (it, close), where ``close()`` closes it, then the client (also when the
+    first fails); when ``build`` fails the client is closed before the error propagates.
+    Why here: every component with its own connection (the SBC's view of the configuration,
+    its tenant counts) needs exactly this, and a leaked client keeps a gRPC channel open."""
+    client = await connect(endpoints, timeout=timeout)
+    try:
+        built, close_built = await build(client)
+    except BaseException:
+        await client.close()
+        raise
+
+    async def close() -> None:
+        try:
+            await close_built()
+        finally:
+            await client.close()
+
+    return built, close
 
 
 class Keys:

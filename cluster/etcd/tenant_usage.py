@@ -18,6 +18,11 @@ Why this shape:
   over the whole calls prefix (no host's key changed since the publisher's last read), so
   two hosts never reserve the same free slots; every host's key is read back in it.
 
+Every etcd call here has a ``deadline`` (default 1 s, the SBC's ``[etcd] limits_timeout``):
+a stalled etcd (overloaded, paused, a network that drops without a reset) then fails like a
+down one, within the deadline, so the caller falls back to the last known counts as fast as
+it does when etcd is down, instead of waiting the client's timeout for every call.
+
 This module only moves dicts; what the counts mean is sbc/protection/cluster_counts.py's.
 """
 
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 
 import aetcd
 
-from cluster.etcd.client import Keys, prefix_end
+from cluster.etcd.client import Keys, prefix_end, within
 
 log = logging.getLogger("hivepbx.cluster")
 
@@ -61,14 +66,18 @@ def _roots(keys: Keys) -> tuple[bytes, bytes]:
 
 class EtcdTenantUsage:
     """One SBC host's side of the shared counts: its calls key on its own lease, its usage
-    keys, and reads of everybody's."""
+    keys, and reads of everybody's. Each call raises EtcdTimeout past ``deadline`` seconds."""
 
-    def __init__(self, client: aetcd.Client, keys: Keys, host_id: str, *, ttl: int = 10) -> None:
+    def __init__(self, client: aetcd.Client, keys: Keys, host_id: str, *, ttl: int = 10,
+                 deadline: float = 1.0) -> None:
         if not host_id or "/" in host_id:
             raise ValueError(f"SBC host id {host_id!r}: give a non-empty name without '/'")
+        if not deadline > 0:
+            raise ValueError(f"etcd deadline {deadline!r}: give a number of seconds > 0")
         self._c = client
         self.host_id = host_id
         self.ttl = max(1, int(ttl))
+        self.deadline = float(deadline)
         self.calls_root, self.usage_root = _roots(keys)
         self._lease_id: int | None = None
         self._keepalive: asyncio.Task | None = None
@@ -82,7 +91,7 @@ class EtcdTenantUsage:
     # ------------------------------------------------------------------ lease
     async def _lease(self) -> int:
         if self._lease_id is None:
-            lease = await self._c.lease(self.ttl)
+            lease = await within(self._c.lease(self.ttl), self.deadline)
             self._lease_id = lease.id
             if self._keepalive is None or self._keepalive.done():
                 self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive(), name="sbc-usage-lease")
@@ -95,7 +104,7 @@ class EtcdTenantUsage:
             if lease_id is None:
                 continue
             try:
-                reply = await asyncio.wait_for(self._c.refresh_lease(lease_id), self.ttl)
+                reply = await within(self._c.refresh_lease(lease_id), min(self.deadline, self.ttl))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -117,11 +126,11 @@ class EtcdTenantUsage:
         t = self._c.transactions
         end = prefix_end(self.calls_root)
         try:
-            ok, responses = await self._c.transaction(
+            ok, responses = await within(self._c.transaction(
                 compare=[t.mod(self.calls_root, range_end=end) < expect + 1],
                 success=[t.put(key, value, lease=lease_id), t.get(self.calls_root, range_end=end)],
                 failure=[],
-            )
+            ), self.deadline)
         except Exception as e:
             if "lease not found" in str(e).lower():
                 self._lease_id = None  # expired while etcd was away: the next publish takes a new one
@@ -134,25 +143,26 @@ class EtcdTenantUsage:
 
     async def read_calls(self) -> tuple[int, dict[str, dict]]:
         """(revision, {host: {tenant: value}}) of every host's calls key."""
-        got = await self._c.get_prefix(self.calls_root)
+        got = await within(self._c.get_prefix(self.calls_root), self.deadline)
         n = len(self.calls_root)
         return got.header.revision, {kv.key[n:].decode(): _json(kv.value) for kv in got}
 
     async def publish_usage(self, date: str, usage: dict[str, float]) -> None:
         """This host's usage per tenant for ``date`` (the whole day's map: it only grows)."""
-        await self._c.put(self.usage_key(date, self.host_id),
-                          json.dumps(usage, separators=(",", ":"), sort_keys=True).encode())
+        value = json.dumps(usage, separators=(",", ":"), sort_keys=True).encode()
+        await within(self._c.put(self.usage_key(date, self.host_id), value), self.deadline)
 
     async def forget_before(self, date: str) -> int:
         """Delete every host's usage keys of days before ``date`` (ISO, sorts as text)."""
-        reply = await self._c.delete_range(self.usage_root, self.usage_root + date.encode())
+        end = self.usage_root + date.encode()
+        reply = await within(self._c.delete_range(self.usage_root, end), self.deadline)
         return int(getattr(reply, "deleted", 0) or 0)
 
     # ------------------------------------------------------------------ reads
     async def read_usage(self) -> dict[str, dict[str, dict[str, float]]]:
         """{date: {host: {tenant: usage}}} of every host."""
         usage: dict[str, dict[str, dict[str, float]]] = {}
-        for kv in await self._c.get_prefix(self.usage_root):
+        for kv in await within(self._c.get_prefix(self.usage_root), self.deadline):
             date, _, host = kv.key[len(self.usage_root):].decode().partition("/")
             usage.setdefault(date, {})[host] = _decode(kv.value)
         return usage
@@ -166,7 +176,7 @@ class EtcdTenantUsage:
             self._keepalive = None
         if self._lease_id is not None:
             with contextlib.suppress(Exception):
-                await self._c.revoke_lease(self._lease_id)
+                await within(self._c.revoke_lease(self._lease_id), self.deadline)
             self._lease_id = None
 
 

@@ -18,11 +18,13 @@ Why this way:
   while slots are reserved on another host: the host then publishes ``want`` at once (within
   ``tick``), hosts that do not want release their reservation when they see it (within
   ``interval``), and the wanting host takes what is free (within another ``interval``).
-* **etcd unavailable**: caps stay as they were; once etcd has not confirmed this host's
-  counts for a lease TTL (its reservations may have gone with the lease) the host enforces
-  ``local + others' last known calls < limit``; until it notices, the others may already
-  reserve the slots it still uses, so the overshoot is at most that host's cap. Errors are counted and logged; it catches
-  up when etcd is back.
+* **etcd unavailable** (down, or slower than ``[etcd] limits_timeout`` per call: every call
+  has that deadline, so a stalled etcd does not hold a round for the client's 5 s per call):
+  caps stay as they were; once etcd has not confirmed this host's counts for a lease TTL
+  (its reservations may have gone with the lease) the host enforces ``local + others' last
+  known calls < limit``; until it notices, the others may already reserve the slots it
+  still uses, so the overshoot is at most that host's cap. Errors are counted and logged;
+  it catches up when etcd is back.
 * **Dead hosts**: live calls sit on the host's lease (gone within its TTL); usage keys
   do not (a dead host's usage stays counted: it is money). A host restarted under the same
   ``host_id`` without its state dir takes its own usage of the day back from etcd first.
@@ -419,21 +421,26 @@ def _triple(v) -> tuple[int, int, bool]:
 async def open_cluster_counts(cfg, limits: TenantLimits) -> tuple[ClusterCounts, object]:
     """Connect to the cluster's etcd and start publishing; the caller closes with
     ``await close()`` (the host's live calls leave the sums at once, its usage stays)."""
-    etcd = importlib.import_module("cluster.etcd")
+    etcd = importlib.import_module("cluster.etcd.client")
     usage_mod = importlib.import_module("cluster.etcd.tenant_usage")
-    client = await etcd.connect(list(cfg.etcd_endpoints))
-    try:
+
+    async def build(client):
         store = usage_mod.EtcdTenantUsage(client, etcd.Keys(cfg.etcd_prefix),
-                                          cfg.host_id or default_host_id(cfg.state_dir), ttl=cfg.limits_ttl)
+                                          cfg.host_id or default_host_id(cfg.state_dir), ttl=cfg.limits_ttl,
+                                          deadline=cfg.limits_timeout)
         counts = ClusterCounts(store, limits)
-        await counts.start()
-    except BaseException:
-        await client.close()
-        raise
 
-    async def close() -> None:
-        await counts.stop()
-        await store.close()
-        await client.close()
+        async def close() -> None:
+            try:
+                await counts.stop()
+            finally:
+                await store.close()
 
-    return counts, close
+        try:
+            await counts.start()
+        except BaseException:
+            await store.close()  # its lease and keep-alive, if the first round took one
+            raise
+        return counts, close
+
+    return await etcd.open_with_client(list(cfg.etcd_endpoints), build)
