@@ -195,6 +195,42 @@ def _user(msg) -> str:
     return value.split("sip:", 1)[1].split("@", 1)[0] if "sip:" in value else ""
 
 
+def offer_spans(received, dead_port: int, kill_at: float) -> list[tuple[float, float, object]]:
+    """(start, end, first INVITE) of every offer an agent's phone got, from the messages it
+    received. An offer ends at the first BYE of its dialog, or at the first CANCEL when no BYE
+    came (unanswered); later copies are retransmissions of a request the phone did not answer
+    (SIPp drops its side of a call on a CANCEL that crossed its 200 and then ignores the BYE, so
+    the node repeats the BYE for 32 s): they do not keep the offer going. An offer made by the
+    node that died ends when it died (its BYE never comes); one never ended lasts forever."""
+    by_cid: dict[str, list] = {}
+    for m in received:
+        cid = m.header("Call-ID")
+        if cid:
+            by_cid.setdefault(cid, []).append(m)
+    spans = []
+    for msgs in by_cid.values():
+        invites = [m for m in msgs if m.first_line.startswith("INVITE")]
+        if not invites:
+            continue
+        start = invites[0].at
+        byes = [m.at for m in msgs if m.first_line.startswith("BYE")]
+        cancels = [m.at for m in msgs if m.first_line.startswith("CANCEL")]
+        end = min(byes) if byes else min(cancels) if cancels else float("inf")
+        if f":{dead_port}" in (invites[0].header("Via") or ""):
+            end = min(end, kill_at)
+        spans.append((start, end, invites[0]))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    return spans
+
+
+def overlapping(spans: list[tuple[float, float, object]]) -> list[tuple[tuple, tuple]]:
+    """Pairs of offers to one phone where the later began before the earlier ended."""
+    out = []
+    for i, later in enumerate(spans):
+        out += [(earlier, later) for earlier in spans[:i] if later[0] < earlier[1]]
+    return out
+
+
 async def drill(calls_per_node: int, rate: float, n_agents: int, hold_ms: int, kill_after: float,
                 work: Path) -> Report:
     rep = Report(agents=n_agents)
@@ -282,35 +318,20 @@ async def drill(calls_per_node: int, rate: float, n_agents: int, hold_ms: int, k
         offer_at: dict[str, float] = {}
         offered_to: dict[str, str] = {}
         for a, res in agent_results.items():
-            spans: list[tuple[float, float]] = []
-            by_cid: dict[str, list] = {}
-            for m in res.received():
-                cid = m.header("Call-ID")
-                if cid:
-                    by_cid.setdefault(cid, []).append(m)
-            for cid, msgs in by_cid.items():
-                invites = [m for m in msgs if m.first_line.startswith("INVITE")]
-                if not invites:
-                    continue
-                start = invites[0].at
-                ends = [m.at for m in msgs if m.first_line.startswith(("BYE", "CANCEL"))]
-                end = max(ends) if ends else float("inf")
-                if f":{victim.sip_port}" in (invites[0].header("Via") or ""):
-                    # offered by the node that died: the call died with it (no BYE will come),
-                    # and the ACD frees the agent when the node leaves the membership
-                    end = min(end, kill_at)
-                spans.append((start, end))
-                user = _user(invites[0])
+            # an offer by the node that died ends with it (the ACD frees the agent when the
+            # node leaves the membership)
+            spans = offer_spans(res.received(), victim.sip_port, kill_at)
+            for start, _, invite in spans:
+                user = _user(invite)
                 if user and user not in offer_at:
                     offer_at[user] = start
                     offered_to[user] = a
-            spans.sort()
-            overlaps = [(spans[i], spans[i + 1]) for i in range(len(spans) - 1) if spans[i + 1][0] < spans[i][1]]
+            overlaps = overlapping(spans)
             rep.agents_double_offered += bool(overlaps)
             for first, second in overlaps:
                 rep.notes.append(f"agent {a}: offered at {second[0] - t0:.2f}s while in the call offered at "
                                  f"{first[0] - t0:.2f}s (ended {first[1] - t0:.2f}s)")
-            if agent_node[a] is victim and any(s >= kill_at for s, _ in spans):
+            if agent_node[a] is victim and any(s >= kill_at for s, _, _ in spans):
                 rep.those_agents_offered_calls_after_kill += 1
         # --- order on the survivors: a call that joined clearly earlier is offered earlier
         survivors = {n.node_id for n in nodes if n is not victim}

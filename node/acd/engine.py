@@ -9,7 +9,14 @@ calls: an offer is not a node's choice but a consequence of the log. Hence the r
 - every choice is a function of the state only: ties break on names, ``random`` is seeded by
   the offset of the event that triggered it;
 - dispatch is work-conserving: after every event no available agent is left idle while a call
-  it could take waits, and calls are served best first (queue priority, call priority, arrival).
+  it could take waits, and calls are served best first (queue priority, call priority, arrival);
+- an offer is a claim on the agent that only the node ringing the agent can end: when the log
+  withdraws an offer (ring timeout, pause, logout, overflow, another agent answered) the agent
+  stays *releasing* until that node reports what its phone leg did (OfferDeclined: gone;
+  OfferAnswered: the phone took the call), the call ends, or the node leaves. Freeing the agent
+  at the withdrawal itself would let another node ring it while the first node's CANCEL is
+  still on its way, or after the phone answered it (two calls at once). A report that never
+  comes is covered by ``ring_timeout`` (the node reports at once when it is alive).
 
 One engine holds the state of one log partition (all tenants whose key maps to it); a tenant's
 agents may serve several queues, so the tenant is the unit of ordering.
@@ -31,11 +38,14 @@ from node.acd.events import (
 __all__ = ["AcdEngine", "QueueStats", "AgentStats"]
 
 # agent activity (orthogonal to logged in / paused)
-IDLE, RINGING, ON_CALL, WRAP_UP = "idle", "ringing", "on_call", "wrap_up"
+IDLE, RINGING, ON_CALL, WRAP_UP, RELEASING = "idle", "ringing", "on_call", "wrap_up", "releasing"
 # call states
 WAITING, CONNECTED = "waiting", "connected"
 # deadline kinds, in the order they fire when due at the same instant
-_MAX_WAIT, _RING, _REST = 0, 1, 2
+_MAX_WAIT, _RING, _REST, _RELEASE = 0, 1, 2, 3
+#: offers withdrawn for a reason the node running them reported itself (it stopped or lost its
+#: phone legs before the record): the agent is free at once
+_NODE_KNOWS = ("caller_left", "node_left")
 
 
 @dataclass(slots=True)
@@ -83,7 +93,9 @@ class _Agent:
     call: str | None = None
     idle_since: float = 0.0
     rest_until: float = 0.0
-    owner: str | None = None  # node whose call the wrap-up follows (who ticks it)
+    owner: str | None = None  # node whose call the wrap-up follows / whose leg is releasing (who ticks it)
+    release_by: float | None = None  # releasing: when to give up waiting for the report (None: never)
+    resume_at: float = 0.0  # releasing: rest until then once released (a missed offer's retry_delay)
     stats: AgentStats = field(default_factory=AgentStats)
 
     @property
@@ -98,6 +110,8 @@ class _Agent:
             return "logged_out"
         if self.paused:
             return "paused"
+        if self.activity == RELEASING:
+            return RELEASING
         return "available" if self.activity == IDLE else WRAP_UP
 
 
@@ -230,7 +244,7 @@ class AcdEngine:
                                tuple(sorted(c.ringing.items())), c.agent, c.answered)
                               for _, c in sorted(t.calls.items())),
                         tuple((a.name, a.logged_in, a.paused, a.activity, a.call, a.idle_since, a.rest_until,
-                               a.owner, a.stats) for _, a in sorted(t.agents.items()))))
+                               a.owner, a.release_by, a.resume_at, a.stats) for _, a in sorted(t.agents.items()))))
         return (self._now, self._offset, tuple(out))
 
     # ---- snapshots -----------------------------------------------------------------------------
@@ -248,6 +262,7 @@ class AcdEngine:
                            "answered": c.answered, "position": c.position} for c in t.calls.values()],
                 "agents": [{"name": a.name, "logged_in": a.logged_in, "paused": a.paused, "activity": a.activity,
                             "call": a.call, "idle_since": a.idle_since, "rest_until": a.rest_until, "owner": a.owner,
+                            "release_by": a.release_by, "resume_at": a.resume_at,
                             "stats": asdict(a.stats)} for a in t.agents.values()],
             }
         return {"version": 1, "now": self._now, "offset": self._offset, "arrivals": self._arrivals,
@@ -281,6 +296,8 @@ class AcdEngine:
                     a = t.agents[ad["name"]] = _Agent(**{**ad, "stats": AgentStats(**ad["stats"])})
                     if a.activity == WRAP_UP:
                         e._push(a.rest_until, _REST, tenant, a.name, "")
+                    elif a.activity == RELEASING and a.release_by is not None:
+                        e._push(a.release_by, _RELEASE, tenant, a.name, "")
             return e
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"bad ACD snapshot: {err!r}") from None
@@ -301,6 +318,9 @@ class AcdEngine:
         elif isinstance(ev, OfferAnswered):
             self._answered(tenant, t, ev.call, ev.agent)
         elif isinstance(ev, OfferDeclined):
+            if self._releasing(t, ev.agent, ev.call):
+                self._release(tenant, t.agents[ev.agent])  # the node's leg for a withdrawn offer is gone
+                return
             c = t.calls.get(ev.call)
             if c is None or ev.agent not in c.ringing:
                 self.ignored += 1
@@ -308,8 +328,9 @@ class AcdEngine:
             self._end_offer(tenant, t, c, ev.agent, None, rest=True)
         elif isinstance(ev, CallLeft):
             c = t.calls.get(ev.call)
+            released = self._release_call(tenant, t, ev.call)
             if c is None:
-                self.ignored += 1
+                self.ignored += not released
             elif c.state == CONNECTED:
                 self._call_ended(tenant, t, c)
             else:
@@ -318,9 +339,10 @@ class AcdEngine:
                     q.stats.abandoned += 1
                 self._leave(tenant, t, c, "caller_left")
         elif isinstance(ev, CallEnded):
+            released = self._release_call(tenant, t, ev.call)
             c = t.calls.get(ev.call)
             if c is None or c.state != CONNECTED:
-                self.ignored += 1
+                self.ignored += not released
                 return
             self._call_ended(tenant, t, c)
         elif isinstance(ev, QueueConfigured):
@@ -412,6 +434,21 @@ class AcdEngine:
 
     def _answered(self, tenant: int, t: _Tenant, cid: str, agent: str) -> None:
         c = t.calls.get(cid)
+        late = self._releasing(t, agent, cid)
+        if late and c is not None and c.state == WAITING:
+            # the phone answered as the offer was withdrawn (ring timeout, pause, logout): the
+            # node has put it through, so the agent is on this call; other rings stop
+            a = t.agents[agent]
+            a.activity, a.release_by, a.resume_at = RINGING, None, 0.0
+            c.ringing[agent] = self._now
+        elif late:
+            # the call is gone or taken: the node hangs up this leg and reports it (or the call
+            # ends); the phone is busy until then, however long that takes
+            t.agents[agent].release_by = None
+            self.ignored += 1
+            if c is not None:
+                self._out.append(CancelOffer(tenant, c.queue, cid, agent, c.node, "answered_elsewhere"))
+            return
         if c is None or agent not in c.ringing:
             self.ignored += 1
             if c is not None and c.agent != agent:
@@ -469,6 +506,9 @@ class AcdEngine:
                     self._leave(tenant, t, c, "node_left")
             for a in t.agents.values():  # wrap-ups it would have ticked: anyone ticks them now
                 if a.owner == node:
+                    if a.activity == RELEASING:  # its phone legs died with it
+                        self._touched.add(tenant)
+                        self._release(tenant, a)
                     a.owner = None
 
     # ---- transitions ---------------------------------------------------------------------------
@@ -498,8 +538,11 @@ class AcdEngine:
         self._leave(tenant, t, c, "overflow")
         self._out.append(Overflow(tenant, c.queue, c.call, c.node, q.cfg.overflow, reason))
 
-    def _end_offer(self, tenant: int, t: _Tenant, c: _Call, agent: str, reason: str | None, *, rest: bool) -> None:
-        """Stop ringing ``agent`` for ``c``. ``reason`` None: the node already knows (it told us)."""
+    def _end_offer(self, tenant: int, t: _Tenant, c: _Call, agent: str, reason: str | None, *, rest: bool,
+                   resume: float = 0.0) -> None:
+        """Stop ringing ``agent`` for ``c``. ``reason`` None: the node already knows (it told us).
+        A reason the node does not know yet leaves the agent releasing (see the module doc);
+        ``resume``: then rest that long from now once released."""
         del c.ringing[agent]
         a = t.agents[agent]
         a.call = None
@@ -509,8 +552,38 @@ class AcdEngine:
             a.stats.missed += 1
             q = t.queues.get(c.queue)
             self._rest(tenant, a, q.cfg.retry_delay if q else 0.0, c.node)
+        elif reason is not None and reason not in _NODE_KNOWS:
+            q = t.queues.get(c.queue)
+            a.activity, a.call, a.owner = RELEASING, c.call, c.node
+            a.release_by = self._now + (q.cfg.ring_timeout if q else QueueConfig().ring_timeout)
+            a.resume_at = self._now + resume
+            self._push(a.release_by, _RELEASE, tenant, a.name, "")
         else:
             a.activity = IDLE
+
+    @staticmethod
+    def _releasing(t: _Tenant, agent: str, cid: str) -> bool:
+        a = t.agents.get(agent)
+        return a is not None and a.activity == RELEASING and a.call == cid
+
+    def _release(self, tenant: int, a: _Agent, at: float | None = None) -> None:
+        """The releasing agent's phone is free (since ``at``, default now): rest what is left of
+        its retry delay, if any."""
+        at = self._now if at is None else at
+        a.call, a.release_by = None, None
+        if a.resume_at > at:
+            a.activity, a.rest_until = WRAP_UP, a.resume_at
+            self._push(a.rest_until, _REST, tenant, a.name, "")
+        else:
+            self._rested(a, at)
+        a.resume_at = 0.0
+
+    def _release_call(self, tenant: int, t: _Tenant, cid: str) -> bool:
+        """The node ended call ``cid`` and with it every phone leg of its offers."""
+        held = [a for a in t.agents.values() if a.activity == RELEASING and a.call == cid]
+        for a in held:
+            self._release(tenant, a)
+        return bool(held)
 
     def _drop_ring(self, tenant: int, t: _Tenant, a: _Agent, reason: str) -> None:
         if a.activity == RINGING and a.call is not None:
@@ -540,6 +613,9 @@ class AcdEngine:
         if kind == _REST:
             ag = t.agents.get(a)
             return ag.owner if ag and ag.activity == WRAP_UP and ag.rest_until == when else False
+        if kind == _RELEASE:
+            ag = t.agents.get(a)
+            return ag.owner if ag and ag.activity == RELEASING and ag.release_by == when else False
         c = t.calls.get(a)
         if c is None or c.state != WAITING:
             return False
@@ -558,12 +634,13 @@ class AcdEngine:
             self._touched.add(tenant)
             if kind == _REST:
                 self._rested(t.agents[a], when)
+            elif kind == _RELEASE:
+                self._release(tenant, t.agents[a], when)  # the node never said: give up waiting
             elif kind == _RING:
                 c = t.calls[a]
                 t.agents[b].stats.missed += 1
-                self._end_offer(tenant, t, c, b, "timeout", rest=False)
                 q = t.queues.get(c.queue)
-                self._rest(tenant, t.agents[b], q.cfg.retry_delay if q else 0.0, c.node)
+                self._end_offer(tenant, t, c, b, "timeout", rest=False, resume=q.cfg.retry_delay if q else 0.0)
             else:
                 self._overflow(tenant, t, t.calls[a], "timeout")
 

@@ -58,6 +58,8 @@ class CallLeft:
 
 @dataclass(frozen=True, slots=True)
 class OfferAnswered:
+    """The agent's phone answered: also after a CancelOffer that came too late (the node has
+    put the call through; the engine connects it if the caller still waits)."""
     tenant: int
     call: str
     agent: str
@@ -65,7 +67,8 @@ class OfferAnswered:
 
 @dataclass(frozen=True, slots=True)
 class OfferDeclined:
-    """The agent's phones rejected, were busy or unreachable."""
+    """The agent's phones rejected, were busy or unreachable; after a CancelOffer: the node's
+    leg to the agent is down (until this report the agent stays claimed)."""
     tenant: int
     call: str
     agent: str
@@ -160,7 +163,9 @@ class Offer:
 @dataclass(frozen=True, slots=True)
 class CancelOffer:
     """Stop ringing ``agent``. reason: timeout, answered_elsewhere, caller_left, overflow,
-    agent_logged_out, agent_paused, node_left, queue_removed."""
+    agent_logged_out, agent_paused, node_left, queue_removed. Except for caller_left and
+    node_left the node then reports the leg's end (OfferDeclined, or OfferAnswered if the phone
+    answered first); the agent gets no other call before that."""
     tenant: int
     queue: str
     call: str

@@ -10,7 +10,9 @@ about its own calls and reports back what the phones did (answered, declined, hu
 
 Limits: one agent is rung at a time (a ring-all queue's further simultaneous offers are
 declined at once, so those agents rest ``retry_delay``); an agent answering in the instant the
-ACD times the offer out is still put through (the ACD then counts it as missed).
+ACD times the offer out is still put through (the ACD counts the ring as missed and, as the
+caller still waits, connects the call to that agent: node/acd/engine.py keeps a withdrawn
+offer's agent *releasing* until this module reports what the phone did).
 
 Document (feature object kind 'queue', named by its number): node.acd.config.QueueConfig,
 e.g. {"members": ["1002", "1003"], "strategy": "longest-idle", "max_wait": 300,

@@ -59,9 +59,16 @@ def test_ring_all_first_answer_wins() -> None:
     assert of(out, Connected) == [Connected(T, "help", "c1", "102", "n1")]
     assert sorted((d.agent, d.reason) for d in of(out, CancelOffer)) == [
         ("101", "answered_elsewhere"), ("103", "answered_elsewhere")]
-    assert log.engine.agent_status(T, "101") == "available"
+    # the losers' phones may still ring (or have answered) until the node says their legs are gone
+    assert log.engine.agent_status(T, "101") == "releasing"
+    log(OfferDeclined(T, "c1", "103"))
+    assert log.engine.agent_status(T, "103") == "available"
     late = log(OfferAnswered(T, "c1", "101"))  # lost the race: its leg is hung up
     assert late == [CancelOffer(T, "help", "c1", "101", "n1", "answered_elsewhere")]
+    log.tick(60)
+    assert log.engine.agent_status(T, "101") == "releasing"  # answered: busy until the node hangs up
+    log(OfferDeclined(T, "c1", "101"))
+    assert log.engine.agent_status(T, "101") == "available"
 
 
 @pytest.mark.parametrize("strategy", ["round-robin", "fewest-calls", "longest-idle"])
@@ -113,8 +120,10 @@ def test_ring_timeout_moves_on_and_rests_the_agent() -> None:
     assert of(out, CancelOffer) == [CancelOffer(T, "q", "c1", "101", "n1", "timeout")]
     assert offers(out) == [("c1", "102")]
     assert log.engine.agent_report(T, "101")["missed"] == 1
-    assert log.engine.agent_status(T, "101") == "wrap_up"
-    log.tick(5)
+    assert log.engine.agent_status(T, "101") == "releasing"  # until n1 stopped ringing it
+    log(OfferDeclined(T, "c1", "101"), dt=0.1)
+    assert log.engine.agent_status(T, "101") == "wrap_up"  # the retry_delay from the timeout on
+    log.tick(4.9)
     assert log.engine.agent_status(T, "101") == "available"
 
 
@@ -150,7 +159,8 @@ def test_agent_pause_logout_wrapup() -> None:
     out = log(AgentLoggedOut(T, "101"))
     assert of(out, CancelOffer)[0].reason == "agent_logged_out"
     assert log.engine.agent_status(T, "101") == "logged_out"
-    assert offers(log.login("101")) == [("c1", "101")]
+    assert offers(log.login("101")) == []  # back at once, but n1 has not yet stopped ringing it
+    assert offers(log(OfferDeclined(T, "c1", "101"))) == [("c1", "101")]
     log(OfferAnswered(T, "c1", "101"))
     log.join("q", "c2")
     log(CallEnded(T, "c1"), dt=60)
@@ -225,6 +235,8 @@ def test_queue_removed_overflows_waiting_calls() -> None:
     out = log(QueueRemoved(T, "q"))
     assert of(out, CancelOffer)[0].reason == "overflow"
     assert of(out, Overflow) == [Overflow(T, "q", "c1", "n1", "vm:101", "queue_removed")]
+    assert log.engine.agent_status(T, "101") == "releasing"
+    log(OfferDeclined(T, "c1", "101"))  # the call is gone; the node's report still frees the agent
     assert log.engine.agent_status(T, "101") == "available"
 
 

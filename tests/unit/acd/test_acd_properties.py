@@ -3,8 +3,10 @@
 Three nodes publish interleaved events with skewed clocks (and the odd duplicate a retried
 send leaves in the log); every replica applying the log, incrementally or all at once on a late
 join, must reach the same state through the same decisions, and along the way: no agent is ever
-offered two calls, no call waits while an agent that could take it is free, and calls are
-served best first (queue priority, caller priority, arrival).
+offered two calls, nor offered a call while the node of a withdrawn offer may still have its
+phone leg up (until that node reports, the call ends, the node leaves or the report is given
+up on), no call waits while an agent that could take it is free, and calls are served best
+first (queue priority, caller priority, arrival).
 """
 
 from __future__ import annotations
@@ -120,28 +122,57 @@ def test_replicas_agree_and_invariants_hold(raw: list[Envelope]) -> None:
     live, late = AcdEngine(), AcdEngine()
     live_decisions = []
     outstanding: dict[tuple[int, str], str] = {}  # (tenant, agent) -> call, from the decisions alone
+    # (tenant, agent) -> (call, node, give up at) of a withdrawn offer whose node has not reported
+    held: dict[tuple[int, str], tuple[str, str, float]] = {}
     for off, env in enumerate(log):
+        ev = env.event
         ignored = live.ignored
         ds = live.apply(off, env)
-        if isinstance(env.event, OfferDeclined) and live.ignored == ignored:
-            # the node knows it (no decision says so); it applied after the deadlines that
-            # fired and before dispatch, so before any Offer in ``ds``
-            del outstanding[(env.event.tenant, env.event.agent)]
         live_decisions.append(ds)
         live.next_deadline()  # reading deadlines must not change anything
         check_invariants(live, [d for d in ds if isinstance(d, Offer)])
+        # ``ds`` holds what the deadlines did, then what the event did, then the offers
+        for d in ds:
+            key = (d.tenant, getattr(d, "agent", ""))
+            if isinstance(d, CancelOffer):
+                if outstanding.get(key) == d.call:
+                    del outstanding[key]
+                    if d.reason not in ("caller_left", "node_left"):
+                        a = live._tenants[d.tenant].agents[d.agent]
+                        q = live._tenants[d.tenant].queues.get(d.queue)
+                        give_up = a.release_by if a.activity == "releasing" and a.call == d.call else \
+                            live.now + (q.cfg.ring_timeout if q else QueueConfig().ring_timeout)
+                        assert give_up is not None and give_up > live.now, d
+                        held[key] = (d.call, d.node, give_up)
+                else:  # only a late answer's leg is cancelled without an outstanding offer
+                    assert d.reason in ("answered_elsewhere", "stale"), d
+            elif isinstance(d, Connected):
+                if key in outstanding:
+                    assert outstanding.pop(key) == d.call
+                else:  # a late answer to a withdrawn offer: the phone took the call
+                    assert isinstance(ev, OfferAnswered) and held.pop(key)[:2] == (d.call, d.node), d
+        key = (getattr(ev, "tenant", 0), getattr(ev, "agent", ""))
+        if isinstance(ev, OfferDeclined) and held.get(key, ("",))[0] == ev.call:
+            del held[key]  # the node's leg for the withdrawn offer is gone
+        elif isinstance(ev, OfferDeclined) and live.ignored == ignored:
+            del outstanding[key]  # the node knows it (no decision says so)
+        elif isinstance(ev, OfferAnswered) and held.get(key, ("",))[0] == ev.call:
+            if live.now < held[key][2]:
+                held[key] = (ev.call, held[key][1], float("inf"))  # answered: busy until the node says
+            else:
+                del held[key]  # given up on before the answer came (its record's time is past it)
+        elif isinstance(ev, (CallLeft, CallEnded)):
+            held = {k: v for k, v in held.items() if not (k[0] == ev.tenant and v[0] == ev.call)}
+        elif isinstance(ev, NodeLeft):
+            held = {k: v for k, v in held.items() if v[1] != ev.node}
         for d in ds:
             key = (d.tenant, getattr(d, "agent", ""))
             if isinstance(d, Offer):
                 assert key not in outstanding, f"{d.agent} offered {d.call} while ringing for {outstanding[key]}"
+                if key in held:  # without a report only giving up on it frees the agent
+                    assert live.now >= held[key][2], f"{d.agent} offered {d.call} while {held[key]} may ring it"
+                    del held[key]
                 outstanding[key] = d.call
-            elif isinstance(d, CancelOffer):
-                if outstanding.get(key) == d.call:
-                    del outstanding[key]
-                else:  # only a late answer's leg is cancelled without an outstanding offer
-                    assert d.reason in ("answered_elsewhere", "stale"), d
-            elif isinstance(d, Connected):
-                assert outstanding.pop(key) == d.call
         ringing = {(tid, a): t_.agents[a].call for tid, t_ in live._tenants.items()
                    for a in t_.agents if t_.agents[a].activity == RINGING}
         assert ringing == outstanding
