@@ -111,6 +111,16 @@ class BusRecord(NamedTuple):
     value: bytes
 
 
+class LogGap(Exception):
+    """A reader needs a record that is no longer in the log (retention deleted it): reading on
+    would skip records, so EventBus.subscribe raises this instead (Kafka's
+    auto_offset_reset would jump ahead silently and a replica built from the log would diverge)."""
+
+    def __init__(self, topic: str, partition: int, needed: int, first: int) -> None:
+        super().__init__(f"{topic}/{partition}: offset {needed} is gone (the log starts at {first})")
+        self.topic, self.partition, self.needed, self.first = topic, partition, needed, first
+
+
 class EventBus(Protocol):
     """An ordered, replayable event log shared by the nodes (embedded: in memory; cluster: Kafka).
 
@@ -137,7 +147,8 @@ class EventBus(Protocol):
     def subscribe(self, topic: str, start: dict[int, int] | None = None) -> AsyncIterator[BusRecord]:
         """Every record of every partition of ``topic``, each partition in offset order,
         starting at ``start[partition]`` (missing: the earliest) and then live, until the
-        iterator is closed (``aclose``) or its task cancelled."""
+        iterator is closed (``aclose``) or its task cancelled. Never skips: when the next
+        record a reader needs is gone (below the log start: retention), raises LogGap."""
         ...
     async def close(self) -> None: ...
 

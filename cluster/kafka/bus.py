@@ -5,6 +5,11 @@ seek themselves instead of joining a consumer group (a group would split the par
 nodes and rebalance on every join). The producer waits for acks=all: an ACD event a node acted
 on must survive a broker loss. It is not idempotent (not every broker offers it), so a retried
 send can land twice: values carry (origin, seq) and the consumer of the bus drops duplicates.
+
+Readers never let the client reset their position (``auto_offset_reset="none"``): a reader
+whose next record retention deleted (asked for it at start, or fell behind it while paused or
+cut off) gets node.ports.LogGap, because jumping to the earliest offset would silently skip
+records a replica built from the log needs.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import UnknownTopicOrPartitionError
+from aiokafka.errors import OffsetOutOfRangeError, UnknownTopicOrPartitionError
 
-from node.ports import BusRecord
+from node.ports import BusRecord, LogGap
 
 __all__ = ["KafkaBus", "open_bus"]
 
@@ -94,26 +99,49 @@ class KafkaBus:
         n = await self.partitions(topic)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, client_id=self._client_id, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=self._fetch_wait,
+            enable_auto_commit=False, auto_offset_reset="none", fetch_max_wait_ms=self._fetch_wait,
             request_timeout_ms=self._timeout)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(n)]
             consumer.assign(tps)
+            start = {p: max(0, off) for p, off in (start or {}).items() if 0 <= p < n}
+            firsts = await consumer.beginning_offsets([tps[p] for p in start]) if start else {}
             for tp in tps:
-                off = (start or {}).get(tp.partition)
-                if off is None or off <= 0:
+                off = start.get(tp.partition)
+                if off is None:
                     await consumer.seek_to_beginning(tp)
+                elif off < firsts[tp]:
+                    raise LogGap(topic, tp.partition, off, firsts[tp])
                 else:
                     consumer.seek(tp, off)
             while True:
-                batches = await consumer.getmany(timeout_ms=1000)
+                try:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                except OffsetOutOfRangeError as e:
+                    await self._out_of_range(consumer, topic, e)
+                    raise
                 for tp, records in batches.items():
                     for r in records:
                         key = r.key.decode("utf-8", "replace") if r.key is not None else ""
                         yield BusRecord(topic, tp.partition, r.offset, key, r.value or b"")
         finally:
             await consumer.stop()
+
+    @staticmethod
+    async def _out_of_range(consumer: AIOKafkaConsumer, topic: str, err: OffsetOutOfRangeError) -> None:
+        """A fetch position left the log: raises LogGap when retention passed it (the usual
+        case: the reader was paused or cut off for longer than the retention)."""
+        wanted = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+        if not wanted:
+            return
+        firsts = await consumer.beginning_offsets(list(wanted))
+        for tp, off in sorted(wanted.items(), key=lambda kv: kv[0].partition):
+            if off < firsts.get(tp, 0):
+                raise LogGap(topic, tp.partition, off, firsts[tp]) from err
+        # past the end: the log lost records this reader had (broker reset, unclean election)
+        log.error("kafka: %s positions %s are beyond the log end", topic,
+                  {tp.partition: off for tp, off in wanted.items()})
 
     async def close(self) -> None:
         async with self._start_lock:

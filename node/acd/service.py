@@ -16,6 +16,15 @@ the owner is stuck), anyone at once when the owner has left.
 
 Publishing is serialised per node: the engine drops a record whose seq is not above the last
 one from the same origin (a retried send), so one origin's records must reach the log in order.
+
+A replica must apply every record: one that missed some (retention deleted them before this
+node read them: it was down, paused or cut off too long) would decide differently from the
+others. So a gap (the bus raises node.ports.LogGap, or the next record read is not the next
+offset) is never read over: the partition restarts from the newest snapshot whose next record is
+still in the log, and this node's calls are brought in line with it (offers it missed, offers
+that ended meanwhile). Without such a snapshot the partition is *unhealthy*: it takes no
+decisions (no offers, no ticks, no snapshots, its callers overflow), says so in the metrics,
+the log and ``health()``, and retries as snapshots from healthy nodes appear.
 """
 
 from __future__ import annotations
@@ -28,18 +37,18 @@ import time
 import uuid
 from collections.abc import Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from node.acd.config import QueueConfig, queue_name
 from node.acd.engine import AcdEngine
 from node.acd.events import (
     AgentLoggedIn, AgentLoggedOut, AgentPaused, AgentReady, AgentUnpaused, CallEnded, CallJoined, CallLeft,
-    Connected, Decision, Envelope, Event, NodeLeft, OfferAnswered, OfferDeclined, Overflow, QueueConfigured,
-    QueueRemoved, Tick, decode, encode,
+    CancelOffer, Connected, Decision, Envelope, Event, NodeLeft, Offer, OfferAnswered, OfferDeclined, Overflow,
+    QueueConfigured, QueueRemoved, Tick, decode, encode,
 )
-from node.ports import BusRecord, EventBus
+from node.ports import BusRecord, EventBus, LogGap
 
-__all__ = ["AcdService", "QueuedCall", "TOPIC", "DEFAULT_PARTITIONS"]
+__all__ = ["AcdService", "QueuedCall", "PartitionUnhealthy", "TOPIC", "DEFAULT_PARTITIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +59,19 @@ RECORDS = Counter("hivepbx_acd_records", "ACD log records applied by this node",
 DECISIONS = Counter("hivepbx_acd_decisions", "ACD decisions about this node's calls", ["kind"])
 TICKS = Counter("hivepbx_acd_ticks", "Ticks this node published for due ACD deadlines")
 SNAPSHOTS = Counter("hivepbx_acd_snapshots", "ACD state snapshots this node wrote")
+GAPS = Counter("hivepbx_acd_log_gaps", "ACD log records this node missed (retention passed it), by outcome",
+               ["outcome"])
+UNHEALTHY = Gauge("hivepbx_acd_unhealthy_partitions",
+                  "ACD partitions this node cannot rebuild (it missed records, no snapshot covers them)")
 
 #: records of a partition between two snapshots (0: none; the log is replayed from its start)
 SNAPSHOT_EVERY = 5000
+#: seconds between looks for a snapshot that can rebuild an unhealthy partition
+RESYNC_EVERY = 30.0
+
+
+class PartitionUnhealthy(RuntimeError):
+    """The partition's replica on this node missed records and cannot be rebuilt yet."""
 
 
 def tenant_key(tenant: int) -> str:
@@ -64,12 +83,15 @@ def tenant_key(tenant: int) -> str:
 class QueuedCall:
     """A caller in a queue, seen from the node that runs the call: decisions arrive in log order."""
 
-    __slots__ = ("tenant", "queue", "call", "_decisions", "done")
+    __slots__ = ("tenant", "queue", "call", "_decisions", "done", "partition", "offset", "offers")
 
     def __init__(self, tenant: int, queue: str, call: str) -> None:
         self.tenant, self.queue, self.call = tenant, queue, call
         self._decisions: asyncio.Queue[Decision] = asyncio.Queue()
         self.done = False  # connected or overflowed: no further offers
+        self.partition: int | None = None  # where CallJoined is in the log, once it is
+        self.offset = -1
+        self.offers: set[str] = set()  # agents offered and not cancelled: to catch up after a gap
 
     def _put(self, d: Decision) -> None:
         self._decisions.put_nowait(d)
@@ -95,7 +117,7 @@ class QueuedCall:
 class AcdService:
     def __init__(self, bus: EventBus, node: str, *, topic: str = TOPIC, partitions: int = DEFAULT_PARTITIONS,
                  clock: Callable[[], float] = time.time, tick_grace: float = 2.0,
-                 snapshot_every: int = SNAPSHOT_EVERY) -> None:
+                 snapshot_every: int = SNAPSHOT_EVERY, resync_every: float = RESYNC_EVERY) -> None:
         if not node:
             raise ValueError("node id is empty")
         self.node = node
@@ -119,11 +141,20 @@ class AcdService:
         self._snap_queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         #: partition -> offset of the snapshot this node started from (tests, health)
         self.restored: dict[int, int] = {}
+        #: partition -> why its replica cannot be rebuilt (it takes no decisions meanwhile)
+        self.unhealthy: dict[int, str] = {}
+        self._log_start: dict[int, int] = {}  # partition -> first offset known to be in the log (after a gap)
+        self._tenant_part: dict[int, int] = {}  # tenant -> partition its key maps to (seen when publishing)
+        self._restart = asyncio.Event()  # re-read the log from the engines' offsets (a snapshot to adopt)
+        self._to_adopt: dict[int, dict] = {}  # partition -> snapshot that rebuilds it (found by _resync)
+        self._resync_every = resync_every
+        self._timeout = 30.0
         self.ready = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
+        self._timeout = timeout
         n = await self._bus.ensure_topic(self._topic, self._want_partitions)
         self._engines = [AcdEngine() for _ in range(n)]
         self._applied = [-1] * n
@@ -134,17 +165,23 @@ class AcdService:
         self._tasks.append(asyncio.create_task(self._consume(), name=f"acd-consume-{self.node}"))
         try:
             marks = [await self._publish(NodeLeft(self.node), partition=p) for p in range(n)]
-            await asyncio.wait_for(self._wait_applied(marks), timeout)
+            # a partition that cannot be rebuilt does not stop the others: health() reports it
+            await asyncio.wait_for(self._wait_applied(marks, skip_unhealthy=True), timeout)
         except BaseException:
             await self.close()
             raise
         self.ready = True
         self._tasks.append(asyncio.create_task(self._timer(), name=f"acd-timer-{self.node}"))
-        log.info("acd ready on %s: %d partitions replayed to %s", self.node, n, self._applied)
+        if self._snap_every > 0 and self._resync_every > 0:
+            self._tasks.append(asyncio.create_task(self._resync(), name=f"acd-resync-{self.node}"))
+        log.info("acd ready on %s: %d partitions replayed to %s%s", self.node, n, self._applied,
+                 f"; unhealthy: {sorted(self.unhealthy)}" if self.unhealthy else "")
 
     async def close(self) -> None:
         """Stop applying and ticking (the node's calls stay in the queues until NodeLeft)."""
         self.ready = False
+        UNHEALTHY.dec(len(self.unhealthy))
+        self.unhealthy.clear()
         for t in self._tasks:
             t.cancel()
         if self._tasks:
@@ -164,12 +201,19 @@ class AcdService:
         key = (tenant, call)
         if key in self._calls:
             raise ValueError(f"call {call!r} is already queued on this node")
-        qc = self._calls[key] = QueuedCall(tenant, queue, call)
+        qc = QueuedCall(tenant, queue, call)
+        if self._tenant_part.get(tenant) in self.unhealthy:
+            self._give_up(qc, "unavailable")  # not even in the log: nothing to take back
+            return qc
+        self._calls[key] = qc
         try:
-            await self._publish(CallJoined(tenant, queue, call, self.node, priority))
+            qc.partition, qc.offset = await self._publish(CallJoined(tenant, queue, call, self.node, priority))
         except BaseException:
-            del self._calls[key]
+            self._calls.pop(key, None)
             raise
+        if qc.partition in self.unhealthy and not qc.done:
+            self._give_up(qc, "unavailable")
+            await self._publish(CallLeft(tenant, call))
         return qc
 
     async def answered(self, tenant: int, call: str, agent: str) -> None:
@@ -282,6 +326,11 @@ class AcdService:
     def applied(self) -> list[int]:
         return list(self._applied)
 
+    def health(self) -> dict:
+        """For /health: a partition listed under ``unhealthy`` takes no decisions on this node."""
+        return {"ready": self.ready, "partitions": len(self._engines),
+                "unhealthy": {str(p): why for p, why in sorted(self.unhealthy.items())}}
+
     # ---- internals -----------------------------------------------------------------------------
 
     def _check_ready(self) -> None:
@@ -293,11 +342,18 @@ class AcdService:
         async with self._publish_lock:
             self._seq += 1
             env = Envelope(self.origin, self._seq, ts if ts is not None else self._clock(), event)
-            return await self._bus.publish(self._topic, tenant_key(tenant), encode(env), partition=partition)
+            placed = await self._bus.publish(self._topic, tenant_key(tenant), encode(env), partition=partition)
+        if partition is None and tenant:
+            self._tenant_part[tenant] = placed[0]
+        return placed
 
-    async def _wait_applied(self, marks: list[tuple[int, int]]) -> None:
+    async def _wait_applied(self, marks: list[tuple[int, int]], *, skip_unhealthy: bool = False) -> None:
         for p, off in marks:
             while self._applied[p] < off:
+                if p in self.unhealthy:
+                    if skip_unhealthy:
+                        break
+                    raise PartitionUnhealthy(f"ACD partition {p}: {self.unhealthy[p]}")
                 waiter = self._progress
                 await waiter.wait()
 
@@ -306,24 +362,55 @@ class AcdService:
         self._progress = asyncio.Event()
 
     async def _consume(self) -> None:
-        """Apply the log; if reading fails (broker gone), read on from where we were."""
+        """Apply the log; if reading fails (broker gone), read on from where we were; after a
+        gap, from the snapshot that covers it."""
         while True:
-            start = {p: off + 1 for p, off in enumerate(self._applied)}
+            self._restart.clear()
+            while self._to_adopt:
+                p, doc = self._to_adopt.popitem()
+                if p in self.unhealthy:
+                    self._adopt(p, doc)
+            # an unhealthy partition is read from wherever the log starts, and skipped
+            start = {p: off + 1 for p, off in enumerate(self._applied) if p not in self.unhealthy}
+            it = self._bus.subscribe(self._topic, start)
+            reading = asyncio.ensure_future(self._read(it))
+            restart = asyncio.ensure_future(self._restart.wait())
             try:
-                async for rec in self._bus.subscribe(self._topic, start):
-                    self._apply(rec)
+                await asyncio.wait({reading, restart}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (reading, restart):
+                    f.cancel()
+                await asyncio.gather(reading, restart, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await it.aclose()  # type: ignore[attr-defined]
+            if reading.cancelled():
+                continue  # a snapshot was adopted: read on from it
+            try:
+                reading.result()
                 return  # the bus was closed
-            except asyncio.CancelledError:
-                raise
+            except LogGap as gap:
+                await self._on_gap(gap)
             except Exception:
                 RECORDS.labels("read_error").inc()
                 log.exception("acd: reading %s failed; reading on in 1 s", self._topic)
                 await asyncio.sleep(1.0)
 
+    async def _read(self, it) -> None:
+        async for rec in it:
+            self._apply(rec)
+
     def _apply(self, rec: BusRecord) -> None:
-        if rec.partition >= len(self._engines):
+        p = rec.partition
+        if p >= len(self._engines):
             RECORDS.labels("bad").inc()
             return
+        if p in self.unhealthy:
+            RECORDS.labels("unhealthy").inc()
+            return
+        if rec.offset > self._applied[p] + 1:
+            # the ACD log is neither compacted nor transactional: its offsets have no holes, so
+            # records are missing (a bus that skipped ahead, a log cut under the reader)
+            raise LogGap(rec.topic, p, self._applied[p] + 1, rec.offset)
         try:
             env = decode(rec.value)
         except ValueError as e:
@@ -350,6 +437,16 @@ class AcdService:
     # ---- snapshots: start from a recent state instead of the log's beginning ---------------------
 
     async def _load_snapshots(self, n: int, timeout: float) -> None:
+        for p, doc in (await self._read_snapshots(n, timeout)).items():
+            try:
+                engine = AcdEngine.from_state(doc["state"])
+            except ValueError as e:
+                log.warning("acd: snapshot of partition %d unusable (%s): replaying its log", p, e)
+                continue
+            self._engines[p] = engine
+            self._applied[p] = self._snapped[p] = self.restored[p] = engine.offset
+
+    async def _read_snapshots(self, n: int, timeout: float) -> dict[int, dict]:
         """Latest snapshot per partition from the snapshot topic (compacted on a real cluster,
         key = partition), read up to a marker we publish ourselves."""
         await self._bus.ensure_topic(self._snap_topic, 1)
@@ -375,14 +472,7 @@ class AcdService:
             await asyncio.wait_for(read(), timeout)
         finally:
             await it.aclose()  # type: ignore[attr-defined]
-        for p, doc in best.items():
-            try:
-                engine = AcdEngine.from_state(doc["state"])
-            except ValueError as e:
-                log.warning("acd: snapshot of partition %d unusable (%s): replaying its log", p, e)
-                continue
-            self._engines[p] = engine
-            self._applied[p] = self._snapped[p] = self.restored[p] = engine.offset
+        return best
 
     def _maybe_snapshot(self, p: int) -> None:
         if self._snap_every > 0 and self._applied[p] - self._snapped[p] >= self._snap_every:
@@ -405,6 +495,10 @@ class AcdService:
         if qc is None:
             return
         DECISIONS.labels(type(d).__name__).inc()
+        if isinstance(d, Offer):
+            qc.offers.add(d.agent)
+        elif isinstance(d, CancelOffer):
+            qc.offers.discard(d.agent)
         if isinstance(d, (Connected, Overflow)):
             qc.done = True
         if isinstance(d, Overflow):
@@ -417,7 +511,7 @@ class AcdService:
             now = self._clock()
             soonest: float | None = None
             for p, e in enumerate(self._engines):
-                nd = e.next_deadline()
+                nd = e.next_deadline() if p not in self.unhealthy else None  # no decisions from a diverged state
                 if nd is None:
                     continue
                 when, owner, tenant = nd
@@ -440,3 +534,118 @@ class AcdService:
                 async with asyncio.timeout(delay):
                     await waiter.wait()
 
+
+    # ---- gaps: records this node missed ---------------------------------------------------------
+
+    async def _on_gap(self, gap: LogGap) -> None:
+        """Records of a partition are gone before this node applied them: restart the partition
+        from a snapshot that covers them, or mark it unhealthy."""
+        p = gap.partition
+        if not 0 <= p < len(self._engines):
+            return
+        self._log_start[p] = max(self._log_start.get(p, 0), gap.first)
+        if p in self.unhealthy:
+            return  # read on from wherever the log starts now
+        fields = {"acd_partition": p, "needed_offset": gap.needed, "log_start": gap.first}
+        log.error("acd: partition %d: records %d..%d are gone from the log before this node applied them",
+                  p, gap.needed, gap.first - 1, extra=fields)
+        doc, why = await self._covering_snapshot(p)
+        if doc is not None:
+            GAPS.labels("resynced").inc()
+            self._adopt(p, doc)
+            log.warning("acd: partition %d restarted from the snapshot at offset %d", p, self._applied[p],
+                        extra=fields | {"snapshot_offset": self._applied[p]})
+            return
+        GAPS.labels("unhealthy").inc()
+        await self._mark_unhealthy(p, f"records {gap.needed}..{gap.first - 1} are gone and {why}", fields)
+
+    async def _covering_snapshot(self, p: int) -> tuple[dict | None, str]:
+        """The newest snapshot of ``p`` whose next record is still in the log, else why not."""
+        if self._snap_every <= 0:
+            return None, "snapshots are off"
+        try:
+            doc = (await self._read_snapshots(len(self._engines), self._timeout)).get(p)
+        except Exception as e:
+            log.exception("acd: reading the snapshots of partition %d failed", p)
+            return None, f"the snapshots could not be read ({type(e).__name__})"
+        if doc is None:
+            return None, "there is no snapshot"
+        off = int(doc["offset"])
+        if off + 1 < self._log_start.get(p, 0) or off <= self._applied[p]:
+            return None, f"the newest snapshot (offset {off}) is older"
+        try:
+            AcdEngine.from_state(doc["state"])
+        except ValueError as e:
+            return None, f"the newest snapshot is unusable ({e})"
+        return doc, ""
+
+    def _adopt(self, p: int, doc: dict) -> None:
+        """Continue partition ``p`` from a snapshot past what this node applied, then bring this
+        node's calls in line with it (their decisions in the records it skips never came)."""
+        self._engines[p] = AcdEngine.from_state(doc["state"])
+        self._applied[p] = self._snapped[p] = self._engines[p].offset
+        self._ticked.pop(p, None)
+        if self.unhealthy.pop(p, None) is not None:
+            UNHEALTHY.dec()
+            log.warning("acd: partition %d is healthy again", p, extra={"acd_partition": p})
+        at, calls = self._applied[p], {}
+        for tid, t in doc["state"]["tenants"].items():
+            for c in t["calls"]:
+                calls[(int(tid), c["call"])] = c
+        for key, qc in list(self._calls.items()):
+            if qc.partition != p or qc.done:
+                continue
+            c = calls.get(key)
+            if c is None and qc.offset > at:
+                continue  # joined after the snapshot: the records read next tell its fate
+            if c is None or c["node"] != self.node:
+                self._give_up(qc, "resync")  # it left the queue meanwhile: we cannot tell how
+                continue
+            if c["state"] == "connected" and c["agent"]:
+                self._route(Connected(qc.tenant, c["queue"], qc.call, c["agent"], self.node))
+                continue
+            ringing = set(c["ringing"])
+            for agent in sorted(qc.offers - ringing):
+                self._route(CancelOffer(qc.tenant, c["queue"], qc.call, agent, self.node, "resync"))
+            for agent in sorted(ringing - qc.offers):
+                self._route(Offer(qc.tenant, c["queue"], qc.call, agent, self.node))
+        self._progressed()
+
+    async def _mark_unhealthy(self, p: int, why: str, fields: dict) -> None:
+        self.unhealthy[p] = why
+        UNHEALTHY.inc()
+        log.error("acd: partition %d is unhealthy: %s; it takes no decisions on this node until a snapshot "
+                  "covers the gap", p, why, extra=fields | {"acd_unhealthy": True})
+        gone = [qc for qc in self._calls.values() if qc.partition == p and not qc.done]
+        for qc in gone:
+            self._give_up(qc, "unavailable")
+        self._progressed()  # waiters on this partition get PartitionUnhealthy
+        for qc in gone:  # healthy replicas drop them (their offers end at once: caller_left)
+            try:
+                await self._publish(CallLeft(qc.tenant, qc.call))
+            except Exception:
+                log.exception("acd: could not withdraw call %s from the log", qc.call)
+
+    def _give_up(self, qc: QueuedCall, reason: str) -> None:
+        """End a caller's wait here: call control sees an Overflow nowhere (it hangs up)."""
+        self._calls.pop((qc.tenant, qc.call), None)
+        qc.done = True
+        DECISIONS.labels("Overflow").inc()
+        qc._put(Overflow(qc.tenant, qc.queue, qc.call, self.node, None, reason))
+
+    async def _resync(self) -> None:
+        """Look for a snapshot that rebuilds an unhealthy partition (healthy nodes keep writing them)."""
+        while True:
+            await asyncio.sleep(self._resync_every)
+            if not self.unhealthy:
+                continue
+            for p in sorted(self.unhealthy):
+                try:
+                    doc, _ = await self._covering_snapshot(p)
+                except Exception:
+                    log.exception("acd: looking for a snapshot of partition %d failed", p)
+                    continue
+                if doc is not None:
+                    GAPS.labels("resynced").inc()
+                    self._to_adopt[p] = doc
+                    self._restart.set()  # the reader adopts it between two subscriptions

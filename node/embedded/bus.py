@@ -4,8 +4,9 @@ It behaves like the Kafka bus where the contract cares (per-partition order, sta
 partition, replay from any offset, explicit partitions for broadcasts) so the ACD service runs
 on either unchanged and the same contract tests hold for both. Nothing survives the process:
 a single node has no one to share its queues with. ``max_records`` bounds each partition
-like Kafka's retention (oldest records go; offsets keep counting; a reader behind the start
-jumps to it), so a long-running node's memory stays flat.
+like Kafka's retention (oldest records go; offsets keep counting), so a long-running node's
+memory stays flat; ``delete_records`` drops a prefix at once, as retention does on Kafka. A
+reader whose next record was dropped gets LogGap, never a silent jump ahead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
-from node.ports import BusRecord
+from node.ports import BusRecord, LogGap
 
 __all__ = ["InMemoryBus"]
 
@@ -86,15 +87,30 @@ class InMemoryBus:
         t.changed = asyncio.Event()
         return partition, offset
 
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        """Drop every record below ``before[partition]`` (Kafka's DeleteRecords; what retention
+        does): for tests of readers that fall behind the log start."""
+        t = self._topic(topic, False)
+        for p, off in before.items():
+            drop = min(off, t.base[p] + len(t.logs[p])) - t.base[p]
+            if drop > 0:
+                del t.logs[p][:drop]
+                t.base[p] += drop
+        t.changed.set()
+        t.changed = asyncio.Event()
+
     async def subscribe(self, topic: str, start: dict[int, int] | None = None) -> AsyncIterator[BusRecord]:
         t = self._topic(topic, True)
-        pos = [max(0, (start or {}).get(p, 0)) for p in range(len(t.logs))]
+        start = start or {}
+        # missing: the earliest kept now; given: exactly that offset, or LogGap
+        pos = [max(0, start[p]) if p in start else t.base[p] for p in range(len(t.logs))]
         while not self._closed:
             waiter = t.changed
             progressed = False
             for p, log in enumerate(t.logs):
                 while True:
-                    pos[p] = max(pos[p], t.base[p])  # trimmed meanwhile: on from the oldest kept
+                    if pos[p] < t.base[p]:
+                        raise LogGap(topic, p, pos[p], t.base[p])
                     i = pos[p] - t.base[p]
                     if i >= len(log):
                         break

@@ -200,6 +200,12 @@ class Node:
             out["trunk_registrations"] = states
         if self.cdr_spool is not None:
             out["cdr_spool"] = self.cdr_spool.status()
+        if self.acd is not None:
+            # queue partitions this node cannot rebuild (missed records) are reported, not made a
+            # 503: a log gap is usually the same on every node, and taking them all out of load
+            # balancing would turn a queue outage into a total one (alert on the gauge
+            # hivepbx_acd_unhealthy_partitions instead)
+            out["acd"] = self.acd.health()
         if self.backend is not None:
             out["cluster"] = {"node_id": self.cfg.node_id, "members": sorted(self.backend.membership.members())}
         return out

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from node.ports import BusRecord, EventBus
+from node.ports import BusRecord, EventBus, LogGap
 from tests.peers.kafka import kafka_broker  # noqa: F401  (fixture)
 
 BUSES = ["embedded", "kafka"]
@@ -120,6 +120,16 @@ async def test_explicit_partition_broadcast(bus: EventBus, topic: str) -> None:
         await bus.publish(topic, "k", "not bytes")  # type: ignore[arg-type]
 
 
+async def test_offsets_in_a_partition_have_no_holes(bus: EventBus, topic: str) -> None:
+    """Readers that must not miss a record (the ACD replicas) rely on it: on a topic that is not
+    compacted and gets no transactions, a jump in offsets means records are missing."""
+    await bus.ensure_topic(topic, 2)
+    placed = [await bus.publish(topic, "k", str(i).encode(), partition=1) for i in range(30)]
+    assert [off for _, off in placed] == list(range(30))
+    got = await _read(bus, topic, 30, {1: 0})  # explicit 0: "I need offset 0", not "the earliest"
+    assert [(r.partition, r.offset, r.value) for r in got] == [(1, i, str(i).encode()) for i in range(30)]
+
+
 async def test_embedded_unknown_topic_is_lookup_error() -> None:
     from node.embedded.bus import InMemoryBus
 
@@ -140,3 +150,29 @@ async def test_embedded_retention_keeps_offsets_counting() -> None:
     assert [r.offset for r in got] == list(range(first, first + 10))
     assert [r.value for r in got] == [str(i).encode() for i in range(first, first + 10)]
     assert [r.offset for r in await _read(bus, "t", 3, {0: 27})] == [27, 28, 29]
+
+
+async def test_embedded_reader_behind_the_log_start_gets_log_gap() -> None:
+    """Kafka's retention moves the log start; a reader whose next record went gets LogGap (the
+    Kafka bus: the same from beginning_offsets / OFFSET_OUT_OF_RANGE, see
+    tests/cluster/test_kafka_bus_gaps.py; the test broker cannot delete records)."""
+    from node.embedded.bus import InMemoryBus
+
+    bus = InMemoryBus()
+    await bus.ensure_topic("t", 1)
+    for i in range(10):
+        await bus.publish("t", "k", str(i).encode())
+    bus.delete_records("t", {0: 6})
+    with pytest.raises(LogGap) as e:
+        await _read(bus, "t", 1, {0: 3})
+    assert (e.value.topic, e.value.partition, e.value.needed, e.value.first) == ("t", 0, 3, 6)
+    assert [r.offset for r in await _read(bus, "t", 4)] == [6, 7, 8, 9]  # no start: the earliest kept
+    it = bus.subscribe("t", {0: 6})
+    try:
+        assert [(await it.__anext__()).offset for _ in range(2)] == [6, 7]
+        bus.delete_records("t", {0: 9})  # retention passes the live reader
+        with pytest.raises(LogGap) as e:
+            await it.__anext__()
+        assert (e.value.needed, e.value.first) == (8, 9)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
