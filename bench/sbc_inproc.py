@@ -16,18 +16,29 @@ The cyclic GC is run as the SBC process runs it (sbc/heap.py: a freeze every
 10,000), whose figures bench/README.md compares with.
 
 Run: .venv/bin/python bench/sbc_inproc.py [N [BURST]] [--profile] [--domain] [--late-timers] [--no-freeze]
+[--callgrind]
 
 ``--late-timers`` pushes every timer (the transactions' and the proxy's) an hour out, with
 the same work to arm them: no retransmission fires even when the run is slowed down, so
 instruction counts under ``valgrind --tool=cachegrind`` are repeatable (a call finishes in
 a millisecond without it, far inside T1, so the timing figures are the same).
+
+``--callgrind`` runs the SBC's part of each burst (the parse, the proxy, its transactions and
+what it serialises; not the scripted peers) inside ``sys.call_tracing``, a C function nothing
+else calls, so ``valgrind --tool=callgrind --toggle-collect=sys_call_tracing`` counts the
+SBC's instructions alone (``--inclusive=yes``: ``_operator_call`` is the parse's share):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --toggle-collect=sys_call_tracing \
+        .venv/bin/python bench/sbc_inproc.py 1000 --late-timers --no-freeze --callgrind
 """
 
 from __future__ import annotations
 
 import asyncio
 import cProfile
+import functools
 import gc
+import operator
 import pstats
 import sys
 import time
@@ -57,6 +68,7 @@ DOMAIN = "bench.example"
 DOMAIN_URIS = "--domain" in sys.argv
 LATE_TIMERS = "--late-timers" in sys.argv
 NO_FREEZE = "--no-freeze" in sys.argv
+CALLGRIND = "--callgrind" in sys.argv
 LATE = 3600.0
 #: the calls are timed in this many rounds: the best and the median resist a busy machine
 ROUNDS = 10
@@ -236,6 +248,18 @@ async def main(n: int, burst: int, profile: bool) -> None:
     cpu = 0.0
     received = 0
 
+    def sbc_work(items: list[tuple[bytes, Flow]]) -> None:
+        for data, flow in items:
+            try:
+                item = parse(data)
+            except Exception as e:  # as the socket adapter does
+                item = e
+            proxy.message_received(item, flow)
+
+    # with --callgrind the parse runs inside operator.call (C, called by nothing else), so
+    # callgrind_annotate --inclusive=yes tells the parse (operator_call) from the rest
+    parse = functools.partial(operator.call, parse_datagram) if CALLGRIND else parse_datagram
+
     async def deliver(items: list[tuple[bytes, Flow]]) -> None:
         """Hand the SBC its input as its UDP socket would; count its CPU only."""
         nonlocal cpu, received, next_freeze
@@ -243,12 +267,10 @@ async def main(n: int, burst: int, profile: bool) -> None:
         c0 = time.thread_time()
         if prof:
             prof.enable()
-        for data, flow in items:
-            try:
-                item = parse_datagram(data)
-            except Exception as e:  # as the socket adapter does
-                item = e
-            proxy.message_received(item, flow)
+        if CALLGRIND:
+            sys.call_tracing(sbc_work, (items,))
+        else:
+            sbc_work(items)
         await asyncio.sleep(0)
         if keeper is not None and cpu + time.thread_time() - c0 >= next_freeze:
             keeper.tick(next_freeze, layer.transaction_count)  # sbc.runtime's _gc_loop

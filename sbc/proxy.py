@@ -42,6 +42,7 @@ from node.sip.transaction import (
     ResponseReceived,
     ServerTransaction,
     TransactionState,
+    _edited_via,
 )
 from node.sip.uri import NameAddr, Uri, split_header_list
 from observability import logging as olog
@@ -52,6 +53,7 @@ from sbc.config import NodeTarget, SbcConfig
 from sbc.dispatch import Dispatcher
 from sbc.health import Health
 from sbc.overload import NEW_WORK, LoadMeter
+from sbc.protection.verdict import ACCEPT as _ACCEPT
 from sbc.stateless import Forwarded, StatelessTable
 from sbc.workers import branch_owner, conn_owner
 
@@ -176,8 +178,9 @@ class Proxy:
         #: UDP flows of phones with a live registration → expiry (for CRLF keep-alives)
         self.registered_flows: dict[Flow, float] = {}
         self._node_addr: dict[tuple[str, int], NodeTarget] = {}
-        #: ((side, peer...), Contact value) → rewritten value: see _memo
+        #: (rewriter number, Contact value) → rewritten value: see _memo
         self._contact_cache: dict[tuple, str] = {}
+        self._rewriter_ids = 0
         #: (side, peer...) → its memoised Contact rewriter (made once, not per message)
         self._rewriters: dict[tuple, Callable[[str], str]] = {}
         #: (transport, inside) → the address we advertise there, when it is not a wildcard's
@@ -224,11 +227,12 @@ class Proxy:
     def message_received(self, item, flow: Flow) -> None:
         """The transports' callback: the Guard sees what comes from outside before anything."""
         self.received += 1
-        if not self.is_inside(flow):
+        inside = self.is_inside(flow)
+        if not inside:
             try:
                 if isinstance(item, Message):
                     verdict = self.guard.check_request(item, flow)
-                    if verdict is not None and getattr(verdict, "action", "accept") != "accept":
+                    if verdict is not _ACCEPT and verdict is not None and getattr(verdict, "action", "accept") != "accept":
                         self._blocked(item, flow, verdict)
                         return
                 else:
@@ -249,11 +253,11 @@ class Proxy:
                 self._relay(owner, item, flow)  # type: ignore[misc]
                 M.RELAYED.inc()
                 return
-        self._deliver(item, flow)
+        self._deliver(item, flow, inside)
 
-    def _deliver(self, item, flow: Flow) -> None:
+    def _deliver(self, item, flow: Flow, inside: bool | None = None) -> None:
         """A BYE and the answers to the ones we forwarded take the stateless way; the rest
-        goes to the transaction layer."""
+        goes to the transaction layer. ``inside``: ``is_inside(flow)`` when the caller knows it."""
         t = type(item)
         try:
             if t is Response:
@@ -261,12 +265,14 @@ class Proxy:
                 via = h[0][1] if h and h[0][0] == "Via" else item.get("Via")  # ours is the only one
                 if via is not None and STATELESS_BRANCH in via and self._stateless_response(item, via):
                     return
+                if item.status == 100 and self._trying(item):
+                    return
             elif t is Request:
                 method = item.method
                 if method == "BYE":
-                    if self._stateless_request(item, flow):
+                    if self._stateless_request(item, flow, inside):
                         return
-                elif method == "ACK" and self._ack_direct(item, flow):
+                elif method == "ACK" and self._ack_direct(item, flow, inside):
                     return
         except Exception:
             # as the endpoint does for a failing transaction user: logged, the message dropped
@@ -274,7 +280,32 @@ class Proxy:
             return
         self.endpoint.message_received(item, flow)
 
-    def _ack_direct(self, req: Request, flow: Flow) -> bool:
+    def _trying(self, resp: Response) -> bool:
+        """A 100 for one of our forwards is hop by hop (our server transaction sent its own):
+        it only stops the client transaction's retransmissions and is counted, as
+        ``_on_response`` does, without the layer's event, the endpoint's flush and its timer
+        re-arm (one such answer a call). False: the usual way (another TU, a CANCELled
+        forward whose CANCEL waits for it, anything the layer does not take)."""
+        layer = self.endpoint.layer
+        try:
+            txn = layer.find_client(resp)
+        except SipError:
+            return False  # the endpoint's path judges it malformed
+        if txn is None:
+            return False
+        tu = txn.tu
+        if type(tu) is not Forward or (tu.client_id == txn.id and tu.cancelled):
+            return False
+        took = layer.absorb_trying(txn, resp)
+        if took is None:
+            return False
+        if took:
+            M.response(100, OUTSIDE if tu.inbound else INSIDE)
+            if tu.client_id == txn.id:
+                tu.any_response = True
+        return True
+
+    def _ack_direct(self, req: Request, flow: Flow, inside: bool | None = None) -> bool:
         """An ACK no INVITE server transaction of ours waits for (the ACK of a 2xx: the
         dialog's, RFC 6026 §7.1) goes straight to ``_ack``, past the transaction layer's
         event queue, which would hand it to us anyway; False: the layer's (the ACK of a
@@ -284,7 +315,8 @@ class Proxy:
                 return False
         except SipError:
             return False
-        inside = self.is_inside(flow)
+        if inside is None:
+            inside = self.is_inside(flow)
         M.request("ACK", INSIDE if inside else OUTSIDE)
         # the media anchor's task logs with the call's id (as on_event sets it)
         t_call = _CALL_ID.set(_call_id(req)) if self.media is not None else None
@@ -782,7 +814,7 @@ class Proxy:
         return None
 
     # --- BYE without transactions
-    def _stateless_request(self, req: Request, flow: Flow) -> bool:
+    def _stateless_request(self, req: Request, flow: Flow, inside: bool | None = None) -> bool:
         """Forward an in-dialog BYE with no server or client transaction (RFC 3261 §16.11):
         its sender retransmits it end to end and the receiver's transaction absorbs the
         copies, so the SBC keeps only the way back (sbc/stateless.py). Topology hiding is the
@@ -791,7 +823,8 @@ class Proxy:
         token, a bad one, a legacy branch, Max-Forwards spent) gets the stateful path's
         answers, and so does a BYE that arrives over a reliable transport for a node or phone
         reached over UDP, which nobody would retransmit."""
-        inside = self.is_inside(flow)
+        if inside is None:
+            inside = self.is_inside(flow)
         try:
             # no To-tag check: the token routes it as the stateful path would (a node answers
             # 481 to a BYE outside any dialog)
@@ -830,14 +863,17 @@ class Proxy:
         except SipError:
             return False
         M.request("BYE", INSIDE if inside else OUTSIDE)
-        via_text, via_view = self._via_pair(out_flow, not inside, branch)
+        # sent outside any transaction: nothing reads a parsed view of our Via, and a BYE
+        # seldom has a Contact, so its rewriter is only looked up for one
+        via_text = self._via(out_flow, not inside, branch)
         if inside:
-            out = T.forward_request(req, uri, via_text, contact=self._node_contact_rewriter(node_id, out_flow),
-                                    via_view=via_view)
+            out = T.forward_request(req, uri, via_text,
+                                    contact=lambda v: self._node_contact_rewriter(node_id, out_flow)(v),
+                                    views=self.media is not None)
         else:
             out = T.forward_request(
-                req, uri, via_text, contact=self._phone_contact_rewriter(flow, out_flow),
-                extra=[(T.SOURCE_HEADER, f"{flow.transport}:{_hp(flow.remote)}")], via_view=via_view,
+                req, uri, via_text, contact=lambda v: self._phone_contact_rewriter(flow, out_flow)(v),
+                extra=[(T.SOURCE_HEADER, f"{flow.transport}:{_hp(flow.remote)}")], views=self.media is not None,
             )
             M.forwarded(node_id, "BYE")
         if self.media is None or not _media_work(out):
@@ -867,11 +903,12 @@ class Proxy:
         M.response(status, OUTSIDE if entry.inbound else INSIDE)
         if status == 100:
             return True  # hop by hop
+        # an answer to a BYE seldom has a Contact: its rewriter is only looked up for one
         if entry.inbound:
-            rewrite = self._node_contact_rewriter(entry.node_id, entry.source)
+            rewrite = lambda v: self._node_contact_rewriter(entry.node_id, entry.source)(v)  # noqa: E731
         else:
-            rewrite = self._phone_contact_rewriter(entry.target, entry.source)
-        out = T.forward_response(resp, entry.vias, contact=rewrite)
+            rewrite = lambda v: self._phone_contact_rewriter(entry.target, entry.source)(v)  # noqa: E731
+        out = T.forward_response(resp, entry.vias, contact=rewrite, views=self.media is not None)
         source = entry.source
         if self.media is None or not _media_work(out):
             self._send_stateless(out, source)
@@ -898,8 +935,8 @@ class Proxy:
             if nc is None or node is None:
                 return
             uri, out_flow = nc.uri, self.node_flow(node)
-        via, via_view = self._via_pair(out_flow, not inside)
-        out = T.forward_request(req, uri, via, via_view=via_view)
+        # sent statelessly: only the media anchor would read its parsed views, our Via's none
+        out = T.forward_request(req, uri, self._via(out_flow, not inside), views=self.media is not None)
         if self.media is None or not _media_work(out):
             self._send_stateless(out, out_flow)
             return
@@ -1001,7 +1038,9 @@ class Proxy:
         vias = fwd.vias
         if vias is None:
             vias = fwd.vias = T.via_headers(req)
-        out = T.forward_response(resp, vias, contact=rewrite)
+        # the server transaction finds itself by the Via and CSeq text: without media nothing
+        # reads the parsed views of what is sent
+        out = T.forward_response(resp, vias, contact=rewrite, views=self.media is not None)
         if self.media is None or not _media_work(out):
             self._send_txn_response(out)
         else:
@@ -1087,7 +1126,9 @@ class Proxy:
     def _phone_contact_rewriter(self, phone_flow: Flow, node_flow: Flow):
         """Outside Contact → an SBC-internal URI carrying the phone's flow."""
         host, port = self._address(node_flow.transport, True, node_flow)
-        key = ("p", phone_flow, node_flow.transport, host, port)
+        # the flow's fields, not the Flow: its dataclass __hash__ is a Python call
+        key = ("p", phone_flow.transport, phone_flow.remote, phone_flow.local, phone_flow.conn_id,
+               node_flow.transport, host, port)
         run = self._rewriters.get(key)
         if run is not None:
             return run
@@ -1105,11 +1146,14 @@ class Proxy:
     def _memo(self, key: tuple, rewrite):
         """A Contact rewriter memoised on (side, peer, value): a phone or a node repeats the
         same Contact call after call, and the tokens are deterministic, so the parse, the
-        crypto and the formatting are done once per distinct value."""
+        crypto and the formatting are done once per distinct value. The values are cached
+        under a number of their own per rewriter, not under ``key`` (hashing a key with a Flow
+        in it calls the dataclass's Python ``__hash__``)."""
         cache = self._contact_cache
+        rid = self._rewriter_ids = self._rewriter_ids + 1
 
         def run(value: str) -> str:
-            k = (key, value)
+            k = (rid, value)
             out = cache.get(k)
             if out is None:
                 out = T.rewrite_contacts(value, rewrite)
@@ -1295,13 +1339,17 @@ def _answer_vias(req: Request, via: Via, flow: Flow) -> list[tuple[str, str]]:
         add_received = False
     else:
         return vias
+    first = vias[0][1]
+    text = _edited_via(first, str(port) if fill_rport else None, host if add_received else None, "received" in params)
+    if text is not None:
+        vias[0] = ("Via", text)
+        return vias
     p = dict(params)
     if fill_rport:
         p["rport"] = str(port)
     if add_received:
         p["received"] = host
     text = str(Via(via.transport, via.host, via.port, p, via.version))
-    first = vias[0][1]
     if "," in first:
         rest = split_header_list(first)[1:]
         if rest:

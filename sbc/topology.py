@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from node.sip.errors import RemoteProtocolError
 from node.sip.flow import Flow
+from node.sip.headers import KNOWN_NAMES
 from node.sip.message import Request, Response
 from node.sip.uri import NameAddr, Uri, split_header_list
 
@@ -42,6 +43,9 @@ INTERNAL_PREFIX = "x-hive-"
 #: the real source of a request from outside, told to the node (it may trust it: only the
 #: SBC can put it there, since any X-Hive-* header from outside is stripped)
 SOURCE_HEADER = "X-Hive-Source"
+
+#: tokens remembered per kind by a Sealer once read (bounded: cleared when full)
+READ_CACHE = 4096
 
 _DROP_ALWAYS = frozenset(("Via", "Route", "Record-Route", "Content-Length"))
 
@@ -63,6 +67,11 @@ class Sealer:
         self._aead = AESGCM(hmac.new(secret, b"hivepbx-sbc-enc", hashlib.sha256).digest())
         #: token → payload of tokens already opened (an in-dialog request repeats its token)
         self._opened: dict[str, str] = {}
+        #: token → what read_node_token / read_phone_token made of it (authentic tokens only;
+        #: the values are frozen, so one object serves every request of a dialog: no HMAC,
+        #: no split, no dataclass built again)
+        self._node_read: dict[str, NodeContact] = {}
+        self._phone_read: dict[str, PhoneTarget] = {}
 
     def sign(self, payload: str) -> str:
         data = payload.encode()
@@ -130,6 +139,9 @@ def phone_token(sealer: Sealer, flow: Flow, uri: str) -> str:
 
 
 def read_phone_token(sealer: Sealer, token: str) -> PhoneTarget | None:
+    hit = sealer._phone_read.get(token)
+    if hit is not None:
+        return hit
     payload = sealer.unsign(token)
     if payload is None:
         return None
@@ -138,9 +150,17 @@ def read_phone_token(sealer: Sealer, token: str) -> PhoneTarget | None:
         return None
     transport, rhost, rport, lhost, lport, conn, uri = parts
     try:
-        return PhoneTarget(Flow(transport, (rhost, int(rport)), (lhost, int(lport)), int(conn)), uri)
+        target = PhoneTarget(Flow(transport, (rhost, int(rport)), (lhost, int(lport)), int(conn)), uri)
     except ValueError:
         return None
+    _remember(sealer._phone_read, token, target)
+    return target
+
+
+def _remember(cache: dict, token: str, value) -> None:
+    if len(cache) >= READ_CACHE:
+        cache.clear()
+    cache[token] = value
 
 
 def node_token(sealer: Sealer, node_id: str, uri: str) -> str:
@@ -148,11 +168,16 @@ def node_token(sealer: Sealer, node_id: str, uri: str) -> str:
 
 
 def read_node_token(sealer: Sealer, token: str) -> NodeContact | None:
+    hit = sealer._node_read.get(token)
+    if hit is not None:
+        return hit
     payload = sealer.unseal(token)
     if payload is None or "|" not in payload:
         return None
     node_id, _, uri = payload.partition("|")
-    return NodeContact(node_id, uri)
+    contact = NodeContact(node_id, uri)
+    _remember(sealer._node_read, token, contact)
+    return contact
 
 
 def token_of(uri_text: str, param: str) -> str | None:
@@ -227,6 +252,9 @@ _SHARED_VIEWS = ("call_id", "cseq", "from", "to", "content_type")
 _DROP, _MF, _CONTACT = 0, 1, 2
 _ACTIONS = {"Via": _DROP, "Route": _DROP, "Record-Route": _DROP, "Content-Length": _DROP,
             "Max-Forwards": _MF, "Contact": _CONTACT}
+#: the known header names (the parser stores them so spelt) that cross as they are: one set
+#: test copies most header lines (From, To, Call-ID, CSeq, ...)
+_COPIED = frozenset(n for n in KNOWN_NAMES if n not in _ACTIONS and not n.lower().startswith(INTERNAL_PREFIX))
 
 
 def _share_views(src, dst, vias) -> None:
@@ -245,10 +273,14 @@ def _edge_headers(msg, out: list[tuple[str, str]], contact, request: bool) -> li
     request Max-Forwards decremented, or 70 right after ``out`` when it had none. One pass:
     this runs on every forwarded message."""
     actions = _ACTIONS
+    copied = _COPIED
     append = out.append
     mf_at = -1
     for h in msg.headers:
         name = h[0]
+        if name in copied:
+            append(h)
+            continue
         act = actions.get(name)
         if act is None:
             if (name[0] == "x" or name[0] == "X") and name.lower().startswith(INTERNAL_PREFIX):
@@ -274,22 +306,28 @@ def _edge_headers(msg, out: list[tuple[str, str]], contact, request: bool) -> li
 
 
 def forward_request(req: Request, uri: str, via: str, *, contact=None, extra: list[tuple[str, str]] | None = None,
-                    via_view=None) -> Request:
+                    via_view=None, views: bool = True) -> Request:
     """The request as the SBC sends it on: its own Via only, Max-Forwards decremented.
-    ``via_view``: the Via object ``via`` is the text of, when the caller has it."""
+    ``via_view``: the Via object ``via`` is the text of, when the caller has it. ``views``
+    False: the parsed views are not shared (a message only serialised and sent needs none;
+    one read later parses its header again, as any message does)."""
     headers = _edge_headers(req, [("Via", via)], contact, True)
     if extra:
         headers.extend(extra)
     out = Request(req.method, uri, headers, req.body)
-    _share_views(req, out, [via_view] if via_view is not None else None)
+    if views:
+        _share_views(req, out, [via_view] if via_view is not None else None)
     return out
 
 
-def forward_response(resp: Response, request_vias: list[tuple[str, str]], *, contact=None) -> Response:
+def forward_response(resp: Response, request_vias: list[tuple[str, str]], *, contact=None,
+                     views: bool = True) -> Response:
     """The response as the SBC sends it back: the Via headers of the request it answers,
-    exactly as that request arrived (the server transaction finds itself by their text)."""
+    exactly as that request arrived (the server transaction finds itself by their text).
+    ``views``: as for ``forward_request``."""
     out = Response(resp.status, resp.reason, _edge_headers(resp, list(request_vias), contact, False), resp.body)
-    _share_views(resp, out, None)
+    if views:
+        _share_views(resp, out, None)
     return out
 
 

@@ -295,3 +295,42 @@ async def test_memoised_long_number_is_what_the_user_part_says():
                                      "From: <sip:a@b>;tag=1", "To: <sip:c@d>", "Call-ID: t", "CSeq: 1 INVITE"))
             assert proxy._long_number(req) is want, user
     assert len(proxy._long_numbers) == 5
+
+
+def _trying_from_node(fwd: Request) -> bytes:
+    return msg("SIP/2.0 100 Trying", *[f"Via: {v}" for v in fwd.get_all("Via")], f"From: {fwd.get('From')}",
+               f"To: {fwd.get('To')}", f"Call-ID: {fwd.call_id}", f"CSeq: {fwd.get('CSeq')}")
+
+
+async def test_a_nodes_100_stops_the_invites_retransmissions_without_an_event():
+    from node.sip.transaction import ResponseReceived, TransactionState
+    from sbc import metrics as M
+
+    proxy, wire, _, _ = build()
+    deliver(proxy, invite(), UDP_PHONE)
+    (fwd, _, _), = [s for s in wire.take() if s[1].remote == NODE]
+    client, = proxy.endpoint.layer.client_invites()
+    assert client.state is TransactionState.CALLING and client._retx is not None
+    seen = []
+    proxy.endpoint.on_event = lambda ev: (seen.append(ev), proxy.on_event(ev))
+    counted = M.RESPONSES.value("1xx", "outside")
+    deliver(proxy, _trying_from_node(fwd), UDP_NODE)
+    assert wire.take() == [] and not [e for e in seen if isinstance(e, ResponseReceived)]
+    assert client.state is TransactionState.PROCEEDING and client._retx is None and client._end is None
+    assert client.tu.any_response and M.RESPONSES.value("1xx", "outside") == counted + 1
+    deliver(proxy, _trying_from_node(fwd), UDP_NODE)  # a retransmitted 100: still nothing sent
+    assert wire.take() == [] and client.state is TransactionState.PROCEEDING
+
+
+async def test_a_nodes_100_to_a_cancelled_invite_still_sends_the_cancel():
+    proxy, wire, _, _ = build()
+    deliver(proxy, invite(), UDP_PHONE)
+    (fwd, _, _), = [s for s in wire.take() if s[1].remote == NODE]
+    deliver(proxy, msg("CANCEL sip:2000@127.0.0.1:5060 SIP/2.0",
+                       f"Via: SIP/2.0/UDP {PHONE[0]}:{PHONE[1]};branch=z9hG4bK-inv1;rport",
+                       f"From: <sip:1000@{PHONE[0]}:{PHONE[1]}>;tag=f1", "To: <sip:2000@127.0.0.1:5060>",
+                       "Call-ID: call-1", "CSeq: 1 CANCEL", "Max-Forwards: 70"), UDP_PHONE)
+    assert [(m.status, f.remote) for m, f, _ in wire.take()] == [(200, PHONE)]  # no CANCEL before a 1xx
+    deliver(proxy, _trying_from_node(fwd), UDP_NODE)
+    (cancel, flow, _), = wire.take()
+    assert cancel.method == "CANCEL" and flow.remote == NODE and cancel.top_via.branch == fwd.top_via.branch

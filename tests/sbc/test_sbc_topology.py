@@ -27,6 +27,26 @@ def test_phone_token_round_trips_and_is_deterministic_and_signed():
     assert T.read_phone_token(SEALER, "garbage") is None
 
 
+def test_tokens_read_again_come_from_the_memo_and_forgeries_are_never_remembered(monkeypatch):
+    sealer = T.Sealer(b"0123456789abcdef0123")
+    ptok = T.phone_token(sealer, PHONE, "sip:1002@192.168.1.5")
+    ntok = T.node_token(sealer, "node-a", "sip:1001@10.1.2.3:5070")
+    first = T.read_phone_token(sealer, ptok), T.read_node_token(sealer, ntok)
+    monkeypatch.setattr(sealer, "unsign", lambda t: pytest.fail("phone token checked again"))
+    monkeypatch.setattr(sealer, "unseal", lambda t: pytest.fail("node token opened again"))
+    again = T.read_phone_token(sealer, ptok), T.read_node_token(sealer, ntok)
+    assert again[0] is first[0] and again[1] is first[1] and first[0].flow == PHONE
+    monkeypatch.undo()
+    body, mac = ptok.split(".")
+    forged = T._b64(T._unb64(body).replace(b"203.0.113.7", b"198.51.100.9")) + "." + mac
+    assert T.read_phone_token(sealer, forged) is None and T.read_node_token(sealer, ntok[:-2]) is None
+    assert forged not in sealer._phone_read and ntok[:-2] not in sealer._node_read
+    monkeypatch.setattr(T, "READ_CACHE", 3)
+    for i in range(7):
+        T.read_node_token(sealer, T.node_token(sealer, "node-a", f"sip:{i}@10.1.2.3"))
+    assert 1 <= len(sealer._node_read) <= 3
+
+
 def test_node_token_is_opaque_and_authenticated():
     tok = T.node_token(SEALER, "node-a", "sip:1001@10.1.2.3:5070")
     assert "10.1.2.3" not in tok and "node-a" not in tok
@@ -103,6 +123,26 @@ def test_forwarded_response_gets_its_requests_vias_back_and_loses_the_rest():
     assert isinstance(out, Response) and out.status == 200
     assert out.get_all("Via") == req.get_all("Via")
     assert b"10.0.0." not in out.to_bytes() and b"X-Hive" not in out.to_bytes()
+
+
+def test_edge_headers_fast_path_copies_what_copy_headers_copies():
+    """_edge_headers copies known names by one set test: the same headers, in the same order,
+    as the reference rules of copy_headers (Max-Forwards aside, which it decrements)."""
+    from node.sip.headers import KNOWN_NAMES
+
+    headers = [("Via", "SIP/2.0/UDP 10.0.0.4;branch=z9hG4bKx")]
+    headers += [(n, f"v{i}") for i, n in enumerate(sorted(KNOWN_NAMES)) if n not in ("Via", "Max-Forwards")]
+    headers += [("X-Hive-Node", "a"), ("x-hive-trace", "1"), ("X-HIVE-Z", "2"), ("X-Other", "keep"),
+                ("x-custom", "keep too"), ("Max-Forwards", "9")]
+    req = Request("INVITE", "sip:a@b", headers)
+    seen = []
+    out = T._edge_headers(req, [("Via", "ours")], lambda v: seen.append(v) or "<sip:x@y>", True)
+    ref = T.copy_headers(req, contact=lambda v: "<sip:x@y>")
+    assert [h for h in out if h[0] not in ("Via", "Max-Forwards")] == [h for h in ref if h[0] != "Max-Forwards"]
+    assert out[0] == ("Via", "ours") and ("Max-Forwards", "8") in out and seen == [dict(headers)["Contact"]]
+    names = {n.lower() for n, _ in out}
+    assert not {"route", "record-route", "content-length"} & names
+    assert not [n for n in names if n.startswith("x-hive-")] and {"x-other", "x-custom"} <= names
 
 
 def test_register_star_contact_is_left_alone():

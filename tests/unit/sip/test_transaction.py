@@ -919,3 +919,61 @@ def test_stateless_responder_answers_without_a_transaction(layer):
     # an INVITE never reaches the responder (its 100 Trying and Timer G/H need a transaction)
     layer.receive(wire(request("INVITE")), UDP, 0.4)
     assert [m for m, _ in seen] == ["REGISTER", "REGISTER", "OPTIONS"]
+
+
+# ============================================================ a 100 taken without an event
+def _twin_layers(method: str, before: list[int], cancel: bool = False):
+    """Two layers with the same client transaction after the ``before`` answers."""
+    out = []
+    for _ in range(2):
+        layer = TransactionLayer(t1=T1, t2=T2, t4=T4)
+        req = our_request(method)
+        txn = layer.send_request(req, TRUNK, 0.0)
+        for status in before:
+            layer.receive(answer(req, status, to_tag=None if status == 100 else "tt1"), TRUNK, 0.1)
+        if cancel:
+            layer.send_request(Request("CANCEL", req.uri_text, [
+                ("Via", req.get("Via")), ("Max-Forwards", "70"), ("From", req.get("From")),
+                ("To", req.get("To")), ("Call-ID", req.call_id), ("CSeq", f"{req.cseq.seq} CANCEL"),
+            ]), TRUNK, 0.15)
+        drain_all(layer)
+        out.append((layer, req, txn))
+    return out
+
+
+@pytest.mark.parametrize("method, before, cancel, took", [
+    ("INVITE", [], False, True),         # Calling: Timers A and B stop
+    ("INVITE", [180], False, True),      # Proceeding
+    ("INVITE", [200], False, False),     # Accepted: a late 100 changes nothing
+    ("INVITE", [486], False, False),     # Completed
+    ("INVITE", [], True, None),          # CANCELled in Calling: its §9.1 guard is receive()'s
+    ("OPTIONS", [], False, True),        # Trying
+    ("OPTIONS", [100], False, True),     # Proceeding
+    ("OPTIONS", [200], False, False),    # Completed
+])
+def test_absorb_trying_moves_the_state_as_receive_does_without_an_event(method, before, cancel, took):
+    (a, req_a, txn_a), (b, req_b, txn_b) = _twin_layers(method, before, cancel)
+    trying_a = answer(req_a, 100, to_tag=None)
+    assert a.find_client(trying_a) is txn_a
+    got = a.absorb_trying(txn_a, trying_a)
+    assert got is took
+    if took is None:
+        assert txn_a.state is txn_b.state and a.get_timer() == b.get_timer()
+        return
+    b.receive(answer(req_b, 100, to_tag=None), TRUNK, 0.2)
+    assert [type(e) for e in events(b)] == ([ResponseReceived] if took else [])
+    assert events(a) == [] and sent(a) == sent(b) == []
+    assert txn_a.state is txn_b.state
+    assert (txn_a.last_response is trying_a) == (txn_b.last_response is not None and txn_b.last_response.status == 100)
+    assert a.get_timer() == b.get_timer() and a.transaction_count == b.transaction_count
+    retransmitted = [[(t, status_of(m)) for t, m, _ in run_timers(x, 100.0)] for x in (a, b)]
+    assert retransmitted[0] == retransmitted[1]
+    assert [type(e) for e in events(a)] == [type(e) for e in events(b)]  # Timer F alike
+
+
+def test_absorb_trying_refuses_anything_but_a_100(layer):
+    req = our_request()
+    txn = layer.send_request(req, TRUNK, 0.0)
+    ringing = answer(req, 180)
+    assert layer.absorb_trying(txn, ringing) is None and txn.state is TransactionState.CALLING
+    assert layer.find_client(answer(our_request(branch="z9hG4bKother"), 100, to_tag=None)) is None
