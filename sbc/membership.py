@@ -74,20 +74,14 @@ class MembershipFeed:
 
 
 async def open_etcd_membership(cfg: SbcConfig, sbc_id: str):
-    """A watching (never joining) etcd membership view on the nodes' key prefix; the caller
-    closes it with ``await m.close()``."""
-    etcd = importlib.import_module("cluster.etcd")
+    """A watching (never joining) etcd membership view on the nodes' key prefix, on its own
+    client; the caller closes both with ``await close()``."""
+    etcd = importlib.import_module("cluster.etcd.client")
     membership_mod = importlib.import_module("cluster.etcd.membership")
-    client = await etcd.connect(list(cfg.etcd_endpoints))
-    try:
+
+    async def build(client):
         m = membership_mod.EtcdMembership(client, etcd.Keys(cfg.etcd_prefix), sbc_id)
         await m.start()
-    except BaseException:
-        await client.close()
-        raise
+        return m, m.close
 
-    async def close() -> None:
-        await m.close()
-        await client.close()
-
-    return m, close
+    return await etcd.open_with_client(list(cfg.etcd_endpoints), build)

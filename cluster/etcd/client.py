@@ -50,9 +50,12 @@ class EtcdTimeout(EtcdUnavailable):
 
 
 async def within(aw: Awaitable[T], seconds: float) -> T:
-    """``await aw``, or EtcdTimeout once ``seconds`` passed (``aw`` is cancelled)."""
+    """``await aw``, or EtcdTimeout once ``seconds`` passed (``aw`` is cancelled). Why
+    ``asyncio.timeout`` and not ``wait_for``: on Python 3.11 ``wait_for`` can swallow a cancel
+    of the caller that arrives as ``aw`` completes, and a stopping task would then run on."""
     try:
-        return await asyncio.wait_for(aw, seconds)
+        async with asyncio.timeout(seconds):
+            return await aw
     except TimeoutError:
         raise EtcdTimeout(f"etcd did not answer within {seconds:g} s") from None
 

@@ -18,6 +18,10 @@ Why this shape:
   over the whole calls prefix (no host's key changed since the publisher's last read), so
   two hosts never reserve the same free slots; every host's key is read back in it.
 
+* **Watched, so slots move in milliseconds**: a host that is short publishes ``want``; the
+  others see it (and the wanting host sees their release) through a watch on the calls
+  prefix, each event the key's new value and revision, instead of at their next poll.
+
 Every etcd call here has a ``deadline`` (default 1 s, the SBC's ``[etcd] limits_timeout``):
 a stalled etcd (overloaded, paused, a network that drops without a reset) then fails like a
 down one, within the deadline, so the caller falls back to the last known counts as fast as
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aetcd
@@ -166,6 +171,43 @@ class EtcdTenantUsage:
             date, _, host = kv.key[len(self.usage_root):].decode().partition("/")
             usage.setdefault(date, {})[host] = _decode(kv.value)
         return usage
+
+    async def watch_calls(self, start_revision: int,
+                          on_change: Callable[[str, dict | None, int], None],
+                          on_end: Callable[[BaseException | None], None]) -> Callable[[], Awaitable[None]]:
+        """Every host's calls key from ``start_revision`` on: ``on_change(host, value or None
+        when deleted, revision)`` per change, in revision order; ``on_end(error)`` once the
+        watch ended (broken stream, compaction; None: the client closed): the caller watches
+        again. Returns the cancel. Raises past ``deadline`` (or RevisionCompactedError)."""
+        n = len(self.calls_root)
+        ended = False
+
+        async def on_event(event) -> None:
+            nonlocal ended
+            if ended:
+                return
+            if event is None or isinstance(event, BaseException):
+                ended = True
+                on_end(event)
+                return
+            kv = event.kv
+            on_change(kv.key[n:].decode(errors="replace"), _json(kv.value) if event.kind == "PUT" else None,
+                      kv.mod_revision)
+
+        if self._c._watcher is None:
+            await within(self._c.connect(), self.deadline)
+        watcher = self._c._watcher
+        # (aetcd's callback API, as cluster/etcd/watched.py: its async iterator does not always stop when cancelled)
+        callback = await within(watcher.add_callback(self.calls_root, on_event, range_end=prefix_end(self.calls_root),
+                                                     start_revision=start_revision), self.deadline)
+
+        async def cancel() -> None:
+            nonlocal ended
+            ended = True
+            with contextlib.suppress(Exception):
+                await within(watcher.cancel(callback.watch_id), self.deadline)
+
+        return cancel
 
     async def close(self) -> None:
         """Stop refreshing and revoke the lease: this host's live calls leave the sums now."""

@@ -16,8 +16,16 @@ Why this way:
   all hosts together never exceed it, however the views lag (the one exception: a host
   cut off from etcd past its lease TTL, below). The price is a refusal
   while slots are reserved on another host: the host then publishes ``want`` at once (within
-  ``tick``), hosts that do not want release their reservation when they see it (within
-  ``interval``), and the wanting host takes what is free (within another ``interval``).
+  ``tick``), hosts that do not want release their reservation when they see it, and the
+  wanting host takes what is free. A call ending on a tenant another host is short of is
+  published within ``tick`` too.
+* **Watched, polled as a fallback.** Every host watches the calls keys: another host's
+  change (a ``want``, a release, an ended call) reaches the view within milliseconds and
+  runs a round at once, so slots move in tens of milliseconds, not a poll ``interval``
+  or two. The watch applies each event only on top of a view at an older revision, so the
+  view is always etcd's at ``_rev`` and the compare-and-swap keeps its meaning. The poll
+  (every ``interval``) stays: a broken watch (counted, logged) is re-established with
+  back-off meanwhile and costs only speed.
 * **etcd unavailable** (down, or slower than ``[etcd] limits_timeout`` per call: every call
   has that deadline, so a stalled etcd does not hold a round for the client's 5 s per call):
   caps stay as they were; once etcd has not confirmed this host's counts for a lease TTL
@@ -53,6 +61,8 @@ log = logging.getLogger("hivepbx.sbc")
 
 #: days of usage keys kept in etcd before the range delete (the longest day is ~26 h wide)
 KEEP_DAYS = 3
+#: back-off before watching the calls keys again after a broken watch, seconds (doubles)
+WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.1, 5.0
 
 
 def default_host_id(state_dir: str = "") -> str:
@@ -75,7 +85,8 @@ class ClusterCounts:
     ``store``: cluster.etcd.tenant_usage.EtcdTenantUsage (or a fake with its methods)."""
 
     def __init__(self, store, limits: TenantLimits, *, interval: float = 0.25, tick: float = 0.02,
-                 usage_interval: float = 1.0, heartbeat: float | None = None, clock=time.time) -> None:
+                 usage_interval: float = 1.0, heartbeat: float | None = None, clock=time.time,
+                 watch: bool = True) -> None:
         self.store = store
         self.limits = limits
         self.me = store.host_id
@@ -86,11 +97,28 @@ class ClusterCounts:
         self.usage_interval = usage_interval
         self.heartbeat = heartbeat if heartbeat is not None else min(5.0, self.ttl / 3)
         self.clock = clock
+        #: watch the calls keys (when the store can): the poll every ``interval`` is then the fallback
+        self.watch = watch and hasattr(store, "watch_calls")
+        #: set by a watched change of another host: the loop runs a round now, not after ``tick``
+        self._wake = asyncio.Event()
+        #: watched changes are in ``_calls`` but not yet in the sums and the table's view
+        self._dirty = False
+        self._watch_task: asyncio.Task | None = None
+        self._unwatch = None
+        #: set while the current watch lives; its end (or stop()) sets it
+        self._watch_ended = asyncio.Event()
+        #: the tasks end at their next turn even if Python 3.11 lost their cancel (asyncio.wait_for
+        #: in cluster.etcd.client.within can swallow one that races a reply)
+        self._stopping = False
+        #: tenants another host is short of (it wants slots, or their calls fill the limit)
+        self._short: set[str] = set()
         #: tenant key -> domain, of every tenant that had a limit (its usage goes on being published)
         self._names: dict[int, str] = {}
         self._seeded = False
         self._gen: int | None = None
+        #: the revision of etcd the view of every host's calls (``_calls``) is, and of the sums (``_agg``)
         self._rev: int | None = None
+        self._agg_rev: int | None = None
         self._published_at = -1e9
         self._confirmed_at: float | None = None
         self._read_at = -1e9
@@ -132,10 +160,14 @@ class ClusterCounts:
         return out
 
     # ------------------------------------------------------------------ errors
-    def _failed(self, op: str, e: Exception) -> None:
+    def _failed(self, op: str, e: BaseException) -> None:
         PM.CLUSTER_ERRORS.labels(op).inc()
         if op not in self._failing:
             self._failing.add(op)
+            if op == "watch":
+                log.warning("tenant counts: etcd watch of the hosts' calls broke (%s): polling every %g s until "
+                            "it is back", e or type(e).__name__, self.interval)
+                return
             log.warning("tenant counts: etcd %s failed (%s): enforcing on this host's counts and the last view",
                         op, e or type(e).__name__)
 
@@ -147,11 +179,22 @@ class ClusterCounts:
     # ------------------------------------------------------------------ the loop
     async def start(self) -> None:
         await self.sync(force=True)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sbc-tenant-counts")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="sbc-tenant-counts")
+        if self.watch:
+            self._watch_task = loop.create_task(self._watching(), name="sbc-tenant-counts-watch")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            timer = loop.call_later(self.tick, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+            self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.sync()
             except asyncio.CancelledError:
@@ -164,11 +207,15 @@ class ClusterCounts:
         mono = time.monotonic()
         if not self._seeded:
             await self._seed()
+        if self._dirty:
+            self._dirty = False
+            self._set_calls(self._calls)
+            self._install(None)
+            self._again = self._again or self._demand_changed()
         if mono - self._read_at >= self.interval:
             self._read_at = mono
             try:
-                self._rev, calls = await self.store.read_calls()
-                self._set_calls(calls)
+                self._take(*await self.store.read_calls())
                 if mono - self._usage_at >= self.usage_interval:
                     self._usage = await self.store.read_usage()
                     self._usage_at = mono
@@ -183,7 +230,8 @@ class ClusterCounts:
         since = mono - self._published_at
         lost_lease = getattr(self.store, "_lease_id", 0) is None
         if (force or urgent or self._again or lost_lease or since >= self.heartbeat
-                or ((gen != self._gen or self._mode == counters.ETCD_LOST) and since >= self.interval)):
+                or ((gen != self._gen or self._mode == counters.ETCD_LOST) and since >= self.interval)
+                or (gen != self._gen and "publish" not in self._failing and self._freed_for_others())):
             await self._publish(gen)
         if (self._mode == counters.RESERVED and self._confirmed_at is not None
                 and time.monotonic() - self._confirmed_at > self.ttl):
@@ -220,10 +268,79 @@ class ClusterCounts:
         self._usage = usage
         self._seeded = True
 
+    # ------------------------------------------------------------------ the watch
+    @property
+    def watching(self) -> bool:
+        """A watch on the calls keys is in place (not broken since)."""
+        return self._unwatch is not None and "watch" not in self._failing
+
+    async def _watching(self) -> None:
+        """Keep a watch on the calls keys, from a fresh read each time (so a compacted
+        revision or a missed event cannot leave a gap); broken: count, log, back off, again."""
+        delay = WATCH_RETRY_MIN
+        while not self._stopping:
+            ended = self._watch_ended = asyncio.Event()
+            why: list[BaseException | None] = []
+            try:
+                self._take(*await self.store.read_calls())
+                self._dirty = True
+                self._unwatch = await self.store.watch_calls(
+                    self._rev + 1, self._on_change, lambda e: (why.append(e), ended.set()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._failed("watch", e)
+            else:
+                self._ok("watch")
+                self._wake.set()  # the read above may have news
+                since = time.monotonic()
+                await ended.wait()
+                unwatch, self._unwatch = self._unwatch, None
+                await unwatch()
+                if self._stopping:
+                    return
+                self._failed("watch", why[0] if why and why[0] is not None else ConnectionError("watch ended"))
+                if time.monotonic() - since > WATCH_RETRY_MAX:
+                    delay = WATCH_RETRY_MIN  # it had worked a while: not a flapping etcd
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY_MAX)
+
+    def _on_change(self, host: str, value: dict | None, revision: int) -> None:
+        """One watched change of a host's calls key (None: deleted). Applied only on top of
+        a view at an older revision: events come in revision order from one before the
+        view's, so the view stays etcd's at ``_rev`` (what the compare-and-swap expects)."""
+        if self._rev is None or revision < self._rev:
+            return  # the view already has it (a read or a publish overtook the watch)
+        if value is None:
+            self._calls.pop(host, None)
+        else:
+            self._calls[host] = value
+        self._rev = revision
+        self._dirty = True
+        if host != self.me:
+            self._wake.set()
+
+    def _take(self, revision: int, calls: dict[str, dict]) -> None:
+        """A read's (or a publish's) snapshot, unless the view is already newer (the watch
+        delivered changes after it was taken)."""
+        if self._rev is not None and revision < self._rev:
+            return
+        self._rev = revision
+        self._set_calls(calls)
+
+    def _freed_for_others(self) -> bool:
+        """A call ended here on a tenant another host is short of: publish now."""
+        for domain in self._short:
+            mine = self._mine.get(domain)
+            if mine and self.table.active(self.limits._key(domain)) < mine[0]:
+                return True
+        return False
+
     # ------------------------------------------------------------------ reservations
     def _set_calls(self, calls: dict[str, dict]) -> None:
         """Every host's published calls, and per tenant the other hosts' totals."""
         self._calls = calls
+        self._agg_rev = self._rev
         agg: dict[str, list] = {}
         for host, m in calls.items():
             if host == self.me:
@@ -238,6 +355,16 @@ class ClusterCounts:
                     a[1] += c + r
                     a[2] = a[2] or w
         self._agg = agg
+        self._short_update()
+
+    def _short_update(self) -> None:
+        short = set()
+        for domain, (c, _r, _w) in self._mine.items():
+            a = self._agg.get(domain)
+            limit = self.limits.policy(domain).max_calls
+            if a is not None and limit and (a[2] or a[0] + c >= limit):
+                short.add(domain)
+        self._short = short
 
     def _others(self, domain: str) -> tuple[int, int, bool]:
         """(the other hosts' calls, their calls + reservations, whether one wants more)."""
@@ -269,13 +396,17 @@ class ClusterCounts:
 
     def _demand_changed(self) -> bool:
         """After a read: publish again when the hosts changed, another host wants slots this
-        one holds unused, or this one holds none (or wanted more) and some became free."""
+        one holds unused, or this one holds none (or wanted more) and some became free, or
+        its own ``want`` is stale (no refusal since) while another host wants: two hosts that
+        both say they want never give way, until the heartbeat clears the flag."""
         if set(self._calls) | {self.me} != self._hosts_seen:
             return True
         for domain, (c, r, w) in self._mine.items():
             _calls, held, others_want = self._others(domain)
             free = self.limits.policy(domain).max_calls - c - held
             if others_want and not w and r > 0:
+                return True
+            if others_want and w and not self.table.view_of(self.limits._key(domain))[2]:
                 return True
             if (w or r == 0) and free > r and not (others_want and not w):
                 return True
@@ -299,12 +430,13 @@ class ClusterCounts:
         self._again = False
         try:
             if self._rev is None:
-                self._rev, calls = await self.store.read_calls()
-                self._set_calls(calls)
+                self._take(*await self.store.read_calls())
             for _attempt in range(5):
+                if self._agg_rev != self._rev:  # watched changes not summed yet: reserve on what expect says
+                    self._set_calls(self._calls)
                 values, caps = self._reserve(limited, active)
-                done, self._rev, calls = await self.store.publish_calls(values, self._rev)
-                self._set_calls(calls)
+                done, rev, calls = await self.store.publish_calls(values, self._rev)
+                self._take(rev, calls)
                 if done:
                     break
                 PM.CLUSTER_PUBLISHES.labels("calls", "conflict").inc()
@@ -320,6 +452,7 @@ class ClusterCounts:
         self._confirmed_at = time.monotonic()
         self._gen = gen
         self._mine = values
+        self._short_update()
         self._want.clear()
         if self._mode != counters.RESERVED:
             if self._mode == counters.ETCD_LOST:
@@ -399,11 +532,18 @@ class ClusterCounts:
             log.info("tenant counts: removed %d usage key(s) of days before %s", gone, cutoff)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        self._watch_ended.set()
+        self._wake.set()
+        for task in (self._watch_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch_task = self._task = None
+        if self._unwatch is not None:
+            unwatch, self._unwatch = self._unwatch, None
+            await unwatch()
         with contextlib.suppress(Exception):
             await self.sync(force=True)  # the last usage out before the lease goes
 

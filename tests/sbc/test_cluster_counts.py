@@ -24,6 +24,8 @@ class FakeEtcd:
         self.calls: dict[str, tuple[int, dict]] = {}  # host -> (mod revision, value)
         self.usage: dict[str, dict[str, dict]] = {}
         self.down = False
+        #: every change of a calls key, as a watch delivers it: (revision, host, value or None)
+        self.log: list[tuple[int, str, dict | None]] = []
 
     def check(self) -> None:
         if self.down:
@@ -37,21 +39,27 @@ class FakeStore:
     def __init__(self, etcd: FakeEtcd, host: str, ttl: int = 2) -> None:
         self.e, self.host_id, self.ttl, self._lease_id = etcd, host, ttl, 1
         self.publishes = 0
+        #: called as each call goes out: watched changes may arrive while a round awaits etcd
+        self.meanwhile = lambda: None
 
     async def publish_calls(self, values: dict, expect: int):
+        self.meanwhile()
         self.e.check()
         if any(r > expect for r, _v in self.e.calls.values()):
             return False, self.e.rev, self.e.snapshot()
         self.e.rev += 1
         self.e.calls[self.host_id] = (self.e.rev, copy.deepcopy(values))
+        self.e.log.append((self.e.rev, self.host_id, copy.deepcopy(values)))
         self.publishes += 1
         return True, self.e.rev, self.e.snapshot()
 
     async def read_calls(self):
+        self.meanwhile()
         self.e.check()
         return self.e.rev, self.e.snapshot()
 
     async def read_usage(self):
+        self.meanwhile()
         self.e.check()
         return copy.deepcopy(self.e.usage)
 
@@ -91,6 +99,26 @@ class Host:
     async def round(self) -> None:
         """One background round as the task runs it, with its timers due."""
         self.sync._read_at = self.sync._usage_at = -1e9
+        await self.sync.sync()
+
+    def watch(self, etcd: FakeEtcd, rnd: random.Random | None = None) -> None:
+        """From now on deliver() hands this host the calls keys' changes, as a watch started
+        from its view's revision + 1 would (with ``rnd``, also at random while it awaits etcd)."""
+        self.etcd = etcd
+        if rnd is not None:
+            self.sync.store.meanwhile = lambda: rnd.random() < 0.5 and self.deliver(rnd.randint(1, 3))
+        self.seen = next((i for i, (rev, _h, _v) in enumerate(etcd.log) if rev > self.sync._rev), len(etcd.log))
+
+    def deliver(self, n: int) -> bool:
+        """The next ``n`` watched changes (in order; fewer when there are no more): True if any."""
+        got = self.etcd.log[self.seen:self.seen + n]
+        self.seen += len(got)
+        for rev, host, value in got:
+            self.sync._on_change(host, copy.deepcopy(value), rev)
+        return bool(got)
+
+    async def quick_round(self) -> None:
+        """A round woken by the watch: no poll read due."""
         await self.sync.sync()
 
 
@@ -152,6 +180,87 @@ async def test_random_interleavings_never_exceed_the_limit(seed: int) -> None:
         assert total <= limit, (hosts_n, limit)
         peak = max(peak, total)
     assert peak >= min(limit, 2)  # the reservations did let calls through
+
+
+@pytest.mark.parametrize("seed", range(25))
+async def test_random_interleavings_with_watched_changes_never_exceed_the_limit(seed: int) -> None:
+    """As above, with the hosts' views moved by watch events delivered late and in bursts
+    (and the poll rare): events only ever land on an older view, so a publish's
+    compare-and-swap still means what it says."""
+    rnd = random.Random(1000 + seed)
+    etcd = FakeEtcd()
+    hosts_n, limit = rnd.randint(2, 4), rnd.randint(1, 30)
+    hosts = await _hosts(hosts_n, TenantPolicy(max_calls=limit), etcd)
+    for h in hosts:
+        h.watch(etcd, rnd)
+    peak = refused_then_admitted = 0
+    for _ in range(800):
+        r = rnd.random()
+        h = rnd.choice(hosts)
+        if r < 0.45:
+            h.call()
+        elif r < 0.7:
+            h.deliver(rnd.randint(1, 4))
+        elif r < 0.85:
+            await h.quick_round()
+        elif r < 0.88:
+            await h.round()
+        else:
+            busy = [x for x in hosts if x.calls]
+            if busy:
+                rnd.choice(busy).hang_up(rnd)
+        total = sum(len(x.calls) for x in hosts)
+        assert total <= limit, (hosts_n, limit)
+        peak = max(peak, total)
+    assert peak >= min(limit, 2)
+    # with the watch alone (no poll read), a short host gets a slot another holds unused
+    for h in hosts:
+        while h.calls:
+            h.hang_up(rnd)
+    a, others = hosts[0], hosts[1:]
+    for _ in range(3 * limit + 2 * hosts_n):
+        if a.call() == "":
+            refused_then_admitted += 1
+            continue
+        for _ in range(3):  # a publishes want; the others see it and release; a sees that and takes
+            for h in hosts:
+                while h.deliver(100):
+                    pass
+                await h.quick_round()
+    assert refused_then_admitted == limit, (hosts_n, limit)
+    assert all(o.call() == "max_calls" for o in others)
+
+
+async def test_a_change_watched_while_a_round_awaits_etcd_is_summed_before_reserving() -> None:
+    """Host b takes slots while host a's round is waiting on etcd, and a's watch delivers it
+    then: a's publish expects the revision of that change, so it must reserve on sums that
+    include it (not on the sums of its last read), or the two caps would pass the limit."""
+    etcd = FakeEtcd()
+    a, b = await _hosts(2, TenantPolicy(max_calls=4), etcd)
+    a.watch(etcd)
+    rev, _ = await b.sync.store.read_calls()
+    assert (await b.sync.store.publish_calls({T: [0, 0, 0]}, rev))[0]  # b holds nothing
+    a.deliver(100)
+    await a.quick_round()
+    assert tuple(a.sync._others(T)) == (0, 0, False)
+    calls, late = [], []
+
+    def meanwhile() -> None:  # a's second etcd call (the usage read, after its calls read)
+        calls.append(1)
+        if len(calls) == 2:
+            etcd.rev += 1
+            etcd.calls["sbc-1"] = (etcd.rev, {T: [0, 2, 0]})
+            etcd.log.append((etcd.rev, "sbc-1", {T: [0, 2, 0]}))
+            late.append(etcd.rev)
+            a.deliver(100)
+
+    a.sync.store.meanwhile = meanwhile
+    a.sync._want.add(T)  # a is short: it takes all that is free
+    a.sync._again = True
+    await a.round()
+    assert late and a.sync._rev > late[0]  # a published after b's change, expecting it
+    c, r, _w = a.sync._mine[T]
+    assert c + r + 2 <= 4, a.sync._mine
 
 
 async def test_daily_usage_is_summed_over_hosts_and_a_restart_does_not_lose_it() -> None:
