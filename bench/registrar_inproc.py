@@ -7,12 +7,26 @@ so they hold on a busy machine; the SIPp figure in bench/README.md adds the sock
 REGISTERs arrive in bursts (default 50, like a loaded socket's backlog), so per-turn work such
 as the location store's group commit is shared the way it is under load.
 
-Run: .venv/bin/python bench/registrar_inproc.py [N [BURST]] [--profile] [--rounds=R] [--memory] [--extensions=E]
+Run: .venv/bin/python bench/registrar_inproc.py [N [BURST]] [--profile[=FILE]] [--rounds=R] [--memory] [--extensions=E]
+[--late-timers] [--callgrind]
 
 ``--rounds=R`` repeats N registrations R times in one process and prints the best and the
 median (the machine is shared: take the best). ``--memory`` registers N distinct users
 (default 10,000) under tracemalloc and prints traced bytes and GC-tracked objects per
 registration, while the transactions linger (Timer J) and after every timer has fired.
+
+Instruction counts (deterministic on a busy machine): ``--late-timers`` pushes the node's
+timers an hour out, so a run slowed down by valgrind fires none (Timer J would otherwise fire
+for more or fewer transactions depending on the load); ``--callgrind`` runs the phones' side
+(building REGISTERs, parsing the 401 and 200, answering the challenge) inside
+``sys.call_tracing``, which nothing else calls, so ``callgrind --toggle-collect=sys_call_tracing``
+counts the phones alone; the node's share is the whole process (cachegrind, or callgrind
+without the toggle) minus that. Per registration, the difference of two runs::
+
+    for n in 1000 4000; do PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no \\
+      --cachegrind-out-file=/tmp/reg.$n .venv/bin/python bench/registrar_inproc.py $n \\
+      --extensions=2000 --late-timers --callgrind; done    # (Ir(4000) - Ir(1000)) / 3000
+    # the phones: the same with --tool=callgrind --toggle-collect=sys_call_tracing
 """
 
 from __future__ import annotations
@@ -55,6 +69,21 @@ class _Sink:
         return None
 
 
+class _LateLoop:
+    """The event loop as the endpoint sees it with ``--late-timers``: every timer an hour
+    out (the same work to arm it), so none fires however much valgrind slows the run."""
+
+    def __init__(self, loop) -> None:
+        self._loop = loop
+        self.time = loop.time
+
+    def call_at(self, when, callback, *args):
+        return self._loop.call_at(when + 3600.0, callback, *args)
+
+    def call_later(self, delay, callback, *args):
+        return self._loop.call_later(delay + 3600.0, callback, *args)
+
+
 def _register(i: int, ext: str, cseq: int, auth: str | None, port: int) -> bytes:
     lines = [
         f"REGISTER sip:{DOMAIN} SIP/2.0",
@@ -84,6 +113,9 @@ async def main(n: int, profile: bool, burst: int, rounds: int = 1, memory: bool 
         cfg = NodeConfig(data_dir=tmp, nat_ping_interval=0)
         layer = TransactionLayer()
         endpoint = SipEndpoint(layer)
+        if "late-timers" in opts:
+            endpoint._loop = _LateLoop(endpoint._loop)
+        callgrind = "callgrind" in opts
         sink = _Sink()
         endpoint.transports = sink
         service = PbxService(
@@ -114,30 +146,43 @@ async def main(n: int, profile: bool, burst: int, rounds: int = 1, memory: bool 
                 prof.disable()
             return time.thread_time() - c0, list(sink.sent)
 
+        challenges: dict = {}
+
+        def phone_first(idx: range) -> list[tuple[bytes, int]]:
+            return [(_register(i, str(10000 + i % EXTENSIONS), 1, None, 20000 + i % EXTENSIONS), 20000 + i % EXTENSIONS) for i in idx]
+
+        def phone_creds(idx: range, answers: list[bytes]) -> list[tuple[bytes, int]]:
+            creds = []
+            for i, raw in zip(idx, answers):
+                r401 = parse_datagram(raw)
+                assert r401.status == 401, r401.status
+                values = tuple(v for k, v in r401.headers if k == "WWW-Authenticate")
+                ch = challenges.get(values)
+                if ch is None:  # the phones' side: one nonce per second, parsed once
+                    ch = challenges[values] = choose_challenge(values)
+                ext = str(10000 + i % EXTENSIONS)
+                cred = answer_challenge(ch, "REGISTER", f"sip:{DOMAIN}", ext, "secret-password", f"{i:08x}", 1, b"")
+                creds.append((_register(i, ext, 2, cred, 20000 + i % EXTENSIONS), 20000 + i % EXTENSIONS))
+            return creds
+
+        def phone_ok(answers: list[bytes]) -> int:
+            return sum(parse_datagram(raw).status == 200 for raw in answers)
+
+        def phone(fn, *args):
+            """The phones' work; with --callgrind inside sys.call_tracing (see the docstring)."""
+            return sys.call_tracing(fn, args) if callgrind else fn(*args)
+
         async def run(first_i: int, count: int) -> tuple[dict[int, float], int]:
             """``count`` registrations, Call-IDs from ``first_i`` on; CPU seconds per leg."""
             cpu = {401: 0.0, 200: 0.0}
             ok = 0
-            challenges: dict = {}
             for start in range(first_i, first_i + count, burst):
                 idx = range(start, min(first_i + count, start + burst))
-                first = [(_register(i, str(10000 + i % EXTENSIONS), 1, None, 20000 + i % EXTENSIONS), 20000 + i % EXTENSIONS) for i in idx]
-                dt, answers = await wave(first)
+                dt, answers = await wave(phone(phone_first, idx))
                 cpu[401] += dt
-                creds = []
-                for i, raw in zip(idx, answers):
-                    r401 = parse_datagram(raw)
-                    assert r401.status == 401, r401.status
-                    values = tuple(v for k, v in r401.headers if k == "WWW-Authenticate")
-                    ch = challenges.get(values)
-                    if ch is None:  # the phones' side: one nonce per second, parsed once
-                        ch = challenges[values] = choose_challenge(values)
-                    ext = str(10000 + i % EXTENSIONS)
-                    cred = answer_challenge(ch, "REGISTER", f"sip:{DOMAIN}", ext, "secret-password", f"{i:08x}", 1, b"")
-                    creds.append((_register(i, ext, 2, cred, 20000 + i % EXTENSIONS), 20000 + i % EXTENSIONS))
-                dt, answers = await wave(creds)
+                dt, answers = await wave(phone(phone_creds, idx, answers))
                 cpu[200] += dt
-                ok += sum(parse_datagram(raw).status == 200 for raw in answers)
+                ok += phone(phone_ok, answers)
             return cpu, ok
 
         if memory:
@@ -190,7 +235,10 @@ async def main(n: int, profile: bool, burst: int, rounds: int = 1, memory: bool 
     print(f"best of {rounds}: {per[0]:.1f} µs per registration => {1e6 / per[0]:,.0f} registrations/s per core "
           f"(without sockets); median {per[len(per) // 2]:.1f} µs")
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        if opts.get("profile"):  # --profile=FILE: the stats for pstats, nothing printed
+            prof.dump_stats(opts["profile"])
+        else:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 
-from node.sip.auth import DigestServer, Verdict, answer_challenge, choose_challenge, parse_credentials
+from node.sip.auth import DigestServer, Verdict, answer_challenge, choose_challenge, credential_fields
 from node.sip.errors import SipError
 from node.sip.message import Request, Response
 
@@ -38,24 +38,24 @@ class Authenticator:
     ) -> tuple[AuthOutcome, str | None]:
         """Verify the request's credentials for ``realm``; returns (outcome, digest username)."""
         name = "Proxy-Authorization" if proxy else "Authorization"
-        value = None
-        username = None
+        fields = None
         for n, v in req.headers:
             if n != name:
                 continue
             try:
-                cr = parse_credentials(v)
+                fields = credential_fields(v)  # no Credentials object: the fields suffice
             except SipError:
                 return AuthOutcome.FAILED, None
-            if cr.realm == realm:
-                value, username = cr, cr.username
+            if fields[1] == realm:
                 break
-        if value is None:
+            fields = None
+        if fields is None:
             return AuthOutcome.MISSING, None
+        username = fields[0]
         # The digest uri is not compared with the Request-URI: SIPp and some phones put the
         # next-hop address there (Kamailio does not check it by default either); the response
         # hash still covers the uri they sent, the method and our nonce.
-        verdict = self.server.verify(value, req.method, realm, password, now)
+        verdict = self.server.verify_fields(fields, req.method, realm, password, now)
         if verdict is Verdict.OK:
             return AuthOutcome.OK, username
         if verdict is Verdict.STALE:

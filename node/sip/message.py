@@ -116,9 +116,24 @@ def check_name_addrs(values: "list[str] | tuple[str, ...]", name: str) -> None:
 
 def parse_contacts(values: list[str]) -> list[NameAddr]:
     """Contact values; a lone ``*`` (REGISTER, RFC 3261 §10.2.2) gives an empty list."""
-    if len(values) == 1 and values[0] == "*":
-        return []
+    if len(values) == 1:
+        v = values[0]
+        if v == "*":
+            return []
+        if v and "," not in v and v[0] not in " \t" and v[-1] not in " \t":
+            # one phone, one Contact (every REGISTER): what parse_name_addrs does, inline
+            try:
+                return [NameAddr.parse(v)]
+            except RemoteProtocolError as e:
+                raise RemoteProtocolError(f"bad Contact header: {e.reason}") from None
     return parse_name_addrs(values, "Contact")
+
+
+def parse_expires(value: str) -> int:
+    """An Expires value (RFC 3261 §20.19: delta-seconds below 2**32)."""
+    if not (value.isdigit() and value.isascii() and len(value) <= 10 and int(value) < DELTA_LIMIT):
+        raise RemoteProtocolError(f"bad Expires value {value[:20]!r} (delta-seconds below 2**32)")
+    return int(value)
 
 
 def parse_max_forwards(value: str) -> int:
@@ -189,8 +204,12 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, comma-separated lists split for list headers."""
-        key, low = self._key(name)
-        vals = [v for n, v in self.headers if _same_name(n, key, low)]
+        key = NAMES.get(name)
+        if key is not None:  # a known name: stored canonical, compared exactly (as ``get``)
+            vals = [v for n, v in self.headers if n == key]
+        else:
+            key, low = self._key(name)
+            vals = [v for n, v in self.headers if _same_name(n, key, low)]
         if key in LIST_HEADERS:
             out: list[str] = []
             for v in vals:
@@ -315,11 +334,7 @@ class Message:
     def expires(self) -> int | None:
         """Expires in seconds (RFC 3261 §20.19: delta-seconds below 2**32); lazy, may raise."""
         v = self.get("Expires")
-        if v is None:
-            return None
-        if not (v.isdigit() and v.isascii() and len(v) <= 10 and int(v) < DELTA_LIMIT):
-            raise RemoteProtocolError(f"bad Expires value {v[:20]!r} (delta-seconds below 2**32)")
-        return int(v)
+        return None if v is None else parse_expires(v)
 
     @property
     def routes(self) -> list[NameAddr]:
@@ -352,15 +367,19 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """The wire form, always with a Content-Length that matches the body (RFC 3261 §18.3)."""
+        body = self.body
         lines = [self._start_line()]
         lines += [f"{n}: {v}" for n, v in self.headers if n != "Content-Length"]
-        lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        head = "\r\n".join(lines)
-        # a CR or LF inside a value would start a header of its own (header injection)
-        if head.count("\n") != len(lines) + 1 or head.count("\r") != len(lines) + 1:
+        lines.append(f"Content-Length: {len(body)}")
+        # a CR or LF inside a value would start a header of its own (header injection): looked
+        # for in the lines joined without separators (two memchr scans; counting the CRs and
+        # LFs of the whole head, as this did, walked it twice character by character)
+        probe = "".join(lines)
+        if "\n" in probe or "\r" in probe:
             raise LocalProtocolError("CR or LF inside the start line or a header value")
-        data = head.encode("utf-8", "surrogateescape")
-        return data + self.body if self.body else data
+        lines.append("\r\n")
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        return data + body if body else data
 
     __bytes__ = to_bytes
 
@@ -431,8 +450,11 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
-# Headers a response copies from its request (RFC 3261 §8.2.6.2)
+# Headers a response copies from its request (RFC 3261 §8.2.6.2); Record-Route too when the
+# response may establish a dialog (RFC 3261 §12.1.1), Timestamp into a 100 (§8.2.6.1)
 _COPIED = frozenset(("Via", "From", "To", "Call-ID", "CSeq"))
+_COPIED_RR = _COPIED | {"Record-Route"}
+_COPIED_100 = _COPIED | {"Timestamp"}
 
 
 def make_response(
@@ -445,20 +467,13 @@ def make_response(
     body: bytes = b"",
 ) -> Response:
     """A response to ``request`` with Via/From/To/Call-ID/CSeq copied and an optional To tag."""
-    hdrs: list[tuple[str, str]] = []
-    append = hdrs.append
-    copied = _COPIED
-    for h in request.headers:
-        n = h[0]
-        if n in copied:
-            if n == "To" and to_tag is not None and status != 100 and request.to.tag is None:
-                h = (n, f"{h[1]};tag={to_tag}")
-            append(h)  # the request's own (immutable) pair: nothing re-built
-        elif n == "Record-Route" and 100 < status < 300:
-            # RFC 3261 §12.1.1: copied into responses that establish a dialog
-            append(h)
-        elif n == "Timestamp" and status == 100:
-            append(h)
+    copied = _COPIED_RR if 100 < status < 300 else _COPIED_100 if status == 100 else _COPIED
+    # the request's own (immutable) pairs: nothing re-built
+    hdrs = [h for h in request.headers if h[0] in copied]
+    if to_tag is not None and status != 100:
+        for i, h in enumerate(hdrs):
+            if h[0] == "To" and request.to.tag is None:
+                hdrs[i] = ("To", f"{h[1]};tag={to_tag}")
     if headers:
         hdrs.extend(headers)
     resp = _new_response(Response)

@@ -76,6 +76,14 @@ _VERSION = re.compile(r"(?i:SIP)/[0-9]++\.[0-9]++")
 _VERSION_B = re.compile(rb"(?i:SIP)/[0-9]++\.[0-9]++")
 
 
+# "Name: value" lines seen → their (immutable) header pair: Max-Forwards, Expires,
+# Content-Length, User-Agent, CSeq, a phone's To and Contact come back line for line, and a
+# dict hit costs a third of splitting, looking up and stripping the line again. Short lines
+# only (a long one costs more to hash than it saves); bounded like the memos of node.sip.uri.
+_LINES: dict[str, tuple[str, str]] = {}
+_LINE_MEMO_MAX = 100
+
+
 class _Reframe(Exception):
     """The head given to ``_parse_head`` holds a blank line: the caller split it wrongly."""
 
@@ -180,14 +188,25 @@ def _header_lines(lines: list[str], headers: list[tuple[str, str]]) -> tuple[Rem
     whether a folded line was seen (then the caller unfolds and calls again)."""
     names = NAMES
     append = headers.append
+    seen = _LINES
+    seen_get = seen.get
     err: RemoteProtocolError | None = None
     it = iter(lines)
     next(it)
     for line in it:
+        pair = seen_get(line)
+        if pair is not None:
+            append(pair)
+            continue
         name, sep, value = line.partition(": ")  # the usual "Name: value"
         key = names.get(name)
         if key is not None and sep:
-            append((key, value.strip(" \t")))
+            pair = (key, value.strip(" \t"))
+            append(pair)
+            if len(line) <= _LINE_MEMO_MAX:
+                if len(seen) >= MEMO_SIZE:
+                    seen.clear()
+                seen[line] = pair
             continue
         name, sep, value = line.partition(":")
         key = names.get(name)
@@ -313,7 +332,7 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
     cache["cseq"] = cseq
     # Via, From and To of a response: checked now, built when first read (a response is
     # matched on its Via's text and seldom reads From or To); a request's are read by the
-    # transaction layer and the dialog match, so they are built now
+    # transaction layer and the dialog match, so they are built now (but a REGISTER's From)
     request = type(msg) is Request
     if multi is None and "," not in via:
         if request:
@@ -323,7 +342,9 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
     else:
         cache["vias"] = parse_vias(multi["Via"] if multi is not None else [via])
     try:
-        na = _parse_name_addr(frm) if request else _check_name_addr(frm)
+        # a REGISTER's From is read by nothing on the registrar's path (RFC 3261 §10.3 keys
+        # on the To): checked now, built when first read, like a response's
+        na = _parse_name_addr(frm) if request and msg.method != "REGISTER" else _check_name_addr(frm)  # type: ignore[attr-defined]
     except RemoteProtocolError as e:
         raise _E(f"bad From header: {e.reason}") from None
     if na is not None:

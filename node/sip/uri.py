@@ -401,6 +401,41 @@ class NameAddr:
         self._uri = value
         self._uri_parts = None
 
+    # What a registrar reads of To and Contact, taken from the checked match while the Uri
+    # is not built (building it costs more than the reads): same answers as through ``uri``.
+    @property
+    def uri_host_bare(self) -> str:
+        """``self.uri.host_bare``."""
+        m = self._uri_parts
+        if m is None:
+            return self.uri.host_bare
+        h = m.group(6)
+        return (h[1:-1] if h[0] == "[" else h).lower()
+
+    @property
+    def uri_user_unescaped(self) -> str | None:
+        """``self.uri.user_unescaped``."""
+        m = self._uri_parts
+        if m is None:
+            return self.uri.user_unescaped
+        user = m.group(4)
+        return None if user is None else unquote(user)
+
+    @property
+    def uri_text(self) -> str:
+        """``str(self.uri)``: the URI as received when that is already its serialised form
+        (lower-case scheme and parameter names, no leading zero in the port)."""
+        m = self._uri_parts
+        if m is not None:
+            scheme, port, ptext = m.group(3, 7, 8)
+            if (
+                (scheme == "sip" or scheme == "sips")
+                and (port is None or port[0] != "0" or len(port) == 1)
+                and (not ptext or ptext == ptext.lower())
+            ):
+                return m.string[m.start(3) : m.start(10) - 1]
+        return str(self.uri)
+
     @classmethod
     def parse(cls, text: str) -> "NameAddr":
         hit = _NA_WHOLE.get(text)

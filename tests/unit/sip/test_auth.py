@@ -483,3 +483,143 @@ def test_sess_variant_and_sha512_256_when_available() -> None:
         assert server.verify(value, "REGISTER", REALM, "p", T0) is Verdict.OK
     else:
         assert "SHA-512-256" not in ALGORITHMS
+
+
+# ---------------------------------------------------------------- the plain-shape fast path
+def _loop_only(value: str) -> tuple[str, dict[str, str]] | str:
+    """What the reference loop alone makes of ``value`` (the error text if it refuses it)."""
+    from node.sip.auth import _SCHEME_RE, MAX_HEADER_LENGTH, _params_one_by_one
+
+    if len(value) > MAX_HEADER_LENGTH:
+        return "refused"
+    text = value.strip(" \t\r\n")
+    m = _SCHEME_RE.match(text)
+    if m is None:
+        return "refused"
+    try:
+        return m.group(1), _params_one_by_one(m.group(1), text, m.end())
+    except AuthHeaderError:
+        return "refused"
+
+
+def _split_or_refused(value: str) -> tuple[str, dict[str, str]] | str:
+    from node.sip.auth import _split
+
+    try:
+        return _split(value)
+    except AuthHeaderError:
+        return "refused"
+
+
+# the characters that matter to the syntax, and a few that only look like them
+_ODD = st.lists(st.sampled_from(list('ab=", \t\r\n\\\x0b\xa0\x00\u2028é;Nn') + ["nonce", "realm", '="', '", ']),
+                max_size=30).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(body=_ODD, scheme=st.sampled_from(["Digest ", "Digest", "digest ", "Digest\t", "Basic ", ""]))
+def test_odd_and_hostile_values_get_the_same_answer_as_the_loop(body: str, scheme: str) -> None:
+    """The plain-shape path (split on ", ") either gives exactly what the loop gives or hands
+    the value to the loop: odd quotes, white space the regex calls ``\\s``, junk, repeats."""
+    value = scheme + body
+    assert _split_or_refused(value) == _loop_only(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(st.sampled_from(["username", "Realm", "nonce", "uri", "qop", "nc", "x-y.z", "REALM"]),
+                                st.one_of(st.text("abc09-_.:@;,= \"\t\xa0", min_size=0, max_size=10),
+                                          st.text('abc ,=;:@\t"', max_size=10).map(lambda v: f'"{v}"'))),
+                      min_size=1, max_size=6),
+       sep=st.sampled_from([", ", ",", " , ", ", , "]))
+def test_nearly_plain_values_get_the_same_answer_as_the_loop(items, sep) -> None:
+    value = "Digest " + sep.join(f"{n}={v}" for n, v in items)
+    assert _split_or_refused(value) == _loop_only(value)
+
+
+@pytest.mark.parametrize("value", [
+    'Digest realm="a, b", nonce="n"',              # ", " inside a quoted value: cut, so handed on
+    'Digest realm="a", nonce="b"c"',               # a quote inside a value
+    'Digest realm=a b, nonce="n"',                  # white space inside a token
+    'Digest realm=a\xa0b, nonce="n"',               # white space only \\s knows
+    'Digest realm=a\x0bb, nonce="n"',
+    'Digest realm="a", , nonce="n"',                # an empty list element
+    'Digest realm="a", realm="b"',                  # a repeat
+    'Digest Realm="a", realm="b"',                  # a repeat once lower-cased
+    'Digest realm=, nonce="n"',                     # an empty token
+    'Digest realm="a",nonce="n"',                   # no space after the comma
+    'Digest realm="a"',
+    'Digest realm=""',
+    'Digest REALM="A", NONCE=x',
+])
+def test_plain_shape_corner_cases_agree_with_the_loop(value: str) -> None:
+    assert _split_or_refused(value) == _loop_only(value)
+
+
+def test_hostile_values_cost_linear_time() -> None:
+    """Counted, not timed: the plain-shape path touches each piece once, and whatever it
+    hands on is read by the anchored loop (already proven linear above)."""
+    from node.sip import auth
+
+    calls = []
+    real = auth._params_one_by_one
+    auth._params_one_by_one = lambda *a: calls.append(a) or real(*a)
+    try:
+        for value in ('Digest ' + 'a=b, ' * 1600, 'Digest ' + '"' * 8000, 'Digest ' + 'a="", ' * 1300,
+                      'Digest ' + ', ' * 4000 + 'a=b', 'Digest a="' + 'x, ' * 2600 + '"'):
+            assert len(value) <= auth.MAX_HEADER_LENGTH
+            with pytest.raises(AuthHeaderError):
+                parse_credentials(value)
+    finally:
+        auth._params_one_by_one = real
+    assert len(calls) == 5  # each went to the loop once, no retry loops
+
+
+def test_credential_fields_are_the_fields_of_parse_credentials() -> None:
+    from dataclasses import astuple
+
+    from node.sip.auth import credential_fields
+
+    for value in (RFC2617_AUTHORIZATION, creds_for(DigestServer(SECRET)),
+                  creds_for(DigestServer(SECRET), algorithm="SHA-256"),
+                  'Digest username="u", realm="r", nonce="n", uri="u", response="x", algorithm=md5-SESS, userhash=TRUE'):
+        assert credential_fields(value) == astuple(parse_credentials(value))
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_verify_fields_and_the_memos_give_the_same_verdicts(algorithm: str) -> None:
+    from node.sip import auth
+
+    server = DigestServer(SECRET, algorithms=(algorithm,))
+    value = creds_for(server, algorithm=algorithm, password="s3cret")
+    fields = auth.credential_fields(value)
+    for memo in (auth._HA1_MEMO, auth._HA2_MEMO):
+        memo.clear()
+    for _ in range(2):  # cold, then with H(A1) and H(A2) remembered
+        assert server.verify(value, "REGISTER", REALM, "s3cret", T0) is Verdict.OK
+        assert server.verify_fields(fields, "REGISTER", REALM, "s3cret", T0) is Verdict.OK
+        assert server.verify(parse_credentials(value), "REGISTER", REALM, "s3cret", T0) is Verdict.OK
+        # the remembered H(A1) belongs to that password, H(A2) to that method
+        assert server.verify_fields(fields, "REGISTER", REALM, "other", T0) is Verdict.BAD_RESPONSE
+        assert server.verify_fields(fields, "INVITE", REALM, "s3cret", T0) is Verdict.BAD_RESPONSE
+        assert server.verify_fields(fields, "REGISTER", REALM, None, T0) is Verdict.BAD_RESPONSE
+    assert (algorithm, fields[0], REALM, "s3cret") in auth._HA1_MEMO
+
+
+def test_the_digest_memos_are_bounded() -> None:
+    from node.sip import auth
+
+    server = DigestServer(SECRET)
+    value = creds_for(server)
+    fields = auth.credential_fields(value)
+    for i in range(auth._DIGEST_MEMO + 5):
+        server.verify_fields(fields, "REGISTER", REALM, f"pw{i}", T0)
+        server.verify_fields(fields, f"M{i}", REALM, "pw", T0)
+    assert len(auth._HA1_MEMO) <= auth._DIGEST_MEMO and len(auth._HA2_MEMO) <= auth._DIGEST_MEMO
+
+
+def test_the_builtin_hashes_give_the_openssl_digests() -> None:
+    from node.sip import auth
+
+    for data in (b"", b"Mufasa:testrealm@host.com:Circle Of Life", bytes(range(256)) * 3):
+        assert auth._ALGS["MD5"][0](data).hexdigest() == hashlib.md5(data).hexdigest()
+        assert auth._ALGS["SHA-256"][0](data).hexdigest() == hashlib.sha256(data).hexdigest()

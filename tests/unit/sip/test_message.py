@@ -157,11 +157,19 @@ def test_to_bytes_writes_the_right_content_length():
     assert Response(200).to_bytes() == b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
-@pytest.mark.parametrize("where", ["value", "uri", "reason"])
+@pytest.mark.parametrize("where", ["value", "uri", "reason", "name", "bare-cr", "bare-lf", "last"])
 def test_to_bytes_refuses_header_injection(where):
     if where == "value":
         m = invite()
         m.add("Subject", "hi\r\nVia: SIP/2.0/UDP evil")
+    elif where in ("name", "bare-cr", "bare-lf", "last"):
+        m = invite()
+        if where == "name":
+            m.headers.append(("X-A\r\nVia", "x"))  # add() would refuse the name itself
+        elif where == "last":
+            m.headers.append(("Subject", "x\n"))
+        else:
+            m.headers.insert(3, ("Subject", "a\rb" if where == "bare-cr" else "a\nb"))
     elif where == "uri":
         m = invite(uri="sip:a@b SIP/2.0\r\nX: y")
     else:
@@ -354,3 +362,44 @@ def test_name_addr_values_survive_the_round_trip():
     req = invite()
     req.set("From", str(na))
     assert parse_datagram(req.to_bytes()).from_.display == 'He said "hi"\\'
+
+
+# --- the single-Contact, known-name and make_response shortcuts ------------------------------
+@pytest.mark.parametrize("value", [
+    "<sip:a@192.0.2.1:5060>", "<sip:a@b>;expires=60;q=0.5", '"A" <sip:a@b>', "sip:a@b;expires=5", "*",
+    " <sip:a@b>", "<sip:a@b> ", "", "<sip:a@b>, <sip:c@d>", "<sip:a@b>;expires=x", "<sip:a@[::g]>", "bad name <sip:a@b>",
+])
+def test_one_contact_value_parses_as_the_list_parser_does(value):
+    from node.sip.message import parse_contacts, parse_name_addrs
+
+    def outcome(f):
+        try:
+            return [str(c) for c in f()]
+        except RemoteProtocolError as e:
+            return e.reason
+
+    expected = [] if value == "*" else outcome(lambda: parse_name_addrs([value], "Contact"))
+    assert outcome(lambda: parse_contacts([value])) == expected
+
+
+def test_get_all_by_known_and_unknown_names():
+    req = Request("REGISTER", "sip:x", [("Require", "a, b"), ("X-Odd", "1"), ("x-odd", "2"), ("Require", "c")])
+    assert req.get_all("Require") == req.get_all("require") == ["a", "b", "c"]
+    assert req.get_all("X-ODD") == ["1", "2"] and req.get_all("Supported") == []
+
+
+@pytest.mark.parametrize("status, copied", [
+    (100, ["Via", "From", "To", "Call-ID", "CSeq", "Timestamp"]),
+    (180, ["Via", "Record-Route", "From", "To", "Call-ID", "CSeq"]),
+    (200, ["Via", "Record-Route", "From", "To", "Call-ID", "CSeq"]),
+    (401, ["Via", "From", "To", "Call-ID", "CSeq"]),
+])
+def test_make_response_copies_by_status_and_tags_every_to(status, copied):
+    hdrs = [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1"), ("Record-Route", "<sip:p;lr>"), ("From", "<sip:a@b>;tag=1"),
+            ("To", "<sip:c@d>"), ("Call-ID", "x"), ("CSeq", "1 INVITE"), ("Timestamp", "5"), ("Max-Forwards", "70")]
+    req = Request("INVITE", "sip:c@d", list(hdrs))
+    resp = make_response(req, status, to_tag="t9", headers=[("Server", "s")])
+    assert [n for n, _ in resp.headers] == [*copied, "Server"]
+    assert resp.get("To") == ("<sip:c@d>" if status == 100 else "<sip:c@d>;tag=t9")
+    tagged = Request("INVITE", "sip:c@d", [*hdrs[:3], ("To", "<sip:c@d>;tag=old"), *hdrs[4:]])
+    assert make_response(tagged, status, to_tag="t9").get("To") == "<sip:c@d>;tag=old"

@@ -23,7 +23,7 @@ VIEWS = ("call_id", "cseq", "vias", "from_", "to", "contacts", "routes", "record
 
 def _clear_memos() -> None:
     for memo in (uri._NA_PREFIX, uri._NA_WHOLE, uri._NA_CHECKED, uri._CONTACT_CHECKED, headers._VIA_PREFIX,
-                 parser._RURI_MEMO, parser._CALL_IDS):
+                 parser._RURI_MEMO, parser._CALL_IDS, parser._LINES):
         memo.clear()
 
 
@@ -34,6 +34,7 @@ def _outcome(data: bytes) -> tuple:
     except RemoteProtocolError as e:
         return ("error", e.reason, e.status_hint)
     views = [repr(getattr(msg, v)) for v in VIEWS]
+    views.append(repr(msg.headers))  # the header pairs themselves (the line memo's output)
     if isinstance(msg, Request):
         views.append(str(msg.uri))
     return ("ok", *views)
@@ -160,3 +161,55 @@ def test_via_objects_are_not_shared_between_messages():
     b = parse_datagram(_message())
     a.top_via.params["received"] = "203.0.113.1"
     assert "received" not in b.top_via.params
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Max-Forwards: 70", ("Max-Forwards", "70")),
+    ("Max-Forwards:  70 ", ("Max-Forwards", "70")),
+    ("max-forwards: 70", ("Max-Forwards", "70")),
+    ("Subject: a: b", ("Subject", "a: b")),
+])
+def test_a_remembered_header_line_gives_the_same_pair_and_odd_lines_are_not_remembered(line, expected):
+    """The line memo hands back the pair the loop made of that very line; folded
+    continuations and unknown names never enter it (the loop reads them every time)."""
+    _clear_memos()
+    data = _message().replace(b"Max-Forwards: 70", line.encode())
+    first = parse_datagram(data)
+    again = parse_datagram(data)
+    assert expected in first.headers and first.headers == again.headers
+    folded = data.replace(b"\r\nContent-Length", b"\r\nOrganization: first\r\n  continued\r\nContent-Length")
+    assert parse_datagram(folded).get("Organization") == "first continued"
+    assert parse_datagram(folded).get("Organization") == "first continued"
+    assert all(not k.startswith((" ", "\t")) for k in parser._LINES)
+    unknown = data.replace(b"Content-Length: 0", b"X-Odd: 1\r\nContent-Length: 0")
+    assert parse_datagram(unknown).get("x-odd") == "1" and "X-Odd: 1" not in parser._LINES
+
+
+def test_the_line_memo_is_bounded_and_skips_long_lines():
+    _clear_memos()
+    for i in range(uri.MEMO_SIZE + 10):
+        parse_datagram(_message(call_id=f"bounded-{i}@x"))
+    assert len(parser._LINES) <= uri.MEMO_SIZE
+    long_ua = "u" * (parser._LINE_MEMO_MAX + 1)
+    msg = parse_datagram(_message().replace(b"Max-Forwards: 70", f"User-Agent: {long_ua}".encode()))
+    assert msg.get("User-Agent") == long_ua and f"User-Agent: {long_ua}" not in parser._LINES
+
+
+def test_a_register_checks_its_from_at_receipt_and_builds_it_when_first_read():
+    """Same answers as an INVITE, whose From is built at once, for every From variation."""
+    reg = "REGISTER sip:fast.example.com SIP/2.0"
+    for frm in _NAS:
+        for cold in (True, False):
+            if cold:
+                _clear_memos()
+            invite = _outcome(_message(frm=frm))
+            register = _outcome(_message(start=reg, frm=frm, method="REGISTER"))
+            if invite[0] == "error":
+                assert register == invite, frm
+            else:  # the same From, To and Via views (CSeq and the Request-URI differ)
+                assert register[0] == "ok" and register[3:6] == invite[3:6], frm
+    data = _message(start=reg, frm='"A" <sip:alice@fast.example.com>;tag=r1', method="REGISTER")
+    parse_datagram(data).from_  # noqa: B018 - the prefix checked and memoised
+    msg = parse_datagram(data)
+    assert "from" not in msg._cache
+    assert msg.from_.tag == "r1" and msg.from_.display == "A" and msg._cache["from"] is msg.from_

@@ -272,3 +272,39 @@ def test_a_repeated_value_gives_a_fresh_name_addr():
     assert again is not first
     assert again.params == {"tag": "a1", "x": None}
     assert again.display == "Bob" and str(again.uri) == "sip:bob@whole.example.com;transport=tcp"
+
+
+# --- what a registrar reads without building the Uri ---------------------------------------
+_NA_SHAPES = st.builds(
+    lambda display, scheme, user, host, port, uparams, headers, params: (
+        f"{display}<{scheme}:{user}{host}{port}{uparams}{headers}>{params}"
+    ),
+    st.sampled_from(["", '"A b" ', "Bob "]),
+    st.sampled_from(["sip", "sips", "SIP", "Sip", "sipS"]),
+    st.sampled_from(["", "alice@", "%41lice@", "a:pw@", "+1%20555@"]),
+    st.sampled_from(["example.com", "EXAMPLE.com", "192.0.2.1", "[2001:db8::1]", "[::FFFF:192.0.2.1]", "h."]),
+    st.sampled_from(["", ":5060", ":0", ":05060", ":00", ":65535"]),
+    st.sampled_from(["", ";transport=udp", ";Transport=UDP", ";lr", ";LR;maddr=x", ";ob;transport=TCP"]),
+    st.sampled_from(["", "?x=1", "?Subject=Hi&a=b"]),
+    st.sampled_from(["", ";tag=1", ";expires=60;q=0.5"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_NA_SHAPES)
+def test_uri_text_host_and_user_read_from_the_match_equal_those_of_the_built_uri(text):
+    a, b = NameAddr.parse(text), NameAddr.parse(text)
+    assert (a.uri_text, a.uri_host_bare, a.uri_user_unescaped) == (str(b.uri), b.uri.host_bare, b.uri.user_unescaped)
+    # and once the Uri is built (or for a NameAddr built in code) the same answers
+    b.uri  # noqa: B018
+    assert (b.uri_text, b.uri_host_bare, b.uri_user_unescaped) == (a.uri_text, a.uri_host_bare, a.uri_user_unescaped)
+    c = NameAddr(Uri.parse(str(b.uri)))
+    assert c.uri_text == str(c.uri) and c.uri_host_bare == c.uri.host_bare
+
+
+def test_uri_text_of_an_addr_spec_and_of_a_changed_uri():
+    na = NameAddr.parse("sip:alice@EXAMPLE.com;transport=TCP")  # no <>: the general parser
+    assert na.uri_text == str(na.uri) == "sip:alice@EXAMPLE.com"
+    na = NameAddr.parse("<sip:alice@example.com>")
+    na.uri = Uri.parse("sip:bob@example.org:5070")
+    assert (na.uri_text, na.uri_host_bare, na.uri_user_unescaped) == ("sip:bob@example.org:5070", "example.org", "bob")
