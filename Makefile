@@ -4,6 +4,9 @@
 #             a test skipped for a missing tool fails it (only the Cassandra suite may skip)
 # make bench  install with the test peers, then run the benchmarks (bench/run)
 # make chaos  install with the test peers, then run the chaos drill (chaos/drill.py)
+# make build  recompile the SIP hot path (mypyc, setup.py) in place, e.g. after editing one of
+#             its modules (node/compiled.py HOT_PATH: until then they run as Python, with a
+#             warning); HIVEPBX_PURE=1 make build removes the compiled extensions instead
 
 SHELL := /bin/bash
 VENV := .venv
@@ -11,13 +14,16 @@ PYTEST_ARGS ?=
 # 4 workers on CI's 2 cores; TEST_WORKERS=0 runs in one process
 TEST_WORKERS ?= 4
 
-.PHONY: install install-test demo test bench chaos
+.PHONY: install install-test build demo test bench chaos
 
 install:
 	bash scripts/install-deps
 
 install-test:
 	bash scripts/install-deps --test
+
+build:
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 demo: install
 	$(VENV)/bin/hivepbx run --demo

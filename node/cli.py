@@ -628,6 +628,26 @@ def _port_arg(value: str) -> int:
     return n
 
 
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked: it imports the hot path to see what is compiled."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and whether the SIP hot path is compiled")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from node.compiled import describe
+        try:
+            v = version("hivepbx")
+        except PackageNotFoundError:
+            v = "(not installed)"
+        print(f"hivepbx {v}; {describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", metavar="DIR",
@@ -635,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = argparse.ArgumentParser(prog="hivepbx", description="hivepbx: multi-tenant hosted PBX")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the PBX node")

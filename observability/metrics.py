@@ -51,6 +51,8 @@ SIP_RESPONSES = Counter("hivepbx_sip_responses", "SIP responses by status class"
 SIP_PARSE_ERRORS = Counter("hivepbx_sip_parse_errors", "Unparseable SIP messages received", ["transport"])
 SIP_TRANSACTIONS = Gauge("hivepbx_sip_transactions", "Live SIP transactions")
 AUTH_FAILURES = Counter("hivepbx_auth_failures", "Refused digest authentications", ["reason"])
+COMPILED_HOT_PATH = Gauge("hivepbx_compiled_hot_path",
+                          "1 when the SIP hot path runs as mypyc extensions (setup.py), 0 when it runs as Python")
 
 
 def _bind(metric, values: tuple[str, ...], *fixed: str) -> dict:

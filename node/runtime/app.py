@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from node.api.http import start_http
+from node.compiled import HOT_PATH, compiled_modules
+from node.compiled import status as hot_path_status
 from node.embedded import provision_demo
 from node.pbx.authn import Authenticator
 from node.pbx.cdr_spool import SPOOL_FILENAME, SpooledCdrStore
@@ -111,6 +113,7 @@ class Node:
             self.cdrs = self.cdr_spool
         if cfg.demo:
             self.demo = await provision_demo(self.backend.config)
+        M.COMPILED_HOT_PATH.set(1 if len(compiled_modules()) == len(HOT_PATH) else 0)
         layer = TransactionLayer()
         self.endpoint = SipEndpoint(layer, advertise_address=cfg.advertise_address, on_parse_error=M.parse_error)
         self.transports = SipTransports(self.endpoint.message_received, cfg.max_message_size)
@@ -208,6 +211,7 @@ class Node:
             out["acd"] = self.acd.health()
         if self.backend is not None:
             out["cluster"] = {"node_id": self.cfg.node_id, "members": sorted(self.backend.membership.members())}
+        out["hot_path"] = hot_path_status().state
         return out
 
     @property

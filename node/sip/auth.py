@@ -28,7 +28,7 @@ import hmac
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from node.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
 
@@ -293,6 +293,7 @@ def credential_fields(value: str) -> CredentialFields:
     if username is None or realm is None or nonce is None or uri is None or response is None:
         for name in ("username", "realm", "nonce", "uri", "response"):
             _require(p, name)  # raises for the first one missing
+        raise AssertionError("unreachable")  # tells the type checker (and mypyc) the five are str
     alg = get("algorithm")
     userhash = get("userhash")
     return (  # type: ignore[return-value]  # the five required ones are not None (checked above)
@@ -482,7 +483,7 @@ class NonceCounts:
     """
 
     __slots__ = ("capacity", "_seen")
-    WINDOW = 64
+    WINDOW: ClassVar[int] = 64  # ClassVar: a class attribute also when compiled (mypyc)
 
     def __init__(self, capacity: int = 65536) -> None:
         self.capacity = capacity
@@ -670,12 +671,12 @@ class DigestServer:
             # a phone re-registers with the same password for months: H(A1) once per
             # (user, realm, password), like a store that keeps HA1 (RFC 7616 §3.4.2)
             key = (alg, cr_username, realm, password)
-            base = _HA1_MEMO.get(key)  # type: ignore[assignment]
-            if base is None:
+            memo = _HA1_MEMO.get(key)  # str | None: compiled (mypyc) code checks the type
+            if memo is None:
                 if len(_HA1_MEMO) >= _DIGEST_MEMO:
                     _HA1_MEMO.clear()
-                base = _HA1_MEMO[key] = fn(f"{cr_username}:{realm}:{password}".encode()).hexdigest()
-            known = True
+                memo = _HA1_MEMO[key] = fn(f"{cr_username}:{realm}:{password}".encode()).hexdigest()
+            base, known = memo, True
         if sess:
             base = _hex(fn, f"{base}:{nonce}:{cnonce}")  # RFC 7616 §3.4.2
         # H(A2) = H(method:uri) (qop auth or none): the same for every REGISTER to a domain

@@ -180,25 +180,18 @@ class Via:
             ptext = "" if semi < 0 else text[semi:]
             usual = _VIA_USUAL_PARAMS.fullmatch(ptext) if ptext else None
             if usual is not None:  # nothing left to check
-                v = cls.__new__(cls)
-                v.transport, v.host, v.port, v.version = hit
                 branch, rport, rport_value, received = usual.groups()
-                if rport is None and received is None:
-                    v.params = {"branch": branch}
-                else:
-                    v.params = params = {"branch": branch}
-                    if rport is not None:
-                        params["rport"] = rport_value
-                    if received is not None:
-                        params["received"] = received
-                return v
+                params = {"branch": branch}
+                if rport is not None:
+                    params["rport"] = rport_value
+                if received is not None:
+                    params["received"] = received
+                return Via(hit[0], hit[1], hit[2], params, hit[3])
             if not ptext or _GEN_PARAMS_FAST.fullmatch(ptext) is not None:
-                v = cls.__new__(cls)
-                v.transport, v.host, v.port, v.version = hit
-                v.params = params = _params_fast(ptext) if ptext else {}
+                params = _params_fast(ptext) if ptext else {}
                 if params:
                     _check_via_params(params, text)
-                return v
+                return Via(hit[0], hit[1], hit[2], params, hit[3])
         v = cls._parse(text)
         if len(prefix) <= MEMO_KEY_MAX:
             if len(_VIA_PREFIX) >= MEMO_SIZE:
@@ -248,15 +241,12 @@ class Via:
                 raise RemoteProtocolError(f"{e.reason} in Via {text!r}") from None
         if host[0] == "[" and not _ipv6_ok(host):
             raise RemoteProtocolError(f"bad IPv6 reference in Via {text!r}")
-        v = cls.__new__(cls)
-        v.port = int(port) if port is not None else None  # range checked by the pattern
         if params:
             _check_via_params(params, text)
-        v.transport = transport if transport.isupper() else transport.upper()
-        v.host = host
-        v.params = params
-        v.version = version
-        return v
+        return Via(
+            transport if transport.isupper() else transport.upper(), host,
+            int(port) if port is not None else None, params, version,  # range checked by the pattern
+        )
 
     @property
     def branch(self) -> str | None:
@@ -300,10 +290,7 @@ class CSeq:
         seq = int(digits) if len(digits) <= 10 else CSEQ_LIMIT
         if seq >= CSEQ_LIMIT:
             raise RemoteProtocolError(f"CSeq number {digits[:24]} is not below 2**31 (RFC 3261 §8.1.1.5)")
-        c = cls.__new__(cls)
-        c.seq = seq
-        c.method = method
-        return c
+        return CSeq(seq, method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

@@ -381,7 +381,8 @@ class Message:
         data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
         return data + body if body else data
 
-    __bytes__ = to_bytes
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
 
 
 class Request(Message):
@@ -476,14 +477,4 @@ def make_response(
                 hdrs[i] = ("To", f"{h[1]};tag={to_tag}")
     if headers:
         hdrs.extend(headers)
-    resp = _new_response(Response)
-    resp.headers = hdrs
-    resp.body = body
-    resp._cache = {}
-    resp.status = status
-    resp.reason = REASONS.get(status, "Unknown") if reason is None else reason
-    resp.version = "SIP/2.0"
-    return resp
-
-
-_new_response = Response.__new__
+    return Response(status, reason, hdrs, body)

@@ -90,14 +90,7 @@ class _Reframe(Exception):
 
 # --- head: start line and header lines --------------------------------------------------
 def _new_request(method: str, uri_text: str) -> Request:
-    msg = Request.__new__(Request)
-    msg.headers = []
-    msg.body = b""
-    msg._cache = {}
-    msg.method = method
-    msg.uri_text = uri_text
-    msg.version = "SIP/2.0"
-    return msg
+    return Request(method, uri_text)
 
 
 def _start_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
@@ -171,13 +164,7 @@ def _status_line(line: str) -> tuple[Message, RemoteProtocolError | None]:
     if not (len(code) == 3 and code.isascii() and code.isdigit()) or not "100" <= code <= "699":
         # RFC 4475 §3.1.2.19 bigcode: a receiver drops it
         raise _E(f"bad status code {code[:16]!r} (RFC 3261 §7.2: 100 to 699)")
-    resp = Response.__new__(Response)
-    resp.headers = []
-    resp.body = b""
-    resp._cache = {}
-    resp.status = int(code)
-    resp.reason = parts[2] if len(parts) == 3 else ""
-    resp.version = "SIP/2.0"
+    resp = Response(int(code), parts[2] if len(parts) == 3 else "")
     if not standard and parts[0].upper() != "SIP/2.0":
         return resp, _E(f"unsupported SIP version {parts[0][:16]!r}", 505)
     return resp, None
@@ -315,9 +302,7 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
     # CSeq: number below 2**31 (RFC 3261 §8.1.1.5) and a method
     digits, sp, method = cseq_v.partition(" ")
     if sp and len(digits) < 10 and digits.isdigit() and digits.isascii() and method in METHODS:
-        cseq = _new_cseq(_CSeq)
-        cseq.seq = int(digits)
-        cseq.method = method
+        cseq = CSeq(int(digits), method)
     else:
         cseq = CSeq.parse(cseq_v)
     if call_id not in _CALL_IDS:  # a call's every message repeats its Call-ID
@@ -388,8 +373,6 @@ def _validate(msg: Message, last: dict[str, str], multi: dict[str, list[str]] | 
         )
 
 
-_CSeq = CSeq
-_new_cseq = CSeq.__new__
 _RURI_MEMO: dict[str, re.Match[str]] = {}
 _CALL_IDS: dict[str, bool] = {}  # Call-IDs checked (bounded like the memos of node.sip.uri)
 _check_via = Via.check
@@ -610,9 +593,9 @@ class StreamParser:
                     err = _E("missing Content-Length, mandatory on a stream transport (RFC 3261 §18.3)")
             total = off + cl
             if total > self.max_size:
-                e = _E(f"message of {total} octets exceeds the limit of {self.max_size} (RFC 3261 §21.5.14)", 513)
-                e.message = msg
-                raise _Fatal(e)
+                big = _E(f"message of {total} octets exceeds the limit of {self.max_size} (RFC 3261 §21.5.14)", 513)
+                big.message = msg
+                raise _Fatal(big)
             if err is None:
                 try:
                     _validate(msg, last, multi)

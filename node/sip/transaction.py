@@ -414,8 +414,8 @@ class TransactionLayer:
                     txn.state = _ACCEPTED
                     self._end_after(txn, self._t64, now)
             elif state is _ACCEPTED and 200 <= status < 300:
-                data = txn._data if resp is txn.last_response else resp.to_bytes()
-                self._out.append((data, txn.flow))  # type: ignore[arg-type]
+                again = txn._data if resp is txn.last_response else resp.to_bytes()
+                self._out.append((again, txn.flow))  # type: ignore[arg-type]
         elif state is _TRYING or state is _PROCEEDING:
             data = txn._data = resp.to_bytes()
             txn.last_response = resp
@@ -697,7 +697,7 @@ class TransactionLayer:
     def _terminate(self, txn: Transaction) -> None:
         self._cancel_timers(txn)
         txn.state = _TERMINATED
-        if isinstance(txn, ClientTransaction):
+        if not isinstance(txn, ServerTransaction):
             table: dict = self._clients
         else:
             table = self._servers

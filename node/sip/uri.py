@@ -313,16 +313,11 @@ class Uri:
     def _from_parts(cls, parts: tuple) -> "Uri":
         """From the groups of ``_SIP_URI``, already checked by ``check_uri_parts``."""
         scheme, user, password, host, port, ptext, headers = parts
-        u = cls.__new__(cls)
-        u.scheme = scheme if scheme == "sip" or scheme == "sips" else scheme.lower()
-        u.user = user
-        u.password = password
-        u.host = host
-        u.port = int(port) if port is not None else None  # range checked by the pattern
-        u.params = _params_fast(ptext) if ptext else {}
-        u.headers = headers or ""
-        u.opaque = None
-        return u
+        return Uri(
+            scheme if scheme == "sip" or scheme == "sips" else scheme.lower(), user, host,
+            int(port) if port is not None else None,  # range checked by the pattern
+            _params_fast(ptext) if ptext else {}, headers or "", password,
+        )
 
     @property
     def is_sip(self) -> bool:
@@ -381,7 +376,8 @@ class NameAddr:
 
     __slots__ = ("display", "_uri", "_uri_parts", "params")
 
-    def __init__(self, uri: Uri, display: str | None = None, params: dict[str, str | None] | None = None) -> None:
+    def __init__(self, uri: Uri | None, display: str | None = None, params: dict[str, str | None] | None = None) -> None:
+        # None only from parse(), which sets _uri_parts
         self._uri: Uri | None = uri
         self._uri_parts: re.Match[str] | None = None  # a checked match, until the Uri is built
         self.display = display
@@ -442,10 +438,8 @@ class NameAddr:
         if hit is not None:
             # the whole value was parsed before (a transaction's responses, a dialog's
             # requests, retransmissions repeat From/To): a fresh object, its own params
-            na = cls.__new__(cls)
-            na._uri = None
-            na._uri_parts, na.display, params = hit
-            na.params = params.copy()
+            na = NameAddr(None, hit[1], hit[2].copy())
+            na._uri_parts = hit[0]
             return na
         gt = text.rfind(">")
         if gt > 0:
@@ -456,13 +450,12 @@ class NameAddr:
                 rest = text[gt + 1 :]
                 tag = _TAG_ONLY.fullmatch(rest) if rest else None
                 if tag is not None or not rest or _GEN_PARAMS_FAST.fullmatch(rest) is not None:
-                    na = cls.__new__(cls)
-                    na._uri = None
-                    na._uri_parts, na.display = hit
                     if tag is not None:  # the usual From/To parameter, alone
-                        na.params = params = {"tag": tag.group(1)}
+                        params = {"tag": tag.group(1)}
                     else:
-                        na.params = params = _params_fast(rest) if rest else {}
+                        params = _params_fast(rest) if rest else {}
+                    na = NameAddr(None, hit[1], params)
+                    na._uri_parts = hit[0]
                     if rest and len(text) <= MEMO_KEY_MAX:  # no parameters: nothing to save
                         if len(_NA_WHOLE) >= MEMO_SIZE:
                             _NA_WHOLE.clear()
@@ -485,15 +478,13 @@ class NameAddr:
                 _params_fast(uparams)
         ptext = g[9]
         params = _params_fast(ptext) if ptext else {}
-        na = cls.__new__(cls)
-        na._uri = None
-        na._uri_parts = m
         quoted = g[0]
         if quoted is None:
-            na.display = g[1]
+            display = g[1]
         else:
-            na.display = (_QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]) or None
-        na.params = params
+            display = (_QUOTED_PAIR.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]) or None
+        na = NameAddr(None, display, params)
+        na._uri_parts = m
         if len(t) <= MEMO_KEY_MAX:
             if len(_NA_PREFIX) >= MEMO_SIZE:
                 _NA_PREFIX.clear()
