@@ -31,6 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from node.sip.cancel import build_cancel
 from node.sip.errors import LocalProtocolError, RemoteProtocolError, SipError
 from node.sip.flow import Flow
 from node.sip.headers import Via
@@ -964,16 +965,8 @@ class Proxy:
         self._cancel_client(fwd.client)
 
     def _cancel_client(self, client: ClientTransaction) -> None:
-        r = client.request
-        headers = [
-            ("Via", r.get("Via") or ""),
-            ("Max-Forwards", "70"),
-            ("From", r.get("From") or ""),
-            ("To", r.get("To") or ""),
-            ("Call-ID", r.get("Call-ID") or ""),
-            ("CSeq", f"{r.cseq.seq} CANCEL"),
-        ]
-        c = self.endpoint.send_request(Request("CANCEL", r.uri_text, headers), client.flow)
+        # the INVITE as forwarded: same branch, Route set, Request-URI (RFC 3261 §9.1)
+        c = self.endpoint.send_request(build_cancel(client.request), client.flow)
         c.tu = _CANCEL
 
     # ------------------------------------------------------------------ responses
