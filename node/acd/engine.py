@@ -13,7 +13,9 @@ calls: an offer is not a node's choice but a consequence of the log. Hence the r
 - an offer is a claim on the agent that only the node ringing the agent can end: when the log
   withdraws an offer (ring timeout, pause, logout, overflow, another agent answered) the agent
   stays *releasing* until that node reports what its phone leg did (OfferDeclined: gone;
-  OfferAnswered: the phone took the call), the call ends, or the node leaves. Freeing the agent
+  OfferAnswered: the phone took the call), the call ends, or the node leaves. The caller
+  hanging up is such a withdrawal too (CallLeft with ``legs``): the node's CANCEL may wait for
+  the phone's first provisional response, so the agent is held until OfferDeclined. Freeing the agent
   at the withdrawal itself would let another node ring it while the first node's CANCEL is
   still on its way, or after the phone answered it (two calls at once). A report that never
   comes is covered by ``ring_timeout`` (the node reports at once when it is alive).
@@ -44,7 +46,8 @@ WAITING, CONNECTED = "waiting", "connected"
 # deadline kinds, in the order they fire when due at the same instant
 _MAX_WAIT, _RING, _REST, _RELEASE = 0, 1, 2, 3
 #: offers withdrawn for a reason the node running them reported itself (it stopped or lost its
-#: phone legs before the record): the agent is free at once
+#: phone legs before the record): the agent is free at once (caller_left only from a CallLeft
+#: without ``legs``, which older nodes published)
 _NODE_KNOWS = ("caller_left", "node_left")
 
 
@@ -328,7 +331,10 @@ class AcdEngine:
             self._end_offer(tenant, t, c, ev.agent, None, rest=True)
         elif isinstance(ev, CallLeft):
             c = t.calls.get(ev.call)
-            released = self._release_call(tenant, t, ev.call)
+            if ev.legs and (c is None or c.state == WAITING):
+                released = self._hold_call(tenant, t, ev.call)  # its legs end by report (or deadline)
+            else:
+                released = self._release_call(tenant, t, ev.call)
             if c is None:
                 self.ignored += not released
             elif c.state == CONNECTED:
@@ -337,7 +343,7 @@ class AcdEngine:
                 q = t.queues.get(c.queue)
                 if q:
                     q.stats.abandoned += 1
-                self._leave(tenant, t, c, "caller_left")
+                self._leave(tenant, t, c, "caller_left", hold=ev.legs)
         elif isinstance(ev, CallEnded):
             released = self._release_call(tenant, t, ev.call)
             c = t.calls.get(ev.call)
@@ -513,10 +519,11 @@ class AcdEngine:
 
     # ---- transitions ---------------------------------------------------------------------------
 
-    def _leave(self, tenant: int, t: _Tenant, c: _Call, reason: str) -> None:
-        """The call leaves its queue unanswered: offers cancelled, agents free at once."""
+    def _leave(self, tenant: int, t: _Tenant, c: _Call, reason: str, *, hold: bool = False) -> None:
+        """The call leaves its queue unanswered: offers cancelled; agents free at once unless
+        ``reason`` is news to the node or ``hold`` (its legs end by report)."""
         for agent in sorted(c.ringing):
-            self._end_offer(tenant, t, c, agent, reason, rest=False)
+            self._end_offer(tenant, t, c, agent, reason, rest=False, hold=hold)
         q = t.queues.get(c.queue)
         if q is not None:
             self._remove(q, c.call)
@@ -539,7 +546,7 @@ class AcdEngine:
         self._out.append(Overflow(tenant, c.queue, c.call, c.node, q.cfg.overflow, reason))
 
     def _end_offer(self, tenant: int, t: _Tenant, c: _Call, agent: str, reason: str | None, *, rest: bool,
-                   resume: float = 0.0) -> None:
+                   resume: float = 0.0, hold: bool = False) -> None:
         """Stop ringing ``agent`` for ``c``. ``reason`` None: the node already knows (it told us).
         A reason the node does not know yet leaves the agent releasing (see the module doc);
         ``resume``: then rest that long from now once released."""
@@ -552,7 +559,7 @@ class AcdEngine:
             a.stats.missed += 1
             q = t.queues.get(c.queue)
             self._rest(tenant, a, q.cfg.retry_delay if q else 0.0, c.node)
-        elif reason is not None and reason not in _NODE_KNOWS:
+        elif reason is not None and (hold or reason not in _NODE_KNOWS):
             q = t.queues.get(c.queue)
             a.activity, a.call, a.owner = RELEASING, c.call, c.node
             a.release_by = self._now + (q.cfg.ring_timeout if q else QueueConfig().ring_timeout)
@@ -584,6 +591,22 @@ class AcdEngine:
         for a in held:
             self._release(tenant, a)
         return bool(held)
+
+    def _hold_call(self, tenant: int, t: _Tenant, cid: str) -> bool:
+        """The caller of ``cid`` left, its node reports each leg's end: agents releasing for it
+        stay so, but no longer than ``ring_timeout`` from now (one held with no deadline, after
+        a late answer, has its leg hung up by the node with the call)."""
+        c = t.calls.get(cid)
+        q = t.queues.get(c.queue) if c is not None else None
+        by = self._now + (q.cfg.ring_timeout if q else QueueConfig().ring_timeout)
+        held = False
+        for a in t.agents.values():
+            if a.activity == RELEASING and a.call == cid:
+                held = True
+                if a.release_by is None or a.release_by > by:
+                    a.release_by = by
+                    self._push(by, _RELEASE, tenant, a.name, "")
+        return held
 
     def _drop_ring(self, tenant: int, t: _Tenant, a: _Agent, reason: str) -> None:
         if a.activity == RINGING and a.call is not None:

@@ -51,9 +51,12 @@ class CallJoined:
 
 @dataclass(frozen=True, slots=True)
 class CallLeft:
-    """The caller hung up (waiting: abandoned; talking: the call ended)."""
+    """The caller hung up (waiting: abandoned; talking: the call ended). ``legs``: the node's
+    legs to agents it was ringing may still be up (a CANCEL waits for a provisional, RFC 3261
+    §9.1); it reports each one's end with OfferDeclined. False (older records): they are down."""
     tenant: int
     call: str
+    legs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +166,8 @@ class Offer:
 @dataclass(frozen=True, slots=True)
 class CancelOffer:
     """Stop ringing ``agent``. reason: timeout, answered_elsewhere, caller_left, overflow,
-    agent_logged_out, agent_paused, node_left, queue_removed. Except for caller_left and
-    node_left the node then reports the leg's end (OfferDeclined, or OfferAnswered if the phone
+    agent_logged_out, agent_paused, node_left, queue_removed. Except for node_left and a
+    caller_left whose CallLeft had no ``legs`` the node then reports the leg's end (OfferDeclined, or OfferAnswered if the phone
     answered first); the agent gets no other call before that."""
     tenant: int
     queue: str
@@ -253,6 +256,8 @@ def decode(raw: bytes) -> Envelope:
             v = QueueConfig.from_dict(v)
         elif f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
             raise ValueError(f"{cls.__name__}.{f.name} must be an integer, not {v!r}")
+        elif f.type == "bool" and not isinstance(v, bool):
+            raise ValueError(f"{cls.__name__}.{f.name} must be true or false, not {v!r}")
         elif f.type == "str" and not isinstance(v, str):
             raise ValueError(f"{cls.__name__}.{f.name} must be a string, not {v!r}")
         kwargs[f.name] = v

@@ -222,10 +222,11 @@ class AcdService:
     async def declined(self, tenant: int, call: str, agent: str) -> None:
         await self._publish(OfferDeclined(tenant, call, agent))
 
-    async def left(self, tenant: int, call: str) -> None:
-        """The caller hung up (waiting or talking)."""
+    async def left(self, tenant: int, call: str, *, legs: bool = False) -> None:
+        """The caller hung up (waiting or talking). ``legs``: a leg to an agent may still be up;
+        this node reports its end (``declined``) once it is down."""
         self._calls.pop((tenant, call), None)
-        await self._publish(CallLeft(tenant, call))
+        await self._publish(CallLeft(tenant, call, legs))
 
     async def ended(self, tenant: int, call: str) -> None:
         """The talk with the agent ended."""

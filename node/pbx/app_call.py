@@ -115,6 +115,11 @@ class TransferResult:
         return f"<TransferResult {self.number} {'answered' if self.answered else self.status}>"
 
 
+def leg_up(leg) -> bool:
+    """Whether the phone of ``leg`` may still have it up (see ``AppContext.open_legs``)."""
+    return leg.invite is not None and not leg.bye_sent and (leg.final == 0 or leg.final < 300)
+
+
 class AppContext:
     """What an application may do with its caller. Every method is safe after a hang-up
     (it returns at once; the app task is being cancelled anyway)."""
@@ -157,6 +162,14 @@ class AppContext:
         """Ring ``number`` (an extension or, through the tenant's routes, an outside number)
         and bridge the caller to whoever answers."""
         return await self.call.transfer(number)
+
+    def open_legs(self) -> list:
+        """The legs to phones this call rang that may still be up: no final response yet (a
+        CANCEL waits for a provisional one, RFC 3261 §9.1) or answered and not yet hung up."""
+        return [leg for leg in self.call.legs if leg_up(leg)]
+
+    def legs_up(self) -> bool:
+        return bool(self.open_legs())
 
     async def run_app(self, kind: str, name: str) -> bool:
         """Go to another application object of this tenant (an IVR's sub-menu): False when

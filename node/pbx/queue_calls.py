@@ -12,7 +12,10 @@ Limits: one agent is rung at a time (a ring-all queue's further simultaneous off
 declined at once, so those agents rest ``retry_delay``); an agent answering in the instant the
 ACD times the offer out is still put through (the ACD counts the ring as missed and, as the
 caller still waits, connects the call to that agent: node/acd/engine.py keeps a withdrawn
-offer's agent *releasing* until this module reports what the phone did).
+offer's agent *releasing* until this module reports what the phone did). A withdrawn offer,
+and the caller hanging up while an agent rings, is reported (OfferDeclined) only once the
+agent's leg is down: a CANCEL goes out only after the phone's first provisional response
+(RFC 3261 §9.1), and until its final response the phone may still answer.
 
 Document (feature object kind 'queue', named by its number): node.acd.config.QueueConfig,
 e.g. {"members": ["1002", "1003"], "strategy": "longest-idle", "max_wait": 300,
@@ -32,7 +35,7 @@ from node.acd.service import AcdService
 from node.config_rules import ConfigError
 from node.pbx import destinations
 from node.pbx import agent_codes  # noqa: F401  (agents' feature codes: log in/out, pause)
-from node.pbx.app_call import AppContext, register_app
+from node.pbx.app_call import AppContext, leg_up, register_app
 from observability import tracing as otrace
 
 __all__ = ["KIND", "put", "run"]
@@ -41,6 +44,10 @@ log = logging.getLogger("hivepbx.queue")
 
 _NUMBER = re.compile(r"[0-9]{2,10}\Z")
 _background: set[asyncio.Task] = set()
+#: how long to wait for an agent's leg to end before reporting it anyway: an INVITE without
+#: any response times out after 64*T1 (RFC 3261 Timer B); the ACD stops waiting after ring_timeout
+_LEG_END_WAIT = 40.0
+_LEG_POLL = 0.05
 
 
 def _later(coro) -> None:
@@ -75,6 +82,31 @@ def _cancel_transfer(ctx: AppContext) -> None:
         stop()
 
 
+async def _legs_down(ctx: AppContext, legs: list | None = None) -> None:
+    """Until ``legs`` (default: every leg this call rang) are down (final response, or hung up)."""
+    deadline = asyncio.get_running_loop().time() + _LEG_END_WAIT
+    while any(leg_up(leg) for leg in legs) if legs is not None else ctx.legs_up():
+        if asyncio.get_running_loop().time() >= deadline:
+            log.warning("call %s: an agent leg has no final response after %.0fs; reporting it ended",
+                        ctx.call.id, _LEG_END_WAIT)
+            return
+        await asyncio.sleep(_LEG_POLL)
+
+
+async def _caller_left(ctx: AppContext, acd: AcdService, tenant: int, call: str, agent: str) -> None:
+    """The caller hung up while ``agent`` was rung: the ACD holds the agent until its leg is down."""
+    legs = ctx.open_legs()  # one agent is rung at a time: these are its
+    await acd.left(tenant, call, legs=True)
+    await _legs_down(ctx, legs)
+    await acd.declined(tenant, call, agent)
+
+
+async def _declined_once_down(ctx: AppContext, acd: AcdService, tenant: int, call: str, agent: str,
+                              legs: list) -> None:
+    await _legs_down(ctx, legs)
+    await acd.declined(tenant, call, agent)
+
+
 async def run(ctx: AppContext, number: str, doc: dict) -> None:
     acd: AcdService | None = getattr(ctx.call.host, "acd", None)
     tenant = ctx.tenant.id
@@ -92,6 +124,7 @@ async def run(ctx: AppContext, number: str, doc: dict) -> None:
         if otrace.enabled() else None
     qc = await acd.join(tenant, number, call)
     connected = overflowed = False
+    ringing: str | None = None  # the agent of the offer being rung (its leg may be up)
     try:
         ctx.endpoint.tone("ringback")
         while True:
@@ -106,7 +139,9 @@ async def run(ctx: AppContext, number: str, doc: dict) -> None:
                 return
             if not isinstance(d, Offer):
                 continue  # Position (announcements come with the media helper), stale cancels
+            ringing = d.agent
             connected = await _offer(ctx, acd, qc, d)
+            ringing = None
             if connected:
                 await asyncio.Event().wait()  # bridged: stay until the hang-up cancels us
             ctx.endpoint.tone("ringback")
@@ -117,6 +152,8 @@ async def run(ctx: AppContext, number: str, doc: dict) -> None:
             span.end()
         if connected:
             _later(acd.ended(tenant, call))
+        elif not overflowed and ringing is not None:
+            _later(_caller_left(ctx, acd, tenant, call, ringing))
         elif not overflowed:
             _later(acd.left(tenant, call))
 
@@ -147,7 +184,14 @@ async def _offer(ctx: AppContext, acd: AcdService, qc, offer: Offer) -> bool:
     if result.answered:
         await acd.answered(tenant, call, offer.agent)
         return True
-    await acd.declined(tenant, call, offer.agent)
+    # a withdrawn offer's CANCEL may still wait for the phone's 180 (up to Timer B when the
+    # phone never answers at all): the ACD holds this agent until then, but the caller goes on
+    # to the next offer at once, so the wait for this leg runs beside it
+    legs = ctx.open_legs()
+    if legs:
+        _later(_declined_once_down(ctx, acd, tenant, call, offer.agent, legs))
+    else:
+        await acd.declined(tenant, call, offer.agent)
     return False
 
 

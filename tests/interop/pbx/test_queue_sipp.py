@@ -102,3 +102,44 @@ async def test_caller_hanging_up_while_waiting_is_abandoned(pbx, tmp_path):
     assert (rep["offered"], rep["answered"], rep["abandoned"], rep["waiting"]) == (1, 0, 1, 0)
     assert rep["longest_wait"] >= 1.0
     assert await pbx.wait_idle()
+
+
+async def test_caller_hanging_up_while_the_agent_rings_holds_the_agent_until_the_487(pbx, tmp_path):
+    """The agent's phone answers the CANCEL at once but the INVITE only 1.5 s later (487): until
+    then it may still answer, so the ACD must not hand the agent another call."""
+    t = await pbx.tenant("alpha", DOMAIN)
+    for e in ("1001", "1002"):
+        await pbx.config.create_extension(t.id, e, pw(e))
+    await queue_calls.put(pbx.config, t.id, "700", {"members": ["1002"], "ring_timeout": 15})
+    acd = pbx.node.acd
+    await acd.login(t.id, "1002")
+    agent = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "agent", user="1002",
+                 domain=DOMAIN, auth_user="1002", auth_password=pw("1002"), ooc_scenario="uas_cancel_or_answer.xml",
+                 duration_ms=12000, timeout=30)
+    await agent.start()
+    seen: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            s = acd.agent_status(t.id, "1002")
+            if not seen or seen[-1] != s:
+                seen.append(s)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        assert await pbx.wait_registered(t.id, "1002")
+        (await caller(pbx, tmp_path, "1001", 1000).run()).assert_ok()  # hangs up while 1002 rings
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and acd.agent_status(t.id, "1002") != "available":
+            await asyncio.sleep(0.1)
+    finally:
+        watcher.cancel()
+        res = await agent.stop()
+    assert [m.method for m in res.received() if m.method in ("INVITE", "CANCEL", "ACK")] == ["INVITE", "CANCEL", "ACK"]
+    assert "releasing" in seen[seen.index("ringing"):], seen  # held from the hang-up to the 487
+    assert acd.agent_status(t.id, "1002") == "available", seen  # the 487 reported: free
+    rep = acd.queue_report(t.id, "700")
+    assert (rep["offered"], rep["answered"], rep["abandoned"], rep["waiting"]) == (1, 0, 1, 0)
+    assert acd.agent_report(t.id, "1002")["missed"] == 0
+    assert await pbx.wait_idle()

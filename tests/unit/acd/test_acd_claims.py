@@ -4,7 +4,8 @@ Two survivors of a three-node cluster (drill-1, drill-2) apply the same log; dri
 that dies. The tests follow the agents' phones: a node rings the agent when it gets the Offer
 and takes its leg down only when it learns it should (a CancelOffer reaching it, its caller
 hanging up), then reports (OfferDeclined; OfferAnswered when the phone answered first, which
-call control puts through). Another node's Offer to an agent whose phone still has a leg up
+call control puts through). A caller hanging up leaves the leg up too (CallLeft with ``legs``:
+the CANCEL waits for the phone's first provisional response) until the node's OfferDeclined. Another node's Offer to an agent whose phone still has a leg up
 is the double offer the chaos drill looks for. These interleavings are the ones a real
 cluster produces: the node ringing the agent learns of a withdrawal only when it reads the
 record, at the same moment the other nodes may hand the agent a new call.
@@ -12,10 +13,12 @@ record, at the same moment the other nodes may hand the agent a new call.
 
 from __future__ import annotations
 
+import pytest
+
 from node.acd.engine import AcdEngine
 from node.acd.events import (
-    AgentPaused, AgentUnpaused, CallEnded, CallJoined, CallLeft, CancelOffer, Connected, Decision, NodeLeft, Offer,
-    OfferAnswered, OfferDeclined,
+    AgentPaused, AgentUnpaused, CallEnded, CallJoined, CallLeft, CancelOffer, Connected, Decision, Envelope, NodeLeft,
+    Offer, OfferAnswered, OfferDeclined, decode, encode,
 )
 from tests.unit.acd.logbuilder import T, Log, of
 
@@ -39,7 +42,7 @@ class Phones:
     def reported(self, event) -> None:
         if isinstance(event, OfferDeclined):
             self.legs.get(event.agent, {}).pop(event.call, None)
-        elif isinstance(event, (CallLeft, CallEnded)):
+        elif isinstance(event, CallEnded) or (isinstance(event, CallLeft) and not event.legs):
             for up in self.legs.values():
                 up.pop(event.call, None)
         elif isinstance(event, NodeLeft):
@@ -129,9 +132,8 @@ def test_a_report_that_never_comes_is_given_up_after_ring_timeout() -> None:
     assert of(c.log.tick(0.1), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
 
 
-def test_the_caller_leaving_frees_the_agent_at_once() -> None:
-    """The node publishes CallLeft after its hang-up cancelled the call's legs (call control
-    ends the legs first), so the record is its report: the next caller is offered at once."""
+def test_an_old_caller_left_record_frees_the_agent_at_once() -> None:
+    """CallLeft without ``legs`` (older nodes) was the node's report that its legs were down."""
     c = Cluster()
     _queue(c)
     assert of(c(CallLeft(T, "x")), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
@@ -160,3 +162,86 @@ def test_a_releasing_agent_survives_a_snapshot() -> None:
     c(OfferDeclined(T, "x", AGENT))
     assert c.status() == "wrap_up"
     assert of(c.tick(3), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def _ringing_then_caller_left(c: Cluster, **cfg) -> None:
+    _queue(c, **cfg)
+    out = c(CallLeft(T, "x", legs=True))  # drill-1's CANCEL waits for the phone's 180
+    assert of(out, CancelOffer) == [CancelOffer(T, "600", "x", AGENT, "drill-1", "caller_left")]
+    assert of(out, Offer) == []  # drill-2's INVITE could reach the phone before that CANCEL
+    assert c.status() == "releasing"
+
+
+def test_caller_hangs_up_while_ringing_holds_the_agent_until_the_leg_is_down() -> None:
+    c = Cluster()
+    _ringing_then_caller_left(c)
+    assert of(c.tick(5), Offer) == []
+    # 180, CANCEL, 487: the node reports the leg's end
+    assert of(c(OfferDeclined(T, "x", AGENT)), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+    assert c.log.engine.agent_report(T, AGENT)["missed"] == 0  # the caller left: no miss
+
+
+def test_caller_hangs_up_as_the_agent_answers_holds_the_agent_until_the_bye() -> None:
+    c = Cluster()
+    _ringing_then_caller_left(c)
+    # the phone's 200 crossed the CANCEL: the node ACKs and BYEs that leg, then reports
+    assert of(c(OfferDeclined(T, "x", AGENT), dt=0.2), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_hangs_up_after_the_answer_was_recorded_is_a_talk_that_ended() -> None:
+    c = Cluster()
+    _queue(c, wrapup=3)
+    assert of(c(OfferAnswered(T, "x", AGENT)), Connected) == [Connected(T, "600", "x", AGENT, "drill-1")]
+    c(CallLeft(T, "x", legs=True))  # the node hung both sides up
+    c(OfferDeclined(T, "x", AGENT))  # its report of the (answered) leg: nothing left to release
+    assert c.status() == "wrap_up"
+    assert of(c.tick(3), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_hangs_up_after_a_ring_timeout_still_waits_for_the_report() -> None:
+    c = Cluster()
+    _queue(c, ring_timeout=5, retry_delay=1)
+    assert of(c.tick(5), CancelOffer)[0].reason == "timeout"
+    assert of(c(CallLeft(T, "x", legs=True), dt=0.1), Offer) == []  # before drill-1 said its leg is down
+    assert c.status() == "releasing"
+    assert of(c(OfferDeclined(T, "x", AGENT), dt=0.1), Offer) == []  # rests the missed offer's retry_delay
+    assert of(c.tick(1), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_left_report_that_never_comes_is_given_up_after_ring_timeout() -> None:
+    c = Cluster()
+    _queue(c, ring_timeout=8)
+    c.tick(2)
+    c(CallLeft(T, "x", legs=True))
+    assert of(c.log.tick(7.9), Offer) == []
+    assert c.log.engine.next_deadline()[1] == "drill-1"  # the node holding the leg ticks it
+    assert of(c.log.tick(0.1), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_left_then_the_ringing_node_died() -> None:
+    c = Cluster()
+    c.log.queue("600", members=[AGENT], static_members=True)
+    c(_join("x", "drill-3"))
+    c(_join("y", "drill-2", priority=1))
+    c(CallLeft(T, "x", legs=True))
+    assert c.status() == "releasing"
+    assert of(c(NodeLeft("drill-3")), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_left_hold_survives_a_snapshot() -> None:
+    c = Cluster()
+    _ringing_then_caller_left(c, ring_timeout=6)
+    resumed = AcdEngine.from_state(c.log.engine.export_state())
+    assert resumed.snapshot() == c.log.engine.snapshot()
+    assert resumed.next_deadline() == c.log.engine.next_deadline()
+    c.log.engines.append(resumed)
+    assert of(c(OfferDeclined(T, "x", AGENT)), Offer) == [Offer(T, "600", "y", AGENT, "drill-2")]
+
+
+def test_caller_left_wire_form_is_backward_compatible() -> None:
+    old = b'{"t":"CallLeft","o":"n1","s":3,"ts":1.0,"e":{"tenant":1,"call":"x"}}'
+    assert decode(old).event == CallLeft(1, "x")
+    env = Envelope("n1", 4, 2.0, CallLeft(1, "x", legs=True))
+    assert decode(encode(env)) == env
+    with pytest.raises(ValueError, match="legs"):
+        decode(b'{"t":"CallLeft","o":"n1","s":3,"ts":1.0,"e":{"tenant":1,"call":"x","legs":1}}')

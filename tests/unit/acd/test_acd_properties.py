@@ -72,7 +72,7 @@ def logs(draw) -> list[Envelope]:
         elif kind == "decline":
             emit(node, OfferDeclined(call[0], call[1], agent))
         elif kind == "leave":
-            emit(node, CallLeft(*call))
+            emit(node, CallLeft(*call, legs=draw(st.booleans())))
         elif kind == "end":
             emit(node, CallEnded(*call))
         elif kind == "login":
@@ -127,6 +127,10 @@ def test_replicas_agree_and_invariants_hold(raw: list[Envelope]) -> None:
     for off, env in enumerate(log):
         ev = env.event
         ignored = live.ignored
+        # a caller leaving a waiting call with ``legs``: its node reports the legs (or is given up on)
+        left = live._tenants.get(ev.tenant, None) if isinstance(ev, CallLeft) and ev.legs else None
+        before = left.calls.get(ev.call) if left is not None else None
+        legs_held = left is not None and (before is None or before.state != "connected")
         ds = live.apply(off, env)
         live_decisions.append(ds)
         live.next_deadline()  # reading deadlines must not change anything
@@ -137,7 +141,7 @@ def test_replicas_agree_and_invariants_hold(raw: list[Envelope]) -> None:
             if isinstance(d, CancelOffer):
                 if outstanding.get(key) == d.call:
                     del outstanding[key]
-                    if d.reason not in ("caller_left", "node_left"):
+                    if d.reason != "node_left" and (d.reason != "caller_left" or legs_held):
                         a = live._tenants[d.tenant].agents[d.agent]
                         q = live._tenants[d.tenant].queues.get(d.queue)
                         give_up = a.release_by if a.activity == "releasing" and a.call == d.call else \
@@ -161,6 +165,9 @@ def test_replicas_agree_and_invariants_hold(raw: list[Envelope]) -> None:
                 held[key] = (ev.call, held[key][1], float("inf"))  # answered: busy until the node says
             else:
                 del held[key]  # given up on before the answer came (its record's time is past it)
+        elif isinstance(ev, CallLeft) and legs_held:  # held no longer than the shortest ring_timeout from now
+            held = {k: (v[0], v[1], min(v[2], live.now + 5.0)) if k[0] == ev.tenant and v[0] == ev.call else v
+                    for k, v in held.items()}
         elif isinstance(ev, (CallLeft, CallEnded)):
             held = {k: v for k, v in held.items() if not (k[0] == ev.tenant and v[0] == ev.call)}
         elif isinstance(ev, NodeLeft):
