@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +67,24 @@ def _errors(op: str) -> float:
     return PM.CLUSTER_ERRORS.labels(op)._value.get()
 
 
+def _pause(proc) -> None:
+    """SIGSTOP, then wait until every thread of etcd is stopped: the signal is delivered
+    asynchronously, and on a loaded machine a thread already running could still answer the
+    first request sent right after it (seen once: the test's first call got its answer)."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            states = [Path(t, "stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for t in Path(f"/proc/{proc.pid}/task").iterdir()]
+        except OSError:  # a thread ended while read: look again
+            continue
+        if states and all(st in ("T", "t") for st in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError("etcd did not stop within 5 s of SIGSTOP")
+
+
 @pytest.fixture
 def own_etcd(tmp_path):
     """An etcd of this test alone (the session's is shared: it is never paused)."""
@@ -98,7 +117,7 @@ async def test_a_stalled_etcd_is_treated_as_down_within_the_deadline(own_etcd, c
         assert a.sync._others(T)[0] == 2 and a.limits.table.mode() == RESERVED
 
         read_errors, publish_errors = _errors("read"), _errors("publish")
-        own_etcd.proc.send_signal(signal.SIGSTOP)
+        _pause(own_etcd.proc)
         paused = time.monotonic()
         took = await a.round(publish=True)
         print(f"one round against the stalled etcd took {took:.2f} s (deadline {DEADLINE} s a call)")
@@ -141,7 +160,7 @@ async def test_each_call_of_the_store_has_the_deadline(own_etcd):
     store = EtcdTenantUsage(client, Keys(f"/test-{uuid.uuid4().hex}/"), "sbc-x", ttl=TTL, deadline=DEADLINE)
     try:
         assert (await store.publish_calls({T: [0, 1, 0]}, 0))[0]
-        own_etcd.proc.send_signal(signal.SIGSTOP)
+        _pause(own_etcd.proc)
         for call in (store.read_calls(), store.read_usage(), store.publish_usage("2026-01-01", {T: 1.0}),
                      store.forget_before("2026-01-01"), store.publish_calls({T: [0, 1, 0]}, 0)):
             t0 = time.monotonic()
