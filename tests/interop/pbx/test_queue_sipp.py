@@ -26,6 +26,14 @@ def caller(pbx, tmp_path, user: str, hold_ms: int) -> Sipp:
                 domain=DOMAIN, auth_user=user, auth_password=pw(user), duration_ms=hold_ms, timeout=40)
 
 
+async def _logged_in_agent(pbx, t, tmp_path, calls_scenario: str, **kw) -> Sipp:
+    """Agent 1002 logged in to the ACD, its SIPp phone (registers, then ``calls_scenario`` for
+    each call it gets) built but not started."""
+    await pbx.node.acd.login(t.id, "1002")
+    return Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "agent", user="1002",
+                domain=DOMAIN, auth_user="1002", auth_password=pw("1002"), ooc_scenario=calls_scenario, **kw)
+
+
 async def test_two_callers_are_served_in_order_by_one_agent(pbx, tmp_path):
     t = await pbx.tenant("alpha", DOMAIN)
     for e in ("1001", "1002", "1003"):
@@ -33,10 +41,7 @@ async def test_two_callers_are_served_in_order_by_one_agent(pbx, tmp_path):
     await queue_calls.put(pbx.config, t.id, "700", {"members": ["1002"], "strategy": "longest-idle",
                                                     "ring_timeout": 15})
     acd = pbx.node.acd
-    await acd.login(t.id, "1002")
-    agent = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "agent", user="1002",
-                 domain=DOMAIN, auth_user="1002", auth_password=pw("1002"), ooc_scenario="uas_answer.xml",
-                 duration_ms=20000, timeout=45)
+    agent = await _logged_in_agent(pbx, t, tmp_path, "uas_answer.xml", duration_ms=20000, timeout=45)
     await agent.start()
     try:
         assert await pbx.wait_registered(t.id, "1002")
@@ -112,10 +117,7 @@ async def test_caller_hanging_up_while_the_agent_rings_holds_the_agent_until_the
         await pbx.config.create_extension(t.id, e, pw(e))
     await queue_calls.put(pbx.config, t.id, "700", {"members": ["1002"], "ring_timeout": 15})
     acd = pbx.node.acd
-    await acd.login(t.id, "1002")
-    agent = Sipp("uas_register_then_answer.xml", pbx.target, workdir=tmp_path / "agent", user="1002",
-                 domain=DOMAIN, auth_user="1002", auth_password=pw("1002"), ooc_scenario="uas_cancel_or_answer.xml",
-                 duration_ms=12000, timeout=30)
+    agent = await _logged_in_agent(pbx, t, tmp_path, "uas_cancel_or_answer.xml", duration_ms=12000, timeout=30)
     await agent.start()
     seen: list[str] = []
 

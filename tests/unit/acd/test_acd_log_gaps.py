@@ -50,15 +50,21 @@ async def shared() -> AsyncIterator[tuple[InMemoryBus, str, list[AcdService]]]:
     await bus.close()
 
 
-async def test_a_node_behind_the_retention_restarts_from_a_snapshot(shared) -> None:  # type: ignore[no-untyped-def]
-    bus, topic, services = shared
-    T = 3
-    a = AcdService(bus, "A", topic=topic, partitions=1, snapshot_every=5)
+async def _pair(bus, topic, services, **kw):  # type: ignore[no-untyped-def]
+    """Node A on the bus and node B behind a HeldBus (its reader can be paused or made to skip)."""
+    a = AcdService(bus, "A", topic=topic, **kw)
     b_bus = HeldBus(bus)
-    b = AcdService(b_bus, "B", topic=topic, partitions=1, snapshot_every=5)
+    b = AcdService(b_bus, "B", topic=topic, **kw)
     services += [a, b]
     await a.start()
     await b.start()
+    return a, b, b_bus
+
+
+async def test_a_node_behind_the_retention_restarts_from_a_snapshot(shared) -> None:  # type: ignore[no-untyped-def]
+    bus, topic, services = shared
+    T = 3
+    a, b, b_bus = await _pair(bus, topic, services, partitions=1, snapshot_every=5)
     await a.configure_queue(T, "q", {"members": ["101"], "ring_timeout": 60})
     qc = await b.join(T, "q", "b1")
     q0 = await b.join(T, "q", "b0")
@@ -97,12 +103,7 @@ async def test_without_a_covering_snapshot_the_partition_is_unhealthy_until_one_
     caplog.set_level(logging.ERROR, logger="node.acd.service")
     lost, kept = next((t, u) for t in range(1, 50) for u in range(1, 50)
                       if partition_of(t, 2) == 0 and partition_of(u, 2) == 1)
-    a = AcdService(bus, "A", topic=topic, partitions=2, snapshot_every=40, resync_every=0.05)
-    b_bus = HeldBus(bus)
-    b = AcdService(b_bus, "B", topic=topic, partitions=2, snapshot_every=40, resync_every=0.05)
-    services += [a, b]
-    await a.start()
-    await b.start()
+    a, b, b_bus = await _pair(bus, topic, services, partitions=2, snapshot_every=40, resync_every=0.05)
     for t in (lost, kept):
         await a.configure_queue(t, "q", {"members": ["101"], "ring_timeout": 60})
     b1 = await b.join(lost, "q", "b1")
@@ -163,12 +164,7 @@ async def test_a_reader_that_skips_records_is_caught(shared) -> None:  # type: i
     service sees the offsets jump and does not apply over the hole."""
     bus, topic, services = shared
     T = 4
-    a = AcdService(bus, "A", topic=topic, partitions=1, snapshot_every=0)
-    b_bus = HeldBus(bus)
-    b = AcdService(b_bus, "B", topic=topic, partitions=1, snapshot_every=0)
-    services += [a, b]
-    await a.start()
-    await b.start()
+    a, b, b_bus = await _pair(bus, topic, services, partitions=1, snapshot_every=0)
     await a.configure_queue(T, "q", {"members": ["101"]})
     await b.caught_up(await a.sync(WAIT), WAIT)
     b_bus.skip.add((0, a.applied[0] + 1))
